@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make run` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MUJOCO_GL ?= disable
+
+.PHONY: run test bench-throughput bench-learning clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[agent,learner,sim,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/robot-app train --env dmc:cartpole-swingup --horizon 3 --steps 20000 --eval-every 5000 --seed 0 --out runs/quickstart --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench-throughput: $(VENV)/.bench
+	$(BIN)/python bench/throughput.py
+
+bench-learning: $(VENV)/.bench
+	$(BIN)/python bench/learning.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

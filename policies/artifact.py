@@ -1,0 +1,69 @@
+"""The policy artifact contract: the metadata an exported ONNX policy carries. Torch-free, so the agent can import it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+METADATA_KEY = "robot_app.policy"
+FORMAT = "robot_app.policy/1"
+INPUT_NAME, OUTPUT_NAME = "obs", "action"
+
+
+class ArtifactError(ValueError):
+    """A policy artifact is missing, malformed, or does not fit what it is asked to drive."""
+
+
+class PolicyMetadata(BaseModel):
+    """What a runtime needs to drive a policy: layouts, native action bounds and provenance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = FORMAT
+    env: str
+    obs_layout: list[tuple[str, int]]  # (field, width) in the order of the flat observation
+    action_layout: list[str]
+    action_low: list[float]  # the ONNX output is already in these native units
+    action_high: list[float]
+    action_repeat: int = Field(1, ge=1)  # simulator steps per decision of the environment it was trained on
+    training_step: int = Field(ge=0)
+    source_run: str
+    horizon: int = Field(ge=0)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    exported_at: str
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(width for _, width in self.obs_layout)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_layout)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PolicyMetadata":
+        if self.format != FORMAT:
+            raise ValueError(f"format is {self.format!r}, this runtime reads {FORMAT!r}")
+        if not (len(self.action_low) == len(self.action_high) == len(self.action_layout)):
+            raise ValueError("action_low, action_high and action_layout differ in length")
+        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
+            raise ValueError(f"action_low {self.action_low} must lie below action_high {self.action_high}")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "artifact") -> "PolicyMetadata":
+        try:
+            return cls.model_validate(json.loads(text))
+        except (json.JSONDecodeError, ValidationError) as error:
+            raise ArtifactError(f"{source}: bad '{METADATA_KEY}' metadata: {error}") from None
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any], source: str = "artifact") -> "PolicyMetadata":
+        if METADATA_KEY not in props:
+            raise ArtifactError(f"{source}: no '{METADATA_KEY}' metadata; was it exported by robot-app export?")
+        return cls.from_json(props[METADATA_KEY], source)

@@ -1,0 +1,115 @@
+"""Replay of transitions, sampled as single steps or as sequences that never cross an episode boundary; saves and loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "episode", "step")
+
+
+@dataclasses.dataclass
+class Batch:
+    """Tensors on the learner device. Single steps are [B, ...]; sequences are [T, B, ...]."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+
+
+class ReplayBuffer:
+    """A ring buffer in numpy. `episode` and `step` identify each transition, so sequences can be checked for continuity."""
+
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, device: torch.device | str = "cpu"):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity, self.device = capacity, torch.device(device)
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.action = np.zeros((capacity, action_dim), np.float32)
+        self.reward = np.zeros((capacity, 1), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.terminated = np.zeros((capacity, 1), np.float32)
+        self.episode = np.full(capacity, -1, np.int64)
+        self.step = np.full(capacity, -1, np.int64)
+        self.size = 0
+        self.cursor = 0  # next write position
+        self.terminal_count = 0  # true terminations held, for the termination model's class weight
+
+    def add(self, obs, action, reward: float, next_obs, terminated: bool, episode: int, step: int) -> None:
+        i = self.cursor
+        self.terminal_count += int(terminated) - int(self.size == self.capacity and self.terminated[i, 0] > 0)
+        self.obs[i], self.action[i], self.reward[i, 0] = obs, action, reward
+        self.next_obs[i], self.terminated[i, 0] = next_obs, float(terminated)
+        self.episode[i], self.step[i] = episode, step
+        self.cursor = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def termination_class_weight(self) -> float:
+        """negatives / positives, for BCE's pos_weight; 1 while no termination has been seen."""
+        return (self.size - self.terminal_count) / self.terminal_count if self.terminal_count else 1.0
+
+    def _to_batch(self, idx: np.ndarray) -> Batch:
+        def take(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array[idx]).to(self.device, non_blocking=True)
+
+        return Batch(take(self.obs), take(self.action), take(self.reward), take(self.next_obs), take(self.terminated))
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        return self._to_batch(rng.integers(0, self.size, size=batch_size))
+
+    def sample_sequences(self, batch_size: int, length: int, rng: np.random.Generator, max_tries: int = 100) -> Batch:
+        """[length, B] windows of consecutive steps of one episode each: (obs_t, action_t, reward_t, next_obs_t, done_t)."""
+        chosen = np.empty(0, np.int64)
+        for _ in range(max_tries):
+            starts = rng.integers(0, self.size, size=2 * batch_size)
+            chosen = np.concatenate([chosen, starts[self._continuous(starts, length)]])
+            if chosen.size >= batch_size:
+                idx = (chosen[:batch_size][None, :] + np.arange(length)[:, None]) % self.capacity
+                return self._to_batch(idx)
+        raise ValueError(f"replay holds too few windows of {length} steps inside one episode")
+
+    def _continuous(self, starts: np.ndarray, length: int) -> np.ndarray:
+        idx = (starts[:, None] + np.arange(length)[None, :]) % self.capacity
+        same_episode = (self.episode[idx] == self.episode[starts][:, None]).all(1)
+        consecutive = (self.step[idx] == self.step[starts][:, None] + np.arange(length)[None, :]).all(1)
+        return same_episode & consecutive & (self.episode[starts] >= 0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {name: getattr(self, name)[: self.size] for name in FIELDS}
+        state["meta"] = np.array([self.capacity, self.size, self.cursor], np.int64)
+        return state
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomically write the filled part as .npz (no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **self.state_dict())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        with np.load(path, allow_pickle=False) as data:
+            capacity, size, cursor = (int(v) for v in data["meta"])
+            if capacity != self.capacity or data["obs"].shape[1:] != self.obs.shape[1:]:
+                raise ValueError(
+                    f"replay file {path} has capacity {capacity} and obs shape {data['obs'].shape[1:]}, "
+                    f"expected {self.capacity} and {self.obs.shape[1:]}"
+                )
+            for name in FIELDS:
+                getattr(self, name)[:size] = data[name]
+            self.size, self.cursor = size, cursor
+            self.terminal_count = int(self.terminated[:size].sum())

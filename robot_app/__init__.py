@@ -1,0 +1,1 @@
+"""robot_app: the application that wires the learner, the simulator and the on-robot agent into processes."""

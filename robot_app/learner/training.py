@@ -1,0 +1,297 @@
+"""A SAC-SVG(H) training run on a simulated task: acting, replay, updates, evaluation, metrics and resumable checkpoints."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policies.export import DeployedPolicy, export_onnx
+from policies.replay import ReplayBuffer
+from policies.sac_svg import SACSVG, SACSVGConfig
+from sim.envs import Env, make_env
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+EVAL_SEED_OFFSET = 1_000_003
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a run. Saved as config.json in the run folder; steps count simulator env steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str
+    horizon: int = Field(3, ge=0)
+    steps: int = Field(50_000, ge=1)
+    seed: int = 0
+    action_repeat: int | None = Field(None, ge=1)
+    random_steps: int = Field(4_000, ge=0)  # env steps of uniform random actions before learning starts
+    eval_every: int = Field(5_000, ge=1)
+    eval_episodes: int = Field(10, ge=1)
+    log_every: int = Field(500, ge=1)  # updates between metric rows
+    checkpoint_every: int = Field(10_000, ge=1)  # env steps; taken at the next episode boundary
+    replay_capacity: int = Field(1_000_000, ge=1)
+    agent: dict = Field(default_factory=dict)  # overrides of SACSVGConfig fields
+
+    def agent_config(self) -> SACSVGConfig:
+        return SACSVGConfig(**{"horizon": self.horizon, **self.agent})
+
+
+def tune_cpu_allocator() -> None:
+    """Stop glibc from handing large blocks back to the OS after every op: each reuse then page-faults.
+
+    Activations of a 256-wide layer at batch 256 are 256 KiB, above glibc's mmap threshold; pinning the mmap and trim
+    thresholds high keeps them in the heap (measured in docs/BENCHMARKS.md). A no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
+    obs, total, done = env.reset(), 0.0, False
+    while not done:
+        result = env.step(act(obs))
+        obs, total, done = result.obs, total + result.reward, result.terminated or result.truncated
+    return total
+
+
+def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int) -> list[float]:
+    return [run_episode(env, act) for _ in range(episodes)]
+
+
+def build_agent(env: Env, config: TrainConfig, device: torch.device) -> SACSVG:
+    return SACSVG(env.spec.obs_dim, env.spec.action_dim, config.agent_config(), device)
+
+
+def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (give a run folder or a .pt file)")
+    return path
+
+
+def load_agent(run_or_checkpoint: str | os.PathLike, device: torch.device | None = None):
+    """(agent, config, payload) from a run folder or checkpoint file, ready to act or export."""
+    path = resolve_checkpoint(run_or_checkpoint)
+    payload = load_checkpoint(path, required=("format", "config", "agent", "counters"))
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is format {payload['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+    config = TrainConfig.model_validate(payload["config"])
+    env = make_env(config.env, config.seed, config.action_repeat)
+    agent = build_agent(env, config, device or default_device())
+    try:
+        agent.load_training_state(payload["agent"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path}: weights do not fit the saved config: {error}") from None
+    return agent, config, payload
+
+
+def export_run(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike):
+    agent, config, payload = load_agent(run_or_checkpoint, torch.device("cpu"))
+    spec = make_env(config.env, config.seed, config.action_repeat).spec
+    policy = DeployedPolicy(agent.normalizer, agent.actor, spec.action_low, spec.action_high)
+    return export_onnx(
+        policy,
+        out,
+        env=config.env,
+        obs_layout=spec.obs_layout,
+        action_layout=spec.action_layout,
+        action_repeat=spec.action_repeat,
+        training_step=payload["counters"]["env_steps"],
+        source_run=payload["run"],
+        horizon=config.horizon,
+    )
+
+
+class Trainer:
+    """Owns one run folder: config.json, metrics.jsonl, eval.jsonl and checkpoints/{last.pt, replay.npz}."""
+
+    def __init__(self, config: TrainConfig, out: str | os.PathLike, restore: bool = False):
+        self.config, self.out = config, Path(out)
+        self.checkpoint_path = self.out / "checkpoints" / "last.pt"
+        self.replay_path = self.out / "checkpoints" / "replay.npz"
+        self.device = default_device()
+        tune_cpu_allocator()
+        self.env = make_env(config.env, config.seed, config.action_repeat)
+        self.eval_env = make_env(config.env, config.seed + EVAL_SEED_OFFSET, config.action_repeat)
+        self.spec = self.env.spec
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.agent = build_agent(self.env, config, self.device)
+        self.replay = ReplayBuffer(self.spec.obs_dim, self.spec.action_dim, config.replay_capacity, self.device)
+        self.env_steps = self.updates = self.episodes = 0
+        self.last_checkpoint_step = 0
+        self.last_eval: float | None = None
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(config.model_dump_json(indent=2))
+        if restore:
+            self._restore()
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, settings: dict, resume: bool = False, overwrite: bool = False) -> "Trainer":
+        """A new run from `settings`, or (resume) the run in `out`, where only `steps` may differ from what it saved."""
+        out = Path(out)
+        if resume:
+            saved_path = out / "config.json"
+            if not saved_path.is_file():
+                raise RunError(f"cannot resume: {saved_path} does not exist")
+            saved = TrainConfig.model_validate_json(saved_path.read_text()).model_dump()
+            differing = [f"{k} ({saved[k]!r} saved, {v!r} given)" for k, v in settings.items()
+                         if k != "steps" and saved.get(k) != v]
+            if differing:
+                raise RunError(f"cannot resume {out} with different settings: {'; '.join(differing)}")
+            return cls(TrainConfig.model_validate({**saved, **settings}), out, restore=True)
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise RunError(f"run folder {out} already holds a run; use --resume or --overwrite")
+            shutil.rmtree(out)
+        return cls(TrainConfig.model_validate(settings), out)
+
+    # ----- the loop -----
+    @property
+    def total_updates(self) -> int:
+        return math.ceil(self.config.steps / self.spec.action_repeat)
+
+    def run(self) -> dict:
+        c = self.config
+        pending: dict[str, torch.Tensor] = {}
+        started, updates_at_start = time.perf_counter(), self.updates
+        bar = tqdm(total=c.steps, initial=self.env_steps, unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        with bar:
+            while self.env_steps < c.steps:
+                obs, step_in_episode, done = self.env.reset(), 0, False
+                self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
+                while not done and self.env_steps < c.steps:
+                    if self.env_steps < c.random_steps:
+                        action = self.rng.uniform(-1.0, 1.0, self.spec.action_dim).astype(np.float32)
+                    else:
+                        action = self.agent.act(obs, deterministic=False)
+                        if not np.isfinite(action).all():  # already on the host: checking costs no sync
+                            self._check_finite({**pending, "action": torch.as_tensor(action)})
+                    result = self.env.step(action)
+                    self.replay.add(obs, action, result.reward, result.obs, result.terminated, self.episodes, step_in_episode)
+                    self.agent.normalizer.update(torch.as_tensor(result.obs, device=self.device))
+                    obs, done = result.obs, result.terminated or result.truncated
+                    step_in_episode += 1
+                    previous, self.env_steps = self.env_steps, self.env_steps + self.spec.action_repeat
+                    bar.update(self.spec.action_repeat)
+                    if self.env_steps >= c.random_steps:
+                        pending = self._update()
+                        if self.updates % c.log_every == 0 or self.env_steps >= c.steps:
+                            rate = (self.updates - updates_at_start) / (time.perf_counter() - started)
+                            self._log_metrics(pending, rate)
+                    if self.env_steps // c.eval_every > previous // c.eval_every or self.env_steps >= c.steps:
+                        self._evaluate(bar)
+                self.episodes += 1
+                if self.env_steps - self.last_checkpoint_step >= c.checkpoint_every or self.env_steps >= c.steps:
+                    self._check_finite(pending)
+                    self._save()
+        return {"env_steps": self.env_steps, "updates": self.updates, "eval_return": self.last_eval}
+
+    def _update(self) -> dict[str, torch.Tensor]:
+        c = self.agent.config
+        batch = self.replay.sample(c.batch_size, self.rng)
+        sequences = self.replay.sample_sequences(c.batch_size, c.sequence_length, self.rng) if c.uses_model else None
+        metrics = self.agent.update(
+            batch, sequences, self.updates, self.total_updates, self.replay.termination_class_weight()
+        )
+        self.updates += 1
+        return metrics
+
+    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
+        if not metrics:
+            return
+        bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite {', '.join(bad)} at env step {self.env_steps} (update {self.updates}); "
+                f"stopped, last good checkpoint kept at {self.checkpoint_path}"
+            )
+
+    def _log_metrics(self, metrics: dict[str, torch.Tensor], rate: float) -> None:
+        self._check_finite(metrics)  # one host-device sync per log row, none per update
+        row = {"env_step": self.env_steps, "update": self.updates, "updates_per_s": round(rate, 2)}
+        row.update({k: float(v) for k, v in zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist())})
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _evaluate(self, bar: tqdm) -> None:
+        returns = evaluate_returns(
+            self.eval_env, lambda o: self.agent.act(o, deterministic=True), self.config.eval_episodes
+        )
+        self.last_eval = float(np.mean(returns))
+        row = {"env_step": self.env_steps, "return_mean": self.last_eval, "return_std": float(np.std(returns)),
+               "return_min": float(np.min(returns)), "return_max": float(np.max(returns)), "returns": returns}
+        with open(self.out / "eval.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.set_postfix(eval_return=f"{self.last_eval:.1f}")
+        log.info("env step %d: eval return %.1f ± %.1f", self.env_steps, self.last_eval, row["return_std"])
+
+    # ----- checkpoints -----
+    def _save(self) -> None:
+        """Taken at an episode boundary, so the environments' RNGs are all the state a resume needs."""
+        self.replay.save(self.replay_path)
+        save_checkpoint(self.checkpoint_path, {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.model_dump(mode="json"),
+            "run": str(self.out),
+            "agent": self.agent.training_state(),
+            "counters": {"env_steps": self.env_steps, "updates": self.updates, "episodes": self.episodes,
+                         "replay_size": self.replay.size, "replay_cursor": self.replay.cursor},
+            "last_eval": self.last_eval,
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "env": self.env.get_rng_state(), "eval_env": self.eval_env.get_rng_state()},
+        })
+        self.last_checkpoint_step = self.env_steps
+
+    def _restore(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path, required=("format", "agent", "counters", "rng"))
+        counters = payload["counters"]
+        self.replay.load(self.replay_path)
+        if (self.replay.size, self.replay.cursor) != (counters["replay_size"], counters["replay_cursor"]):
+            raise CheckpointError(f"{self.replay_path} does not match {self.checkpoint_path}; the pair is inconsistent")
+        self.agent.load_training_state(payload["agent"])
+        self.env_steps, self.updates, self.episodes = counters["env_steps"], counters["updates"], counters["episodes"]
+        self.last_checkpoint_step, self.last_eval = self.env_steps, payload["last_eval"]
+        rng = payload["rng"]
+        self.rng.bit_generator.state = rng["numpy"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.env.set_rng_state(rng["env"])
+        self.eval_env.set_rng_state(rng["eval_env"])
+        log.info("resumed %s at env step %d", self.out, self.env_steps)

@@ -1,0 +1,138 @@
+"""One environment interface, named `<family>:<rest>`, over dm_control suite tasks (and, later, our own robots)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Protocol
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+
+# Agent decisions are repeated this many simulator steps unless the caller says otherwise (PlaNet's choices).
+DEFAULT_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "pendulum": 4, "cheetah": 4, "finger": 2, "walker": 2}
+
+
+class UnknownEnvironmentError(ValueError):
+    """The environment name names no registered family or task."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """What a learner and an exporter need to know about an environment."""
+
+    name: str
+    obs_layout: tuple[tuple[str, int], ...]  # (field, width) in the order the flat observation holds them
+    action_layout: tuple[str, ...]
+    action_low: tuple[float, ...]  # native units; the agent acts in [-1, 1] and the env rescales
+    action_high: tuple[float, ...]
+    action_repeat: int
+    max_episode_steps: int  # agent decisions per episode before truncation
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(width for _, width in self.obs_layout)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    obs: np.ndarray
+    reward: float
+    terminated: bool  # a true end: do not bootstrap
+    truncated: bool  # a time limit: bootstrap through it
+
+
+class Env(Protocol):
+    spec: EnvSpec
+
+    def reset(self) -> np.ndarray: ...
+
+    def step(self, action: np.ndarray) -> StepResult: ...
+
+    def get_rng_state(self) -> dict: ...
+
+    def set_rng_state(self, state: dict) -> None: ...
+
+
+class DMControlEnv:
+    """A dm_control suite task with flat float32 observations and actions in [-1, 1]."""
+
+    def __init__(self, domain: str, task: str, seed: int, action_repeat: int | None = None):
+        from dm_control import suite
+
+        if (domain, task) not in suite.ALL_TASKS:
+            known = ", ".join(f"dmc:{d}-{t}" for d, t in suite.ALL_TASKS)
+            raise UnknownEnvironmentError(f"unknown dm_control task 'dmc:{domain}-{task}'; known: {known}")
+        repeat = DEFAULT_ACTION_REPEAT.get(domain, 1) if action_repeat is None else action_repeat
+        if repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {repeat}")
+        self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        action_spec = self._env.action_spec()
+        self._low = np.asarray(action_spec.minimum, dtype=np.float64)
+        self._high = np.asarray(action_spec.maximum, dtype=np.float64)
+        obs_layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
+        time_limit_steps = int(round(self._env._step_limit)) if np.isfinite(self._env._step_limit) else 1000
+        self.spec = EnvSpec(
+            name=f"dmc:{domain}-{task}",
+            obs_layout=obs_layout,
+            action_layout=tuple(f"action[{i}]" for i in range(action_spec.shape[0])),
+            action_low=tuple(self._low.tolist()),
+            action_high=tuple(self._high.tolist()),
+            action_repeat=repeat,
+            max_episode_steps=-(-time_limit_steps // repeat),
+        )
+
+    def _flatten(self, observation) -> np.ndarray:
+        return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in observation.values()])
+
+    def reset(self) -> np.ndarray:
+        return self._flatten(self._env.reset().observation)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        action = np.asarray(action, dtype=np.float64).reshape(self._low.shape)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"non-finite action {action!r}")
+        native = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+        reward = 0.0
+        for _ in range(self.spec.action_repeat):
+            time_step = self._env.step(native)
+            reward += time_step.reward or 0.0
+            if time_step.last():
+                break
+        ended = time_step.last()
+        terminated = ended and time_step.discount == 0.0
+        return StepResult(self._flatten(time_step.observation), reward, terminated, ended and not terminated)
+
+    def get_rng_state(self) -> dict:
+        name, keys, pos, has_gauss, cached = self._env.task.random.get_state()
+        return {"name": name, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+
+    def set_rng_state(self, state: dict) -> None:
+        keys = np.asarray(state["keys"], dtype=np.uint32)
+        self._env.task.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+def _make_dmc(rest: str, seed: int, action_repeat: int | None) -> Env:
+    domain, sep, task = rest.partition("-")
+    if not sep:
+        raise UnknownEnvironmentError(f"dm_control names look like 'dmc:<domain>-<task>', got 'dmc:{rest}'")
+    return DMControlEnv(domain, task, seed, action_repeat)
+
+
+# Environment families by prefix. Our own robots join this table in a later issue.
+ENV_FAMILIES: dict[str, Callable[[str, int, int | None], Env]] = {"dmc": _make_dmc}
+
+
+def make_env(name: str, seed: int, action_repeat: int | None = None) -> Env:
+    """Build an environment from its name, e.g. 'dmc:cartpole-swingup'."""
+    family, sep, rest = name.partition(":")
+    if not sep or family not in ENV_FAMILIES:
+        raise UnknownEnvironmentError(
+            f"unknown environment '{name}'; names look like '<family>:<task>' with family in {sorted(ENV_FAMILIES)}"
+        )
+    return ENV_FAMILIES[family](rest, seed, action_repeat)

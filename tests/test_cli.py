@@ -1,0 +1,65 @@
+"""The robot-app command end to end: a 2,000-step training smoke run, evaluate, export, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robot_app.agent.policy_runner import OnnxPolicy
+
+
+def robot_app(*args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "robot_app.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_train_evaluate_export_smoke(tmp_path):
+    run = tmp_path / "smoke"
+    result = robot_app("train", "--env", "dmc:cartpole-swingup", "--horizon", "3", "--steps", "2000",
+                       "--random-steps", "1000", "--eval-every", "1000", "--eval-episodes", "2", "--seed", "0",
+                       "--out", run)
+    assert result.returncode == 0, result.stderr
+    assert "evaluation return" in result.stdout
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.json").is_file()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(row["critic_loss"] == row["critic_loss"] for row in metrics)  # present and not NaN
+    assert "dynamics_loss" in metrics[-1]
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["env_step"] for e in evals] == [1000, 2000]
+
+    result = robot_app("evaluate", run, "--episodes", "2")
+    assert result.returncode == 0, result.stderr
+    assert "dmc:cartpole-swingup: return" in result.stdout
+
+    onnx_path = tmp_path / "policy.onnx"
+    result = robot_app("export", run, "--out", onnx_path)
+    assert result.returncode == 0, result.stderr
+    meta = OnnxPolicy(onnx_path).metadata
+    assert (meta.env, meta.training_step, meta.horizon, meta.source_run) == ("dmc:cartpole-swingup", 2000, 3, str(run))
+
+    result = robot_app("evaluate", onnx_path, "--episodes", "1")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--env", "dmc:nope-task", "--out", "{tmp}/r"], "unknown dm_control task 'dmc:nope-task'"),
+        (["train", "--env", "dmc:cartpole-swingup", "--steps", "-5", "--out", "{tmp}/r"], "steps: Input should be greater than or equal to 1"),
+        (["train", "--env", "dmc:cartpole-swingup", "--steps", "ten", "--out", "{tmp}/r"], "invalid int value"),
+        (["train", "--out", "{tmp}/r"], "--env is required"),
+        (["evaluate", "{tmp}/missing"], "no checkpoint"),
+        (["export", "{tmp}/garbage.pt", "--out", "{tmp}/p.onnx"], "unreadable checkpoint"),
+        (["evaluate", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):
+    (tmp_path / "garbage.pt").write_bytes(b"junk")
+    (tmp_path / "garbage.onnx").write_bytes(b"junk")
+    result = robot_app(*[a.format(tmp=tmp_path) for a in args], timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1

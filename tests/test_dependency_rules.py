@@ -1,0 +1,65 @@
+"""DESIGN.md's dependency rules: the agent never imports torch/mujoco/dm_control; policies never imports zmq/fastapi/serial."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in BLOCKED:
+                raise ImportError(f'{name} is blocked in this test')
+    sys.meta_path.insert(0, Blocker())
+    """
+)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_agent_pulls_in_neither_torch_nor_mujoco():
+    result = run_python(
+        "import sys, robot_app.agent, robot_app.agent.policy_runner\n"
+        "heavy = sorted(m for m in ('torch', 'mujoco', 'dm_control') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_policies_never_import_transport_or_web_libraries():
+    result = run_python(
+        "import sys, pkgutil, importlib, policies\n"
+        "for m in pkgutil.iter_modules(policies.__path__): importlib.import_module('policies.' + m.name)\n"
+        "bad = sorted(m for m in ('zmq', 'fastapi', 'serial', 'robot_app') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("blocked", [("torch", "mujoco", "dm_control")])
+def test_agent_runs_a_policy_with_torch_and_mujoco_absent(blocked, tmp_path):
+    # Export with torch in this process, then run the artifact where torch cannot be imported.
+    import torch
+
+    from policies.export import DeployedPolicy, export_onnx
+    from policies.networks import SquashedGaussianActor
+    from policies.normalizer import RunningNormalizer
+
+    path = tmp_path / "p.onnx"
+    export_onnx(DeployedPolicy(RunningNormalizer(3), SquashedGaussianActor(3, 1, (8,)), [-1.0], [1.0]), path,
+                env="e", obs_layout=[("x", 3)], action_layout=["u"], action_repeat=1, training_step=0,
+                source_run="r", horizon=0)
+    result = run_python(
+        f"BLOCKED = {blocked!r}\n" + BLOCKER +
+        "from robot_app.agent.policy_runner import OnnxPolicy\n"
+        f"p = OnnxPolicy({str(path)!r}); p.check_compatible(3, 1)\n"
+        "a = p([0.1, 0.2, 0.3]); assert a.shape == (1,) and -1 <= a[0] <= 1, a\n"
+        "import sys; assert 'torch' not in sys.modules\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert torch is not None

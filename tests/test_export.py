@@ -1,0 +1,81 @@
+"""ONNX export: parity, dynamic batch, metadata, and the agent-side runner's checks."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from policies.artifact import METADATA_KEY, ArtifactError
+from policies.export import DeployedPolicy, export_onnx, weights_sha256
+from policies.networks import SquashedGaussianActor
+from policies.normalizer import RunningNormalizer
+from robot_app.agent.policy_runner import OnnxPolicy
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    normalizer = RunningNormalizer(5)
+    normalizer.update(torch.randn(100, 5) * 3 + 1)
+    actor = SquashedGaussianActor(5, 2, (64, 64))
+    policy = DeployedPolicy(normalizer, actor, low=[-2.0, 0.0], high=[2.0, 10.0])
+    path = tmp_path_factory.mktemp("export") / "policy.onnx"
+    meta = export_onnx(
+        policy, path, env="dmc:test-task", obs_layout=[("position", 3), ("velocity", 2)],
+        action_layout=["a0", "a1"], action_repeat=4, training_step=1234, source_run="runs/x", horizon=3,
+    )
+    return policy, path, meta
+
+
+def test_onnx_matches_torch_with_a_dynamic_batch(exported):
+    policy, path, _ = exported
+    runner = OnnxPolicy(path)
+    for batch in (1, 7, 300):
+        obs = torch.randn(batch, 5) * 4
+        with torch.no_grad():
+            expected = policy(obs).numpy()
+        np.testing.assert_allclose(runner(obs.numpy()), expected, atol=1e-5, rtol=0)
+    single = runner(np.zeros(5, np.float32))
+    assert single.shape == (2,)
+    assert np.all(single >= [-2.0, 0.0]) and np.all(single <= [2.0, 10.0])
+
+
+def test_metadata_carries_layout_bounds_provenance_and_weights_hash(exported):
+    policy, path, meta = exported
+    runner_meta = OnnxPolicy(path).metadata
+    assert runner_meta == meta
+    assert meta.obs_layout == [("position", 3), ("velocity", 2)] and meta.obs_dim == 5
+    assert meta.action_low == [-2.0, 0.0] and meta.action_high == [2.0, 10.0]
+    assert (meta.training_step, meta.source_run, meta.horizon, meta.action_repeat) == (1234, "runs/x", 3, 4)
+    assert meta.weights_sha256 == weights_sha256(policy)
+
+
+def test_runner_refuses_a_mismatched_target_and_bad_files(exported, tmp_path):
+    _, path, _ = exported
+    with pytest.raises(ArtifactError, match="obs_dim=5, action_dim=2; the target has obs_dim=6"):
+        OnnxPolicy(path).check_compatible(obs_dim=6, action_dim=2)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ArtifactError, match="not a loadable ONNX model"):
+        OnnxPolicy(bad)
+    stripped = onnx.load(str(path))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(ArtifactError, match=f"no '{METADATA_KEY}' metadata"):
+        OnnxPolicy(tmp_path / "stripped.onnx")
+
+
+def test_parity_failure_is_refused_and_writes_nothing(exported, tmp_path, monkeypatch):
+    policy, _, _ = exported
+    import onnxruntime
+
+    class SkewedSession(onnxruntime.InferenceSession):
+        def run(self, names, feeds):
+            return [out + 1e-3 for out in super().run(names, feeds)]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", SkewedSession)
+    target = tmp_path / "skewed.onnx"
+    with pytest.raises(ArtifactError, match="parity check failed"):
+        export_onnx(policy, target, env="e", obs_layout=[("x", 5)], action_layout=["a0", "a1"], action_repeat=1,
+                    training_step=0, source_run="r", horizon=0)
+    assert not target.exists() and not list(tmp_path.glob("*.tmp"))
