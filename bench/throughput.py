@@ -1,0 +1,166 @@
+"""Env-steps/s with one update per step (batch 256, 256x256): our SAC and SAC-SVG(3) against SB3's SAC, in one run.
+
+Each variant runs in its own fresh process, rounds interleave the variants, and the table reports medians, ratios to SB3
+and the fraction of the CPU's matmul ceiling measured in the same run.
+
+    .venv/bin/python bench/throughput.py [--steps 1000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+ENV, WARM = "dmc:cartpole-swingup", 1000
+VARIANTS = ["ours-sac", "ours-svg3", "sb3-sac", "ours-sac-untuned-malloc"]
+
+
+def matmul_ceiling_gflops() -> float:
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(5):
+        a @ b
+    start, n = time.perf_counter(), 40
+    for _ in range(n):
+        a @ b
+    return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from robot_app.learner import training
+    from robot_app.learner.training import TrainConfig, Trainer
+
+    if not tune:
+        training.tune_cpu_allocator = lambda: None
+    config = TrainConfig(env=ENV, horizon=horizon, action_repeat=1, steps=WARM + steps, random_steps=WARM, seed=0)
+    trainer = Trainer(config, tempfile.mkdtemp())
+    env, agent, replay = trainer.env, trainer.agent, trainer.replay
+
+    def env_step(obs, step, learn: bool):
+        action = agent.act(obs, deterministic=False) if learn else trainer.rng.uniform(-1, 1, 1).astype(np.float32)
+        result = env.step(action)
+        replay.add(obs, action, result.reward, result.obs, result.terminated, trainer.episodes, step)
+        agent.normalizer.update(torch.as_tensor(result.obs))
+        if learn:
+            trainer._update()
+        if result.terminated or result.truncated:
+            trainer.episodes += 1
+            return env.reset(), 0
+        return result.obs, step + 1
+
+    obs, step = env.reset(), 0
+    for _ in range(WARM):
+        obs, step = env_step(obs, step, learn=False)
+    with FlopCounterMode(display=False) as counter:
+        trainer._update()
+    for _ in range(20):  # warm the allocator and caches
+        obs, step = env_step(obs, step, learn=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        obs, step = env_step(obs, step, learn=True)
+    return {"steps_per_s": steps / (time.perf_counter() - start), "update_flops": counter.get_total_flops()}
+
+
+def measure_sb3(steps: int) -> dict:
+    import gymnasium as gym
+    import numpy as np
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sim.envs import make_env
+
+    class Gym(gym.Env):
+        def __init__(self):
+            self.env = make_env(ENV, seed=0, action_repeat=1)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.env.spec.obs_dim,), np.float32)
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (self.env.spec.action_dim,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            return self.env.reset(), {}
+
+        def step(self, action):
+            r = self.env.step(action)
+            return r.obs, r.reward, r.terminated, r.truncated, {}
+
+    class Clock(BaseCallback):
+        def _on_step(self):
+            if self.num_timesteps == WARM + 20:
+                self.start = time.perf_counter()
+            return True
+
+    model = SAC("MlpPolicy", Gym(), batch_size=256, learning_starts=WARM, train_freq=1, gradient_steps=1,
+                policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0)
+    clock = Clock()
+    model.learn(total_timesteps=WARM + 20 + steps, callback=clock)
+    elapsed = time.perf_counter() - clock.start
+    with FlopCounterMode(display=False) as counter:
+        model.train(gradient_steps=1, batch_size=256)
+    return {"steps_per_s": steps / elapsed, "update_flops": counter.get_total_flops()}
+
+
+def run_variant(variant: str, steps: int) -> dict:
+    if variant == "sb3-sac":
+        return measure_sb3(steps)
+    horizon = 3 if variant == "ours-svg3" else 0
+    return measure_ours(horizon, steps, tune=not variant.endswith("untuned-malloc"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variant", choices=VARIANTS, help="internal: measure one variant in this process")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.json")
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.steps)))
+        return
+
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    ceilings = [matmul_ceiling_gflops()]
+    for round_index in range(args.rounds):
+        order = VARIANTS[round_index % len(VARIANTS):] + VARIANTS[: round_index % len(VARIANTS)]
+        for variant in order:
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps)],
+                                 capture_output=True, text=True, check=True)
+            results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {round_index}: {variant}: {results[variant][-1]['steps_per_s']:.1f} steps/s", file=sys.stderr)
+        ceilings.append(matmul_ceiling_gflops())
+    ceiling = statistics.median(ceilings)
+    sb3 = statistics.median(r["steps_per_s"] for r in results["sb3-sac"])
+    rows = []
+    for variant, runs in results.items():
+        rate = statistics.median(r["steps_per_s"] for r in runs)
+        flops = runs[0]["update_flops"]
+        rows.append({"variant": variant, "steps_per_s": round(rate, 1), "vs_sb3": round(rate / sb3, 2),
+                     "update_mflop": round(flops / 1e6, 1), "gflops": round(rate * flops / 1e9, 2),
+                     "of_ceiling": round(rate * flops / 1e9 / ceiling, 3), "runs": [round(r["steps_per_s"], 1) for r in runs]})
+    report = {"env": ENV, "action_repeat": 1, "warm_steps": WARM, "steps": args.steps, "rounds": args.rounds,
+              "matmul_ceiling_gflops": round(ceiling, 1), "machine": f"{platform.node()} {os.cpu_count()} cpus",
+              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"| variant | env-steps/s | vs SB3 | MFLOP/update | GFLOP/s | of {ceiling:.0f} GFLOP/s ceiling | runs |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['steps_per_s']} | {r['vs_sb3']}x | {r['update_mflop']} | {r['gflops']} | "
+              f"{100 * r['of_ceiling']:.1f}% | {r['runs']} |")
+
+
+if __name__ == "__main__":
+    main()
