@@ -37,8 +37,6 @@ def matmul_ceiling_gflops() -> float:
 
 
 def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
-    import numpy as np
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from robot_app.learner import training
@@ -48,30 +46,25 @@ def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
         training.tune_cpu_allocator = lambda: None
     config = TrainConfig(env=ENV, horizon=horizon, action_repeat=1, steps=WARM + steps, random_steps=WARM, seed=0)
     trainer = Trainer(config, tempfile.mkdtemp())
-    env, agent, replay = trainer.env, trainer.agent, trainer.replay
+    obs, step = trainer.begin_episode(), 0
 
-    def env_step(obs, step, learn: bool):
-        action = agent.act(obs, deterministic=False) if learn else trainer.rng.uniform(-1, 1, 1).astype(np.float32)
-        result = env.step(action)
-        replay.add(obs, action, result.reward, result.obs, result.terminated, trainer.episodes, step)
-        agent.normalizer.update(torch.as_tensor(result.obs))
-        if learn:
-            trainer._update()
+    def decide():  # exactly the trainer's per-decision work: act, env step, store, normalise, update
+        nonlocal obs, step
+        result = trainer.decide_and_learn(obs, step)
+        obs, step = result.obs, step + 1
         if result.terminated or result.truncated:
             trainer.episodes += 1
-            return env.reset(), 0
-        return result.obs, step + 1
+            obs, step = trainer.begin_episode(), 0
 
-    obs, step = env.reset(), 0
-    for _ in range(WARM):
-        obs, step = env_step(obs, step, learn=False)
+    for _ in range(WARM - 1):  # random actions, no updates
+        decide()
     with FlopCounterMode(display=False) as counter:
         trainer._update()
-    for _ in range(20):  # warm the allocator and caches
-        obs, step = env_step(obs, step, learn=True)
+    for _ in range(21):  # the first learning decisions warm the allocator and caches
+        decide()
     start = time.perf_counter()
     for _ in range(steps):
-        obs, step = env_step(obs, step, learn=True)
+        decide()
     return {"steps_per_s": steps / (time.perf_counter() - start), "update_flops": counter.get_total_flops()}
 
 

@@ -54,7 +54,7 @@ def _evaluate(args) -> int:
         returns = evaluate_returns(env, lambda obs: 2.0 * (policy(obs) - low) / (high - low) - 1.0, args.episodes)
         name = meta.env
     else:
-        agent, config, _ = load_agent(args.target)
+        agent, config, _, _ = load_agent(args.target)
         env = make_env(config.env, args.seed, config.action_repeat)
         returns = evaluate_returns(env, lambda obs: agent.act(obs, deterministic=True), args.episodes)
         name = config.env

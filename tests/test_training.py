@@ -53,7 +53,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, ti
         trainer.run()
     payload = load_checkpoint(trainer.checkpoint_path)
     assert payload["counters"]["env_steps"] == 1000
-    agent, _, _ = load_agent(tmp_path / "run")
+    agent = load_agent(tmp_path / "run").agent
     assert all(torch.isfinite(p).all() for p in agent.parameters())
 
 

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from policies.export import DeployedPolicy, export_onnx
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
-from sim.envs import Env, make_env
+from sim.envs import Env, EnvSpec, StepResult, make_env
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
@@ -103,8 +103,15 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def load_agent(run_or_checkpoint: str | os.PathLike, device: torch.device | None = None):
-    """(agent, config, payload) from a run folder or checkpoint file, ready to act or export."""
+class LoadedRun(NamedTuple):
+    agent: SACSVG
+    config: TrainConfig
+    payload: dict
+    spec: EnvSpec
+
+
+def load_agent(run_or_checkpoint: str | os.PathLike, device: torch.device | None = None) -> LoadedRun:
+    """The agent of a run folder or checkpoint file, ready to act or export, with its config and env spec."""
     path = resolve_checkpoint(run_or_checkpoint)
     payload = load_checkpoint(path, required=("format", "config", "agent", "counters"))
     if payload["format"] != CHECKPOINT_FORMAT:
@@ -116,12 +123,11 @@ def load_agent(run_or_checkpoint: str | os.PathLike, device: torch.device | None
         agent.load_training_state(payload["agent"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: weights do not fit the saved config: {error}") from None
-    return agent, config, payload
+    return LoadedRun(agent, config, payload, env.spec)
 
 
 def export_run(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike):
-    agent, config, payload = load_agent(run_or_checkpoint, torch.device("cpu"))
-    spec = make_env(config.env, config.seed, config.action_repeat).spec
+    agent, config, payload, spec = load_agent(run_or_checkpoint, torch.device("cpu"))
     policy = DeployedPolicy(agent.normalizer, agent.actor, spec.action_low, spec.action_high)
     return export_onnx(
         policy,
@@ -155,6 +161,7 @@ class Trainer:
         self.env_steps = self.updates = self.episodes = 0
         self.last_checkpoint_step = 0
         self.last_eval: float | None = None
+        self.metrics: dict[str, torch.Tensor] = {}  # of the latest update, still on the device
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(config.model_dump_json(indent=2))
         if restore:
@@ -187,39 +194,47 @@ class Trainer:
 
     def run(self) -> dict:
         c = self.config
-        pending: dict[str, torch.Tensor] = {}
         started, updates_at_start = time.perf_counter(), self.updates
         bar = tqdm(total=c.steps, initial=self.env_steps, unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
         with bar:
             while self.env_steps < c.steps:
-                obs, step_in_episode, done = self.env.reset(), 0, False
-                self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
+                obs, step_in_episode, done = self.begin_episode(), 0, False
                 while not done and self.env_steps < c.steps:
-                    if self.env_steps < c.random_steps:
-                        action = self.rng.uniform(-1.0, 1.0, self.spec.action_dim).astype(np.float32)
-                    else:
-                        action = self.agent.act(obs, deterministic=False)
-                        if not np.isfinite(action).all():  # already on the host: checking costs no sync
-                            self._check_finite({**pending, "action": torch.as_tensor(action)})
-                    result = self.env.step(action)
-                    self.replay.add(obs, action, result.reward, result.obs, result.terminated, self.episodes, step_in_episode)
-                    self.agent.normalizer.update(torch.as_tensor(result.obs, device=self.device))
-                    obs, done = result.obs, result.terminated or result.truncated
-                    step_in_episode += 1
-                    previous, self.env_steps = self.env_steps, self.env_steps + self.spec.action_repeat
-                    bar.update(self.spec.action_repeat)
-                    if self.env_steps >= c.random_steps:
-                        pending = self._update()
-                        if self.updates % c.log_every == 0 or self.env_steps >= c.steps:
-                            rate = (self.updates - updates_at_start) / (time.perf_counter() - started)
-                            self._log_metrics(pending, rate)
+                    previous, updates_before = self.env_steps, self.updates
+                    result = self.decide_and_learn(obs, step_in_episode)
+                    obs, done, step_in_episode = result.obs, result.terminated or result.truncated, step_in_episode + 1
+                    bar.update(self.env_steps - previous)
+                    logged_update = self.updates > updates_before and self.updates % c.log_every == 0
+                    if logged_update or (self.env_steps >= c.steps and self.metrics):
+                        self._log_metrics(self.metrics, (self.updates - updates_at_start) / (time.perf_counter() - started))
                     if self.env_steps // c.eval_every > previous // c.eval_every or self.env_steps >= c.steps:
                         self._evaluate(bar)
                 self.episodes += 1
                 if self.env_steps - self.last_checkpoint_step >= c.checkpoint_every or self.env_steps >= c.steps:
-                    self._check_finite(pending)
+                    self._check_finite(self.metrics)
                     self._save()
         return {"env_steps": self.env_steps, "updates": self.updates, "eval_return": self.last_eval}
+
+    def begin_episode(self) -> np.ndarray:
+        obs = self.env.reset()
+        self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
+        return obs
+
+    def decide_and_learn(self, obs: np.ndarray, step_in_episode: int) -> StepResult:
+        """One agent decision: act (uniformly at random until random_steps), step, store, and, once learning, update."""
+        if self.env_steps < self.config.random_steps:
+            action = self.rng.uniform(-1.0, 1.0, self.spec.action_dim).astype(np.float32)
+        else:
+            action = self.agent.act(obs, deterministic=False)
+            if not np.isfinite(action).all():  # already on the host: checking costs no sync
+                self._check_finite({**self.metrics, "action": torch.as_tensor(action)})
+        result = self.env.step(action)
+        self.replay.add(obs, action, result.reward, result.obs, result.terminated, self.episodes, step_in_episode)
+        self.agent.normalizer.update(torch.as_tensor(result.obs, device=self.device))
+        self.env_steps += self.spec.action_repeat
+        if self.env_steps >= self.config.random_steps:
+            self.metrics = self._update()
+        return result
 
     def _update(self) -> dict[str, torch.Tensor]:
         c = self.agent.config
