@@ -105,8 +105,10 @@ def main() -> None:
                 print(line, flush=True)
     summary = summarise(args.tasks, args.horizons, args.seeds, args.steps)
     (ROOT / "results" / "learning_summary.json").write_text(json.dumps(summary, indent=2))
-    if summary:
-        plot(summary, ROOT.parent / "docs" / "learning_curves.png")
+    if not summary:
+        print("no run has finished yet")
+        return
+    plot(summary, ROOT.parent / "docs" / "learning_curves.png")
     print("| task | algorithm | seeds | return at " + " | ".join(f"{p // 1000}k" for p in next(iter(summary.values()))["env_steps"]) + " |")
     for v in summary.values():
         name = "SAC" if v["horizon"] == 0 else f"SAC-SVG({v['horizon']})"

@@ -46,25 +46,15 @@ def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
         training.tune_cpu_allocator = lambda: None
     config = TrainConfig(env=ENV, horizon=horizon, action_repeat=1, steps=WARM + steps, random_steps=WARM, seed=0)
     trainer = Trainer(config, tempfile.mkdtemp())
-    obs, step = trainer.begin_episode(), 0
-
-    def decide():  # exactly the trainer's per-decision work: act, env step, store, normalise, update
-        nonlocal obs, step
-        result = trainer.decide_and_learn(obs, step)
-        obs, step = result.obs, step + 1
-        if result.terminated or result.truncated:
-            trainer.episodes += 1
-            obs, step = trainer.begin_episode(), 0
-
     for _ in range(WARM - 1):  # random actions, no updates
-        decide()
+        trainer.decide_and_learn()
     with FlopCounterMode(display=False) as counter:
         trainer._update()
     for _ in range(21):  # the first learning decisions warm the allocator and caches
-        decide()
+        trainer.decide_and_learn()
     start = time.perf_counter()
-    for _ in range(steps):
-        decide()
+    for _ in range(steps):  # exactly the trainer's per-decision work: act, env step, store, normalise, update
+        trainer.decide_and_learn()
     return {"steps_per_s": steps / (time.perf_counter() - start), "update_flops": counter.get_total_flops()}
 
 

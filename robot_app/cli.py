@@ -54,10 +54,10 @@ def _evaluate(args) -> int:
         returns = evaluate_returns(env, lambda obs: 2.0 * (policy(obs) - low) / (high - low) - 1.0, args.episodes)
         name = meta.env
     else:
-        agent, config, _, _ = load_agent(args.target)
-        env = make_env(config.env, args.seed, config.action_repeat)
-        returns = evaluate_returns(env, lambda obs: agent.act(obs, deterministic=True), args.episodes)
-        name = config.env
+        loaded = load_agent(args.target)
+        env = make_env(loaded.config.env, args.seed, loaded.config.action_repeat)
+        returns = evaluate_returns(env, lambda obs: loaded.agent.act(obs, deterministic=True), args.episodes)
+        name = loaded.config.env
     print(f"{name}: return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {args.episodes} episodes "
           f"(min {np.min(returns):.1f}, max {np.max(returns):.1f})")
     return 0

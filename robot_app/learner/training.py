@@ -22,7 +22,7 @@ from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from policies.export import DeployedPolicy, export_onnx
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
-from sim.envs import Env, EnvSpec, StepResult, make_env
+from sim.envs import Env, EnvSpec, make_env
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
@@ -162,6 +162,8 @@ class Trainer:
         self.last_checkpoint_step = 0
         self.last_eval: float | None = None
         self.metrics: dict[str, torch.Tensor] = {}  # of the latest update, still on the device
+        self._obs: np.ndarray | None = None  # the open episode's latest observation; None between episodes
+        self._step_in_episode = 0
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(config.model_dump_json(indent=2))
         if restore:
@@ -198,30 +200,32 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.env_steps, unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
         with bar:
             while self.env_steps < c.steps:
-                obs, step_in_episode, done = self.begin_episode(), 0, False
-                while not done and self.env_steps < c.steps:
-                    previous, updates_before = self.env_steps, self.updates
-                    result = self.decide_and_learn(obs, step_in_episode)
-                    obs, done, step_in_episode = result.obs, result.terminated or result.truncated, step_in_episode + 1
-                    bar.update(self.env_steps - previous)
-                    logged_update = self.updates > updates_before and self.updates % c.log_every == 0
-                    if logged_update or (self.env_steps >= c.steps and self.metrics):
-                        self._log_metrics(self.metrics, (self.updates - updates_at_start) / (time.perf_counter() - started))
-                    if self.env_steps // c.eval_every > previous // c.eval_every or self.env_steps >= c.steps:
-                        self._evaluate(bar)
-                self.episodes += 1
-                if self.env_steps - self.last_checkpoint_step >= c.checkpoint_every or self.env_steps >= c.steps:
+                previous, updates_before = self.env_steps, self.updates
+                episode_ended = self.decide_and_learn()
+                bar.update(self.env_steps - previous)
+                logged_update = self.updates > updates_before and self.updates % c.log_every == 0
+                if logged_update or (self.env_steps >= c.steps and self.metrics):
+                    self._log_metrics(self.metrics, (self.updates - updates_at_start) / (time.perf_counter() - started))
+                if self.env_steps // c.eval_every > previous // c.eval_every or self.env_steps >= c.steps:
+                    self._evaluate(bar)
+                if self.env_steps >= c.steps and not episode_ended:
+                    self._end_episode()  # the budget cuts this episode short; a resume starts a fresh one
+                    episode_ended = True
+                if episode_ended and (self.env_steps - self.last_checkpoint_step >= c.checkpoint_every
+                                      or self.env_steps >= c.steps):
                     self._check_finite(self.metrics)
                     self._save()
         return {"env_steps": self.env_steps, "updates": self.updates, "eval_return": self.last_eval}
 
-    def begin_episode(self) -> np.ndarray:
-        obs = self.env.reset()
-        self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
-        return obs
+    def decide_and_learn(self) -> bool:
+        """One agent decision: act (uniformly at random until random_steps), step, store, and, once learning, update.
 
-    def decide_and_learn(self, obs: np.ndarray, step_in_episode: int) -> StepResult:
-        """One agent decision: act (uniformly at random until random_steps), step, store, and, once learning, update."""
+        Opens an episode when none is open; returns True when this decision ended it.
+        """
+        if self._obs is None:
+            self._obs, self._step_in_episode = self.env.reset(), 0
+            self.agent.normalizer.update(torch.as_tensor(self._obs, device=self.device))
+        obs = self._obs
         if self.env_steps < self.config.random_steps:
             action = self.rng.uniform(-1.0, 1.0, self.spec.action_dim).astype(np.float32)
         else:
@@ -229,12 +233,20 @@ class Trainer:
             if not np.isfinite(action).all():  # already on the host: checking costs no sync
                 self._check_finite({**self.metrics, "action": torch.as_tensor(action)})
         result = self.env.step(action)
-        self.replay.add(obs, action, result.reward, result.obs, result.terminated, self.episodes, step_in_episode)
+        self.replay.add(obs, action, result.reward, result.obs, result.terminated, self.episodes, self._step_in_episode)
         self.agent.normalizer.update(torch.as_tensor(result.obs, device=self.device))
         self.env_steps += self.spec.action_repeat
         if self.env_steps >= self.config.random_steps:
             self.metrics = self._update()
-        return result
+        self._obs, self._step_in_episode = result.obs, self._step_in_episode + 1
+        if result.terminated or result.truncated:
+            self._end_episode()
+            return True
+        return False
+
+    def _end_episode(self) -> None:
+        self.episodes += 1
+        self._obs = None
 
     def _update(self) -> dict[str, torch.Tensor]:
         c = self.agent.config
