@@ -72,6 +72,69 @@ def _export(args) -> int:
     return 0
 
 
+def _virtual_robot(args) -> int:
+    import signal
+
+    from robot_app.robot.spec import load_robot_spec
+    from sim.virtual_robot import Faults, VirtualRobot, write_audit
+
+    spec = load_robot_spec(args.robot).with_rate(args.rate)
+    faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
+                    args.estop_after)
+    robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed,
+                         robot_id=args.robot_id or f"{spec.name}-virtual-0")
+    signal.signal(signal.SIGTERM, lambda *_: robot.stop())
+    signal.signal(signal.SIGINT, lambda *_: robot.stop())
+    signal.signal(signal.SIGUSR1, lambda *_: robot.press_estop())
+    print(robot.port, flush=True)
+    audit = robot.serve(args.duration)
+    if args.audit_out:
+        write_audit(audit, args.audit_out)
+    logging.getLogger("robot_app.virtual_robot").info(
+        "stopped: %d commands, %d limit violations, %d rate violations, %d watchdog trips, hard-stop arrivals %s",
+        audit.commands, audit.limit_violations, audit.rate_violations, audit.watchdog_trips,
+        [round(v, 3) for v in audit.hard_stop_speeds])
+    return 0
+
+
+def _agent(args) -> int:
+    import json
+    import signal
+
+    from calibration.encoders import load_calibration
+    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.runtime import Agent
+    from robot_app.agent.transition_log import TransitionLog
+    from robot_app.hardware.serial_robot import SerialRobot
+    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.task import make_task
+
+    spec = load_robot_spec(args.robot).with_rate(args.rate)
+    calibration = load_calibration(args.calibration or spec.name)
+    policy = load_policy(args.policy, spec, make_task(spec).obs_layout, seed=args.seed)
+    agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, TransitionLog(args.log),
+                  status_every_s=args.status_every)
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop("SIGINT"))
+    signal.signal(signal.SIGUSR1, lambda *_: agent.request_estop("signal SIGUSR1"))
+    signal.signal(signal.SIGUSR2, lambda *_: agent.request_estop_reset())
+    summary = agent.run(episodes=args.episodes, duration_s=args.duration)
+    if args.summary_out:
+        Path(args.summary_out).write_text(json.dumps(summary, indent=1))
+    print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "
+          f"{summary['transitions']} transitions logged to {args.log}; interventions {summary['interventions']}")
+    return 0
+
+
+def _estop(args) -> int:
+    import os
+    import signal
+
+    os.kill(args.pid, signal.SIGUSR2 if args.reset else signal.SIGUSR1)
+    print(f"{'e-stop reset' if args.reset else 'e-stop'} sent to agent pid {args.pid}")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
@@ -107,6 +170,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     export.add_argument("--out", required=True, help="the .onnx file to write")
     export.set_defaults(handler=_export)
+
+    virtual = sub.add_parser("virtual-robot", help="simulate a robot behind the serial protocol on a pty; prints its path")
+    virtual.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    virtual.add_argument("--lockstep", action="store_true", help="advance one control period per command")
+    virtual.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
+    virtual.add_argument("--seed", type=int, default=0)
+    virtual.add_argument("--robot-id", help="the id the device reports in HELLO")
+    virtual.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
+    virtual.add_argument("--audit-out", help="write the device-side audit (JSON) here at exit")
+    faults = virtual.add_argument_group("fault injection (device -> host)")
+    faults.add_argument("--corrupt-rate", type=float, default=0.0, help="per-byte bit-flip probability")
+    faults.add_argument("--drop-rate", type=float, default=0.0, help="per-frame drop probability")
+    faults.add_argument("--latency-ms", type=float, default=0.0, help="added to every frame")
+    faults.add_argument("--hang-after", type=float, help="seconds until the device stops responding")
+    faults.add_argument("--disconnect-after", type=float, help="seconds until the device closes the pty")
+    faults.add_argument("--estop-after", type=float, help="seconds until the device's e-stop button is pressed")
+    virtual.set_defaults(handler=_virtual_robot)
+
+    agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
+    agent.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    agent.add_argument("--policy", required=True, help="an exported .onnx, or zero|random for bring-up")
+    agent.add_argument("--calibration", help="calibration .yaml (default calibration/<robot>.yaml)")
+    agent.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
+    agent.add_argument("--baud", type=int, default=921_600)
+    agent.add_argument("--log", default="runs/agent/transitions.sqlite", help="the durable transition log")
+    agent.add_argument("--episodes", type=int, help="stop after this many episodes")
+    agent.add_argument("--duration", type=float, help="stop after this many seconds")
+    agent.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines on stderr")
+    agent.add_argument("--summary-out", help="write the run summary (JSON) here at exit")
+    agent.add_argument("--seed", type=int, default=0)
+    agent.set_defaults(handler=_agent)
+
+    estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")
+    estop.add_argument("pid", type=int, help="the agent's process id")
+    estop.add_argument("--reset", action="store_true", help="release a latched e-stop")
+    estop.set_defaults(handler=_estop)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""One environment interface, named `<family>:<rest>`, over dm_control suite tasks (and, later, our own robots)."""
+"""One environment interface, named `<family>:<rest>`, over dm_control suite tasks and our own robots."""
 
 from __future__ import annotations
 
@@ -124,8 +124,14 @@ def _make_dmc(rest: str, seed: int, action_repeat: int | None) -> Env:
     return DMControlEnv(domain, task, seed, action_repeat)
 
 
-# Environment families by prefix. Our own robots join this table in a later issue.
-ENV_FAMILIES: dict[str, Callable[[str, int, int | None], Env]] = {"dmc": _make_dmc}
+def _make_furuta(rest: str, seed: int, action_repeat: int | None) -> Env:
+    from sim.furuta import FurutaEnv
+
+    return FurutaEnv(rest, seed, action_repeat)
+
+
+# Environment families by prefix: dm_control suite tasks, and our own robots' tasks on their MuJoCo models.
+ENV_FAMILIES: dict[str, Callable[[str, int, int | None], Env]] = {"dmc": _make_dmc, "furuta": _make_furuta}
 
 
 def make_env(name: str, seed: int, action_repeat: int | None = None) -> Env:

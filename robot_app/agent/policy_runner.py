@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, PolicyMetadata
+from robot_app.robot.spec import RobotSpec
 
 
 class OnnxPolicy:
@@ -50,3 +51,58 @@ class OnnxPolicy:
         batch = obs[None] if obs.ndim == 1 else obs
         action = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         return action[0] if obs.ndim == 1 else action
+
+    @property
+    def version(self) -> str:
+        return self.metadata.weights_sha256[:16]
+
+    def check_robot(self, obs_layout, action_layout, command_low, command_high) -> None:
+        """Refuse a policy trained for another robot or task: layouts and native action bounds must match exactly."""
+        meta, problems = self.metadata, []
+        if [tuple(field) for field in meta.obs_layout] != [tuple(field) for field in obs_layout]:
+            problems.append(f"observation layout {meta.obs_layout} != the task's {list(obs_layout)}")
+        if list(meta.action_layout) != list(action_layout):
+            problems.append(f"action layout {meta.action_layout} != the robot's actuators {list(action_layout)}")
+        if not (np.allclose(meta.action_low, command_low) and np.allclose(meta.action_high, command_high)):
+            problems.append(f"action bounds [{meta.action_low}, {meta.action_high}] != the robot's command limits "
+                            f"[{list(command_low)}, {list(command_high)}]")
+        if problems:
+            raise ArtifactError(f"{self.path} (trained on {meta.env}) does not fit this robot: " + "; ".join(problems))
+
+
+class ConstantPolicy:
+    """Bring-up policy `zero`: the robot's safe command on every tick."""
+
+    version = "zero"
+
+    def __init__(self, command):
+        self._command = np.asarray(command, dtype=np.float32)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self._command.copy()
+
+
+class RandomPolicy:
+    """Bring-up policy `random`: uniform over the command limits on every tick (a full-rate stress test)."""
+
+    version = "random"
+
+    def __init__(self, low, high, seed: int = 0):
+        self._low, self._high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self._rng.uniform(self._low, self._high).astype(np.float32)
+
+
+def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0):
+    """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits."""
+    low = [a.command_limit[0] for a in spec.actuators]
+    high = [a.command_limit[1] for a in spec.actuators]
+    if name_or_path == "zero":
+        return ConstantPolicy([a.safe_command for a in spec.actuators])
+    if name_or_path == "random":
+        return RandomPolicy(low, high, seed)
+    policy = OnnxPolicy(name_or_path)
+    policy.check_robot(obs_layout, [a.name for a in spec.actuators], low, high)
+    return policy

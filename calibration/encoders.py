@@ -1,0 +1,62 @@
+"""Encoder calibration: per-encoder offset, scale and direction, loaded from YAML and applied on the read path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+CALIBRATION_DIR = Path(__file__).parent
+
+
+class EncoderCalibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offset_counts: int  # the raw count at the joint's zero
+    scale: float = Field(gt=0)  # radians per count
+    direction: Literal[-1, 1]
+
+
+class RobotCalibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    robot: str
+    encoders: dict[str, EncoderCalibration]
+
+    def for_sensors(self, sensor_names: list[str]) -> "EncoderMap":
+        missing = [name for name in sensor_names if name not in self.encoders]
+        if missing:
+            raise ValueError(f"calibration for {self.robot} has no entry for encoders {missing}")
+        return EncoderMap([self.encoders[name] for name in sensor_names])
+
+
+class EncoderMap:
+    """Vectorised counts <-> calibrated joint angles for a fixed order of encoders."""
+
+    def __init__(self, encoders: list[EncoderCalibration]):
+        self.offset = np.array([e.offset_counts for e in encoders], dtype=np.float64)
+        self.gain = np.array([e.direction * e.scale for e in encoders], dtype=np.float64)
+
+    def angles(self, counts) -> np.ndarray:
+        return (np.asarray(counts, dtype=np.float64) - self.offset) * self.gain
+
+    def counts(self, angles) -> np.ndarray:
+        """The raw counts a device reports at these joint angles (the virtual robot's encoders)."""
+        return np.round(np.asarray(angles, dtype=np.float64) / self.gain + self.offset).astype(np.int64)
+
+
+def load_calibration(robot_or_path: str | Path) -> RobotCalibration:
+    """A robot's calibration by name ('furuta' reads calibration/furuta.yaml) or by path to a YAML file."""
+    path = Path(robot_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CALIBRATION_DIR / f"{robot_or_path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read calibration {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration {path} is not a YAML mapping")
+    return RobotCalibration.model_validate(data)

@@ -1,0 +1,283 @@
+"""The agent's control loop: read, calibrate, observe, act, supervise, command and record, once per deadline.
+
+Against a realtime device the loop is deadline-scheduled at the spec's control rate. Against a lockstep device (the
+virtual robot in training mode) each command advances the device one period, so the loop runs as fast as it answers.
+Between episodes a reset phase brings the robot back to rest; policy swaps and fault clears happen only there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import numpy as np
+
+from calibration.encoders import RobotCalibration
+from robot_app.agent.schedule import DeadlineSchedule, tighten_timer_slack
+from robot_app.agent.supervisor import SafetySupervisor
+from robot_app.agent.transition_log import Transition, TransitionLog
+from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
+from robot_app.robot.spec import RobotSpec
+from robot_app.robot.task import JointState, SensorPipeline, make_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _OpenStep:
+    """An action sent whose outcome (reward, next observation) the next tick will see."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    policy_action: np.ndarray
+    step: int
+    interventions: tuple[str, ...]
+    obs_time_ns: int
+    command_time_ns: int
+    device_time_us: int
+
+
+class Agent:
+    def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
+                 transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0):
+        self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
+        self.task = make_task(spec)
+        sensors = {s.name: s for s in spec.sensors}
+        self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
+        self.supervisor = SafetySupervisor(spec, [sensors[name].joint for name in self.task.sensors], spec.period_s)
+        self.status_every_s = status_every_s
+        self.reset_ticks = math.ceil(reset_timeout_s / spec.period_s)
+        self.schedule: DeadlineSchedule | None = None
+        self.robot_id = ""
+        self.episode = 0
+        self.episodes_done = 0
+        self.transitions_recorded = 0
+        self._stop_reason: str | None = None
+        self._estop_request: str | None = None
+        self._estop_reset = False
+        self._next_policy = None
+
+    # ---- requests from other threads and signal handlers: flags the loop applies at its next tick ----------------
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = self._stop_reason or reason
+
+    def request_estop(self, reason: str) -> None:
+        self._estop_request = reason
+
+    def request_estop_reset(self) -> None:
+        self._estop_reset = True
+
+    def request_policy(self, policy) -> None:
+        """Swap to `policy` at the next episode boundary (it must already be loaded and checked)."""
+        self._next_policy = policy
+
+    # ---- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self, episodes: int | None = None, duration_s: float | None = None) -> dict:
+        tighten_timer_slack()
+        started, cpu_started = time.monotonic(), time.process_time()
+        try:
+            self._connect()
+        except BaseException:
+            if self.transitions is not None:
+                self.transitions.close()
+            raise
+        deadline = None if duration_s is None else started + duration_s
+        next_status = started + self.status_every_s
+        open_step: _OpenStep | None = None
+        phase, phase_ticks, step = "reset", 0, 0
+        last_seq: int | None = None
+        state: JointState | None = None
+        try:
+            while self._stop_reason is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.request_stop("duration reached")
+                    break
+                try:
+                    reading = self._read(last_seq)
+                except LinkLost as error:
+                    log.error("link lost: %s", error)
+                    self._close(open_step, state)
+                    open_step, phase, phase_ticks, last_seq = None, "reset", 0, None
+                    self.supervisor.latch_fault("link_lost")
+                    self._reconnect(deadline)
+                    continue
+                now = time.monotonic_ns()
+                self._apply_requests()
+                if reading is not None and reading.seq != last_seq:
+                    state = self.pipeline.update(reading.frame.counts, reading.frame.device_time_us * 1e-6)
+                    last_seq = reading.seq
+                age = math.inf if reading is None else (now - reading.received_ns) / 1e9
+
+                if phase == "run" and open_step is not None:
+                    ended = self._close(open_step, state)
+                    open_step = None
+                    if ended or not self.supervisor.safe_to_run:
+                        phase, phase_ticks = "reset", 0
+                        self.episode += 1
+                        self.episodes_done += 1
+                        if episodes is not None and self.episodes_done >= episodes:
+                            self.request_stop(f"{episodes} episodes done")
+                            break
+                if phase == "reset":
+                    phase_ticks += 1
+                    if self._ready_to_start(state, age, phase_ticks):
+                        phase, step = "run", 0
+                        if self._next_policy is not None:
+                            self.policy, self._next_policy = self._next_policy, None
+                            log.info("policy swapped to %s at the start of episode %d", self.policy.version,
+                                     self.episode)
+                if phase == "run" and state is not None:
+                    obs = self.task.observe(state)
+                    try:
+                        policy_action = np.asarray(self.policy(obs), dtype=np.float64)
+                    except Exception as error:  # a broken policy is a fault, never a crash with the motor on
+                        log.error("policy raised: %s", error)
+                        policy_action = np.full(len(self.spec.actuators), np.nan)
+                    verdict = self.supervisor.check(policy_action, state, age)
+                    self.robot.send_command(verdict.command, verdict.enable)
+                    open_step = _OpenStep(obs, verdict.command, policy_action, step, verdict.reasons,
+                                          reading.received_ns, time.monotonic_ns(), reading.frame.device_time_us)
+                    step += 1
+                else:
+                    target = self.task.reset_command(state) if state is not None else self.supervisor.safe
+                    verdict = self.supervisor.check(target, state, age)
+                    self.robot.send_command(verdict.command, verdict.enable)
+                if time.monotonic() >= next_status:
+                    next_status += self.status_every_s
+                    log.info("%s", self.status_line(phase))
+        finally:
+            self._shutdown(open_step, state)
+        wall = time.monotonic() - started
+        summary = self.summary(wall, time.process_time() - cpu_started)
+        log.info("stopped (%s): %s", self._stop_reason, self.status_line("stopped"))
+        return summary
+
+    def _connect(self) -> None:
+        device = self.robot.connect()
+        if (device.n_encoders, device.n_motors) != (len(self.spec.sensors), len(self.spec.actuators)):
+            self.robot.close()
+            raise HandshakeError(f"device {device.robot_id} has {device.n_encoders} encoders and {device.n_motors} "
+                                 f"motors; robot {self.spec.name} has {len(self.spec.sensors)} and "
+                                 f"{len(self.spec.actuators)}")
+        if not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
+            self.robot.close()
+            raise HandshakeError(f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
+                                 f"{self.spec.control_rate_hz:g} Hz")
+        self.pipeline.reset()
+        if device.robot_id != self.robot_id:
+            self.robot_id = device.robot_id
+            self.episode = self.transitions.next_episode(self.robot_id) if self.transitions else 0
+        if self.robot.lockstep:
+            self.schedule = None
+        elif self.schedule is None:
+            self.schedule = DeadlineSchedule(self.spec.period_s)
+
+    def _reconnect(self, deadline: float | None) -> None:
+        delay = 0.1
+        while self._stop_reason is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(delay)
+            try:
+                self._connect()
+                log.info("reconnected to %s", self.robot_id)
+                return
+            except (LinkLost, HandshakeError) as error:
+                log.warning("reconnect failed (%s); next try in %.1f s", error, min(2 * delay, 2.0))
+                delay = min(2 * delay, 2.0)
+
+    def _read(self, last_seq: int | None) -> SensorReading | None:
+        if self.schedule is not None:
+            self.schedule.wait()
+            self.robot.poll()
+            return self.robot.latest
+        # Lockstep: the device answers each command with one frame; a missing answer goes stale like a silent link.
+        return self.robot.wait_sensor(last_seq, self.spec.watchdog_timeout_s) or self.robot.latest
+
+    def _apply_requests(self) -> None:
+        if self.robot.device_estop is not None:
+            self.supervisor.engage_estop(f"device e-stop {self.robot.device_estop.reason}".strip())
+            self.robot.device_estop = None
+        if self._estop_request is not None:
+            self.supervisor.engage_estop(self._estop_request)
+            self.robot.send_estop(True, self._estop_request)
+            self._estop_request = None
+        if self._estop_reset:
+            self._estop_reset = False
+            self.supervisor.reset_estop()
+            self.robot.send_estop(False, "reset")
+
+    def _ready_to_start(self, state: JointState | None, age: float, phase_ticks: int) -> bool:
+        if state is None or self.supervisor.estop_reason is not None or age > self.spec.watchdog_timeout_s:
+            return False
+        settled = self.task.ready(state) or phase_ticks >= self.reset_ticks
+        if settled and self.supervisor.fault is not None:
+            self.supervisor.clear_fault()
+            return False  # one more reset tick under the cleared supervisor
+        return settled
+
+    def _close(self, open_step: _OpenStep | None, state: JointState | None) -> bool:
+        """Record the transition `open_step` started, ending at `state`. True if the episode ended with it."""
+        if open_step is None or state is None:
+            return False
+        terminated = self.task.terminated(state)
+        truncated = not terminated and (
+            open_step.step + 1 >= self.task.max_episode_steps or not self.supervisor.safe_to_run
+            or self._stop_reason is not None
+        )
+        received_ns = self.robot.latest.received_ns if self.robot.latest else open_step.command_time_ns
+        if self.transitions is not None:
+            self.transitions.append(Transition(
+                robot_id=self.robot_id, episode=self.episode, step=open_step.step, obs=open_step.obs,
+                action=open_step.action.astype(np.float32), reward=self.task.reward(state),
+                next_obs=self.task.observe(state), terminated=terminated, truncated=truncated,
+                policy_action=open_step.policy_action.astype(np.float32), policy_version=self.policy.version,
+                interventions=open_step.interventions, obs_time_ns=open_step.obs_time_ns,
+                command_time_ns=open_step.command_time_ns, next_obs_time_ns=received_ns,
+                device_time_us=open_step.device_time_us,
+            ))
+        self.transitions_recorded += 1
+        return terminated or truncated
+
+    def _shutdown(self, open_step: _OpenStep | None, state: JointState | None) -> None:
+        """Safe stop: close the open transition, send the safe command with the driver off, close the log."""
+        try:
+            self._close(open_step, state)
+            verdict = self.supervisor.release_motor()
+            self.robot.send_command(verdict.command, enable=False)
+            log.info("safe stop: sent %s with the motor disabled", verdict.command.tolist())
+        except LinkLost as error:
+            log.error("could not send the safe stop: %s (the firmware watchdog will cut the motor)", error)
+        finally:
+            self.robot.close()
+            if self.transitions is not None:
+                self.transitions.close()
+
+    # ---- reporting ------------------------------------------------------------------------------------------------
+
+    def status_line(self, phase: str) -> str:
+        jitter = ""
+        if self.schedule is not None:
+            p50, p99 = self.schedule.jitter_us(0.5, 0.99)
+            jitter = (f" jitter p50={p50:.0f}us p99={p99:.0f}us max={self.schedule.max_jitter_ns / 1e3:.0f}us"
+                      f" overruns={self.schedule.overruns}")
+        link = self.robot.link_counters
+        bad = {k: v for k, v in link.items() if k not in ("frames",) and v}
+        return (f"{self.robot_id} {phase} ep={self.episode} transitions={self.transitions_recorded}{jitter} "
+                f"interventions={dict(self.supervisor.counts)} link_frames={link.get('frames', 0)} link_errors={bad} "
+                f"estop={self.supervisor.estop_reason or 'off'} fault={self.supervisor.fault or 'none'}")
+
+    def summary(self, wall_s: float, cpu_s: float) -> dict:
+        out = {
+            "robot_id": self.robot_id, "episodes": self.episodes_done, "transitions": self.transitions_recorded,
+            "wall_s": wall_s, "cpu_share": cpu_s / wall_s if wall_s > 0 else 0.0,
+            "interventions": dict(self.supervisor.counts), "link": self.robot.link_counters,
+            "stop_reason": self._stop_reason,
+        }
+        if self.schedule is not None:
+            p50, p99 = self.schedule.jitter_us(0.5, 0.99)
+            out |= {"ticks": self.schedule.ticks, "jitter_p50_us": p50, "jitter_p99_us": p99,
+                    "jitter_max_us": self.schedule.max_jitter_ns / 1e3, "overruns": self.schedule.overruns}
+        return out

@@ -1,0 +1,142 @@
+"""The safety supervisor: every command passes through it, and it latches, like walk_in_the_park's monitor.
+
+Per tick it checks, in order: e-stop (latched until an explicit reset), stale sensors, a non-finite policy output (both
+latch a fault until the episode's end), actuator limits, joint-limit braking, overspeed, and the command rate limit.
+Every intervention is counted by reason and logged when it starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+
+import numpy as np
+
+from robot_app.robot.spec import RobotSpec
+from robot_app.robot.task import JointState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    command: np.ndarray  # what goes on the wire
+    enable: bool  # motor driver on
+    reasons: tuple[str, ...]  # interventions this tick; empty when the policy's action passed untouched
+
+
+class SafetySupervisor:
+    def __init__(self, spec: RobotSpec, joint_order: list[str], period_s: float):
+        """joint_order names the joint of each entry of JointState.position, e.g. ['arm', 'pendulum']."""
+        self.spec = spec
+        acts = spec.actuators
+        self.low = np.array([a.command_limit[0] for a in acts])
+        self.high = np.array([a.command_limit[1] for a in acts])
+        self.safe = np.array([a.safe_command for a in acts])
+        self.max_step = np.array([a.rate_limit * period_s for a in acts])
+        self.joints = [spec.joint(a.joint) for a in acts]
+        self.joint_index = [joint_order.index(a.joint) for a in acts]
+        # Braking starts while there is time to swing the command to full reverse at the rate limit, plus a tick.
+        self.reaction_s = np.array([period_s + (a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts])
+        self.watchdog_s = spec.watchdog_timeout_s
+        self.estop_reason: str | None = None
+        self.fault: str | None = None
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._last = self.safe.copy()
+        self._active: set[str] = set()
+
+    # ---- latches ------------------------------------------------------------------------------------------------
+
+    def engage_estop(self, reason: str) -> None:
+        if self.estop_reason is None:
+            log.warning("E-STOP engaged: %s", reason)
+            self.counts["estop"] += 1
+        self.estop_reason = self.estop_reason or reason
+
+    def reset_estop(self) -> None:
+        if self.estop_reason is not None:
+            log.warning("e-stop reset (was: %s)", self.estop_reason)
+        self.estop_reason = None
+
+    def latch_fault(self, reason: str) -> None:
+        if self.fault is None:
+            log.warning("safety fault latched: %s; safe stop until the episode ends", reason)
+        self.fault = self.fault or reason
+
+    def clear_fault(self) -> None:
+        self.fault = None
+
+    @property
+    def safe_to_run(self) -> bool:
+        return self.estop_reason is None and self.fault is None
+
+    # ---- the check ----------------------------------------------------------------------------------------------
+
+    def check(self, action, state: JointState | None, sensor_age_s: float) -> Verdict:
+        reasons: list[str] = []
+        if self.estop_reason is not None:
+            self._last = self.safe.copy()
+            return self._verdict(self.safe.copy(), False, ["estop"])
+        if state is None or sensor_age_s > self.watchdog_s:
+            self.latch_fault("stale_sensors")
+            command = self.safe.copy()  # no trustworthy state to brake with
+        else:
+            action = np.asarray(action, dtype=np.float64).reshape(self.safe.shape)
+            if not np.all(np.isfinite(action)):
+                self.latch_fault("non_finite_action")
+            if self.fault is not None:
+                reasons.append("safe_stop")
+                command = self._brake_to_rest(state)
+            else:
+                command = np.clip(action, self.low, self.high)
+                if not np.array_equal(command, action):
+                    reasons.append("clamped")
+            command = self._guard_joints(command, state, reasons)
+        if self.fault is not None:
+            reasons.append(self.fault)
+        stepped = np.clip(command, self._last - self.max_step, self._last + self.max_step)
+        if not np.array_equal(stepped, command):
+            reasons.append("rate_limited")
+        self._last = stepped
+        return self._verdict(stepped, True, reasons)
+
+    def release_motor(self) -> Verdict:
+        """The final command at shutdown: the safe value with the driver off."""
+        self._last = self.safe.copy()
+        return Verdict(self.safe.copy(), False, ("shutdown",))
+
+    def _brake_to_rest(self, state: JointState) -> np.ndarray:
+        velocity = np.array([state.velocity[i] for i in self.joint_index])
+        return np.clip(self.safe - velocity * (self.high - self.low), self.low, self.high)
+
+    def _guard_joints(self, command: np.ndarray, state: JointState, reasons: list[str]) -> np.ndarray:
+        command = command.copy()
+        for k, (joint, i) in enumerate(zip(self.joints, self.joint_index)):
+            position, velocity = state.position[i], state.velocity[i]
+            if abs(velocity) > joint.velocity_limit and np.sign(command[k] - self.safe[k]) == np.sign(velocity):
+                command[k] = self.safe[k]
+                reasons.append("overspeed")
+            if joint.position_limit is None:
+                continue
+            low, high = joint.position_limit
+            stopping = velocity**2 / (2.0 * joint.braking_deceleration) + abs(velocity) * self.reaction_s[k]
+            if velocity > 0 and position + stopping >= high:
+                command[k] = self.low[k]
+                reasons.append("braking")
+            elif velocity < 0 and position - stopping <= low:
+                command[k] = self.high[k]
+                reasons.append("braking")
+            elif (position >= high and command[k] > self.safe[k]) or (position <= low and command[k] < self.safe[k]):
+                command[k] = self.safe[k]
+                reasons.append("hold_at_limit")
+        return command
+
+    def _verdict(self, command: np.ndarray, enable: bool, reasons: list[str]) -> Verdict:
+        reasons = list(dict.fromkeys(reasons))
+        for reason in reasons:
+            self.counts[reason] += 1
+            if reason not in self._active:
+                log.info("safety intervention: %s (%d so far)", reason, self.counts[reason])
+        self._active = set(reasons)
+        return Verdict(command, enable, tuple(reasons))

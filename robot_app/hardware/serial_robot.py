@@ -1,0 +1,171 @@
+"""The host side of the serial protocol over pyserial: handshake, sensor stream, commands, heartbeats and e-stop.
+
+The same class drives real firmware and the virtual robot's pseudo-terminal. Nothing here blocks without a timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import select
+import time
+
+import serial
+
+from robot_app.hardware.protocol import (
+    PROTOCOL_VERSION, Command, EStop, Fault, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
+    SensorStatus, encode_frame, parse,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LinkLost(ConnectionError):
+    """The serial device went away (unplugged, closed, or the port errored)."""
+
+
+class HandshakeError(ConnectionError):
+    """The device did not answer HELLO in time, or answered with something this host cannot drive."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorReading:
+    frame: SensorFrame
+    seq: int
+    received_ns: int  # host monotonic clock
+
+
+class SerialRobot:
+    """One serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*()."""
+
+    def __init__(self, port: str, baudrate: int = 921_600):
+        self.port = port
+        self.baudrate = baudrate
+        self._serial: serial.Serial | None = None
+        self._decoder = FrameDecoder()
+        self._seq = 0
+        self.device: Hello | None = None
+        self.latest: SensorReading | None = None
+        self.device_estop: EStop | None = None  # an e-stop the device reported and nobody consumed yet
+        self.faults: collections.deque[Fault] = collections.deque(maxlen=64)
+        self.heartbeat_echo_ns: dict[int, int] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # ---- link ---------------------------------------------------------------------------------------------------
+
+    def connect(self, timeout_s: float = 2.0) -> Hello:
+        try:
+            self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0, exclusive=True)
+            self._serial.reset_input_buffer()
+        except (serial.SerialException, OSError) as error:
+            raise LinkLost(f"cannot open {self.port}: {error}") from None
+        self._decoder = FrameDecoder()
+        self.device, self.latest = None, None
+        self._send(MessageType.HELLO, Hello(PROTOCOL_VERSION, "host").pack())
+        deadline = time.monotonic() + timeout_s
+        while self.device is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close()
+                raise HandshakeError(f"{self.port}: no HELLO answer within {timeout_s:.1f} s")
+            self.poll(remaining)
+        if self.device.version != PROTOCOL_VERSION:
+            version = self.device.version
+            self.close()
+            raise HandshakeError(f"{self.port}: device speaks protocol v{version}, this host v{PROTOCOL_VERSION}")
+        log.info("connected to %s on %s (protocol v%d, %d encoders, %d motors, %.0f Hz%s)", self.device.robot_id,
+                 self.port, self.device.version, self.device.n_encoders, self.device.n_motors, self.device.rate_hz,
+                 ", lockstep" if self.lockstep else "")
+        return self.device
+
+    @property
+    def lockstep(self) -> bool:
+        return bool(self.device and self.device.flags & SensorStatus.LOCKSTEP)
+
+    def close(self) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except (serial.SerialException, OSError):
+                pass
+            self._serial = None
+            self._decoder.flush()
+
+    # ---- receiving ------------------------------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Read whatever has arrived (waiting up to timeout_s for the first byte) and dispatch it. Returns frames read."""
+        if self._serial is None:
+            raise LinkLost(f"{self.port} is not open")
+        try:
+            if timeout_s > 0 and not self._serial.in_waiting:
+                select.select([self._serial.fileno()], [], [], timeout_s)
+            data = self._serial.read(self._serial.in_waiting or 1)
+        except (serial.SerialException, OSError) as error:
+            self.close()
+            raise LinkLost(f"{self.port}: {error}") from None
+        if not data:
+            return 0
+        now = time.monotonic_ns()
+        frames = self._decoder.feed(data)
+        for frame in frames:
+            try:
+                message = parse(frame)
+            except ProtocolError as error:
+                self.counters["malformed"] += 1
+                log.debug("dropped a malformed frame: %s", error)
+                continue
+            if isinstance(message, SensorFrame):
+                self.latest = SensorReading(message, frame.seq, now)
+            elif isinstance(message, Hello):
+                self.device = message
+            elif isinstance(message, EStop):
+                if message.engage:
+                    self.device_estop = message
+            elif isinstance(message, Fault):
+                self.faults.append(message)
+                self.counters["device_faults"] += 1
+            elif frame.type == MessageType.HEARTBEAT:
+                self.heartbeat_echo_ns[frame.seq] = now
+        return len(frames)
+
+    def wait_sensor(self, newer_than_seq: int | None, timeout_s: float) -> SensorReading | None:
+        """The newest sensor frame, waiting up to timeout_s for one newer than `newer_than_seq` (None: any)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.latest is not None and (newer_than_seq is None or self.latest.seq != newer_than_seq):
+                return self.latest
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.poll(remaining)
+
+    @property
+    def link_counters(self) -> dict[str, int]:
+        return dict(self._decoder.counters) | dict(self.counters)
+
+    # ---- sending --------------------------------------------------------------------------------------------------
+
+    def _send(self, message_type: MessageType, payload: bytes) -> int:
+        if self._serial is None:
+            raise LinkLost(f"{self.port} is not open")
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        frame = encode_frame(message_type, self._seq, payload)
+        try:
+            written = self._serial.write(frame)
+        except (serial.SerialException, OSError) as error:
+            self.close()
+            raise LinkLost(f"{self.port}: {error}") from None
+        if written != len(frame):  # the device is not draining its input: the frame is lost (and counted)
+            self.counters["tx_short"] += 1
+        return self._seq
+
+    def send_command(self, volts, enable: bool = True) -> int:
+        return self._send(MessageType.COMMAND, Command(enable, tuple(float(v) for v in volts)).pack())
+
+    def send_estop(self, engage: bool, reason: str = "") -> int:
+        return self._send(MessageType.ESTOP, EStop(engage, reason).pack())
+
+    def send_heartbeat(self) -> int:
+        return self._send(MessageType.HEARTBEAT, b"")

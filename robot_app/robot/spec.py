@@ -1,0 +1,119 @@
+"""The robot spec: joints, sensors, actuators, limits, timing and randomisation ranges, loaded from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SPEC_DIR = Path(__file__).parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ordered(pair: tuple[float, float] | None, what: str) -> None:
+    if pair is not None and not pair[0] < pair[1]:
+        raise ValueError(f"{what} must be [low, high] with low < high, got {list(pair)}")
+
+
+class JointSpec(_Strict):
+    name: str
+    position_limit: tuple[float, float] | None = None  # software limit; None for a continuous joint
+    hard_stop: tuple[float, float] | None = None  # mechanical stops
+    max_hard_stop_speed: float = Field(0.0, ge=0)
+    velocity_limit: float = Field(gt=0)
+    braking_deceleration: float = Field(1.0, gt=0)  # a conservative floor on full-reverse deceleration
+
+    @model_validator(mode="after")
+    def _limits(self) -> "JointSpec":
+        _ordered(self.position_limit, f"joint {self.name}: position_limit")
+        _ordered(self.hard_stop, f"joint {self.name}: hard_stop")
+        if self.position_limit and self.hard_stop and not (
+            self.hard_stop[0] < self.position_limit[0] and self.position_limit[1] < self.hard_stop[1]
+        ):
+            raise ValueError(f"joint {self.name}: position_limit {list(self.position_limit)} must lie inside "
+                             f"hard_stop {list(self.hard_stop)}")
+        return self
+
+
+class SensorSpec(_Strict):
+    name: str
+    joint: str
+    counts_per_rev: int = Field(gt=0)
+
+
+class ActuatorSpec(_Strict):
+    name: str
+    joint: str
+    unit: str
+    command_limit: tuple[float, float]
+    rate_limit: float = Field(gt=0)  # command units per second
+    safe_command: float
+
+    @model_validator(mode="after")
+    def _limits(self) -> "ActuatorSpec":
+        _ordered(self.command_limit, f"actuator {self.name}: command_limit")
+        if not self.command_limit[0] <= self.safe_command <= self.command_limit[1]:
+            raise ValueError(f"actuator {self.name}: safe_command {self.safe_command} is outside "
+                             f"command_limit {list(self.command_limit)}")
+        return self
+
+
+class RobotSpec(_Strict):
+    name: str
+    mjcf: str
+    task: str
+    control_rate_hz: float = Field(gt=0)
+    watchdog_timeout_s: float = Field(gt=0)
+    episode_s: float = Field(gt=0)
+    joints: list[JointSpec]
+    sensors: list[SensorSpec]
+    velocity_cutoff_rad_s: float = Field(gt=0)
+    actuators: list[ActuatorSpec]
+    randomisation: dict[str, tuple[float, float]] = {}
+
+    @model_validator(mode="after")
+    def _references(self) -> "RobotSpec":
+        joints = {j.name for j in self.joints}
+        for part in [*self.sensors, *self.actuators]:
+            if part.joint not in joints:
+                raise ValueError(f"{part.name} refers to joint {part.joint!r}; joints are {sorted(joints)}")
+        for name, (low, high) in self.randomisation.items():
+            if low > high:
+                raise ValueError(f"randomisation {name}: low {low} is above high {high}")
+        return self
+
+    def joint(self, name: str) -> JointSpec:
+        return next(j for j in self.joints if j.name == name)
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    @property
+    def episode_steps(self) -> int:
+        return round(self.episode_s * self.control_rate_hz)
+
+    def with_rate(self, rate_hz: float | None) -> "RobotSpec":
+        """The same robot driven at another control rate (the benchmarks run the loop at 500 Hz)."""
+        return self if rate_hz is None else self.model_copy(update={"control_rate_hz": float(rate_hz)})
+
+
+def load_robot_spec(name_or_path: str | Path) -> RobotSpec:
+    """A spec by robot name (a YAML beside this module, e.g. 'furuta') or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = SPEC_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown robot {str(name_or_path)!r}; known robots: {known}, or pass a .yaml path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read robot spec {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"robot spec {path} is not a YAML mapping")
+    return RobotSpec.model_validate(data)

@@ -1,0 +1,100 @@
+"""The swing-up-and-balance task, defined once for the robot and for sim: sensor pipeline, observation, reward, end."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from calibration.encoders import EncoderMap
+from robot_app.robot.spec import RobotSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class JointState:
+    """Calibrated joint angles and filtered velocities, in the spec's sensor order, at a device time."""
+
+    position: np.ndarray
+    velocity: np.ndarray
+    time_s: float
+
+
+class SensorPipeline:
+    """Raw encoder counts -> calibrated angles -> velocities by a first-order low-passed finite difference."""
+
+    def __init__(self, encoders: EncoderMap, cutoff_rad_s: float):
+        self.encoders = encoders
+        self.cutoff = cutoff_rad_s
+        self.state: JointState | None = None
+
+    def reset(self) -> None:
+        self.state = None
+
+    def update(self, counts, time_s: float) -> JointState:
+        position = self.encoders.angles(counts)
+        last = self.state
+        if last is None:
+            velocity = np.zeros_like(position)
+        else:
+            dt = time_s - last.time_s
+            if dt <= 0:  # the same frame again: nothing new to differentiate
+                return last
+            blend = 1.0 - math.exp(-self.cutoff * dt)
+            velocity = last.velocity + blend * ((position - last.position) / dt - last.velocity)
+        self.state = JointState(position, velocity, time_s)
+        return self.state
+
+
+def wrap_angle(angle: float) -> float:
+    """An angle in [-pi, pi)."""
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+
+
+class FurutaSwingUp:
+    """Swing the pendulum up from hanging and balance it, with the arm inside its software limit.
+
+    Angles: arm theta (0 = centred), pendulum alpha (0 = upright, the calibration puts it there). Observation
+    [cos θ, sin θ, cos α, sin α, θ̇, α̇]; reward max(0, 1 - (0.8|α| + 0.2|θ|)/π) as in public Furuta work; the episode
+    terminates when the arm passes its software limit and is truncated after spec.episode_s.
+    """
+
+    obs_layout = (("arm_cos_sin", 2), ("pendulum_cos_sin", 2), ("velocity", 2))
+    sensors = ("arm_encoder", "pendulum_encoder")
+
+    def __init__(self, spec: RobotSpec):
+        self.arm_limit = spec.joint("arm").position_limit
+        self.max_episode_steps = spec.episode_steps
+        self.action_layout = tuple(a.name for a in spec.actuators)
+
+    def observe(self, state: JointState) -> np.ndarray:
+        arm, pendulum = state.position
+        return np.array(
+            [math.cos(arm), math.sin(arm), math.cos(pendulum), math.sin(pendulum), *state.velocity], dtype=np.float32
+        )
+
+    def reward(self, state: JointState) -> float:
+        arm, pendulum = state.position
+        return max(0.0, 1.0 - (0.8 * abs(wrap_angle(pendulum)) + 0.2 * abs(arm)) / math.pi)
+
+    def terminated(self, state: JointState) -> bool:
+        return not self.arm_limit[0] <= state.position[0] <= self.arm_limit[1]
+
+    # Between episodes a real robot cannot be teleported: a PD loop centres the arm while the pendulum settles.
+    def reset_command(self, state: JointState) -> np.ndarray:
+        return np.array([-8.0 * state.position[0] - 0.4 * state.velocity[0]])
+
+    def ready(self, state: JointState) -> bool:
+        """Arm centred and still, pendulum hanging and nearly still: a fair start for the next episode."""
+        arm, pendulum = state.position
+        return (abs(arm) < 0.05 and abs(wrap_angle(pendulum)) > math.pi - 0.2
+                and abs(state.velocity[0]) < 0.2 and abs(state.velocity[1]) < 0.3)
+
+
+TASKS = {"swingup": FurutaSwingUp}
+
+
+def make_task(spec: RobotSpec):
+    if spec.task not in TASKS:
+        raise ValueError(f"robot {spec.name}: unknown task {spec.task!r}; known tasks {sorted(TASKS)}")
+    return TASKS[spec.task](spec)

@@ -1,0 +1,123 @@
+"""The Furuta robot in MuJoCo: volts in, raw encoder counts out; and the `furuta:` training environment over it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from calibration.encoders import load_calibration
+from robot_app.robot.spec import RobotSpec, load_robot_spec
+from robot_app.robot.task import SensorPipeline, make_task
+from sim.envs import EnvSpec, StepResult, UnknownEnvironmentError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+class FurutaPhysics:
+    """MuJoCo physics of a robot spec's MJCF, read through ideal quantised encoders that zero at qpos = 0.
+
+    It also watches the arm's hard stops: every arrival at a stop is recorded with its speed.
+    """
+
+    def __init__(self, spec: RobotSpec):
+        self.spec = spec
+        self.model = mujoco.MjModel.from_xml_path(str(ASSETS / spec.mjcf))
+        self.data = mujoco.MjData(self.model)
+        self._sensor_joint = [self.model.joint(s.joint).qposadr[0] for s in spec.sensors]
+        self._counts_per_rad = np.array([s.counts_per_rev / (2 * math.pi) for s in spec.sensors])
+        arm = spec.joint("arm")
+        self._arm_qpos = self.model.joint("arm").qposadr[0]
+        self._arm_dof = self.model.joint("arm").dofadr[0]
+        self._stops = arm.hard_stop
+        self.hard_stop_speeds: list[float] = []  # |arm velocity| at each arrival at a hard stop
+        self._at_stop = False
+
+    @property
+    def time_s(self) -> float:
+        return float(self.data.time)
+
+    def reset(self, qpos=None, qvel=None) -> None:
+        mujoco.mj_resetData(self.model, self.data)
+        if qpos is not None:
+            self.data.qpos[:] = qpos
+        if qvel is not None:
+            self.data.qvel[:] = qvel
+        mujoco.mj_forward(self.model, self.data)
+        self._at_stop = False
+
+    def step(self, volts, duration_s: float) -> None:
+        """Hold `volts` on the motors for duration_s of simulated time."""
+        self.data.ctrl[:] = volts
+        for _ in range(max(1, round(duration_s / self.model.opt.timestep))):
+            speed = abs(self.data.qvel[self._arm_dof])
+            mujoco.mj_step(self.model, self.data)
+            if self._stops is not None:
+                angle = self.data.qpos[self._arm_qpos]
+                at_stop = not self._stops[0] + 1e-3 < angle < self._stops[1] - 1e-3
+                if at_stop and not self._at_stop:
+                    self.hard_stop_speeds.append(float(speed))
+                self._at_stop = at_stop
+
+    def counts(self) -> np.ndarray:
+        return np.round(self.data.qpos[self._sensor_joint] * self._counts_per_rad).astype(np.int64)
+
+
+class FurutaEnv:
+    """`furuta:<task>`: the robot spec's task on simulated physics, observed through the robot's calibration and
+    sensor pipeline exactly as the agent observes the real robot. One decision per control period (times repeat)."""
+
+    def __init__(self, task_name: str, seed: int, action_repeat: int | None = None, robot: str = "furuta"):
+        spec = load_robot_spec(robot)
+        if task_name != spec.task:
+            raise UnknownEnvironmentError(f"unknown environment 'furuta:{task_name}'; known: furuta:{spec.task}")
+        self.task = make_task(spec)
+        self.physics = FurutaPhysics(spec)
+        encoders = load_calibration(spec.name).for_sensors(list(self.task.sensors))
+        self.pipeline = SensorPipeline(encoders, spec.velocity_cutoff_rad_s)
+        self._period = spec.period_s
+        self._rng = np.random.default_rng(seed)
+        repeat = action_repeat or 1
+        low, high = zip(*(a.command_limit for a in spec.actuators))
+        self._low, self._high = np.array(low), np.array(high)
+        self.spec = EnvSpec(
+            name=f"furuta:{task_name}", obs_layout=self.task.obs_layout, action_layout=self.task.action_layout,
+            action_low=low, action_high=high, action_repeat=repeat,
+            max_episode_steps=-(-self.task.max_episode_steps // repeat),
+        )
+        self._steps = 0
+
+    def _observe(self):
+        return self.pipeline.update(self.physics.counts(), self.physics.time_s)
+
+    def reset(self) -> np.ndarray:
+        # Hanging near rest, as the agent's reset phase leaves the real robot.
+        self.physics.reset(qpos=self._rng.uniform(-0.05, 0.05, 2), qvel=self._rng.uniform(-0.1, 0.1, 2))
+        self.pipeline.reset()
+        self._steps = 0
+        return self.task.observe(self._observe())
+
+    def step(self, action: np.ndarray) -> StepResult:
+        action = np.asarray(action, dtype=np.float64).reshape(self._low.shape)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"non-finite action {action!r}")
+        volts = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+        reward, terminated = 0.0, False
+        for _ in range(self.spec.action_repeat):
+            self.physics.step(volts, self._period)
+            state = self._observe()
+            self._steps += 1
+            reward += self.task.reward(state)
+            terminated = self.task.terminated(state)
+            if terminated:
+                break
+        truncated = not terminated and self._steps >= self.task.max_episode_steps
+        return StepResult(self.task.observe(state), reward, terminated, truncated)
+
+    def get_rng_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state

@@ -1,0 +1,309 @@
+"""The virtual robot: the spec's robot simulated in MuJoCo, speaking the serial protocol on a pseudo-terminal.
+
+It behaves as firmware would: it answers HELLO, streams sensor frames (realtime) or steps once per command (lockstep),
+cuts the motor when commands stop for the watchdog timeout, latches e-stops, and can inject faults for tests. It also
+audits, from the device's side of the wire, every command it receives and every arrival of the arm at a hard stop.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import random
+import select
+import threading
+import time
+import tty
+from pathlib import Path
+
+import numpy as np
+
+from robot_app.agent.schedule import DeadlineSchedule, tighten_timer_slack
+from robot_app.hardware.protocol import (
+    PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
+    SensorStatus, encode_frame, parse,
+)
+from robot_app.robot.spec import RobotSpec
+from sim.furuta import FurutaPhysics
+
+log = logging.getLogger(__name__)
+AMPLIFIER_LIMIT_V = 15.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """Faults to inject, device -> host unless noted. Times count from the start of serve()."""
+
+    corrupt_rate: float = 0.0  # probability that each byte sent has one bit flipped
+    drop_rate: float = 0.0  # probability that each frame sent is dropped
+    latency_s: float = 0.0  # added to every frame sent
+    hang_after_s: float | None = None  # then the device stops reading, sending and stepping
+    disconnect_after_s: float | None = None  # then the device closes its end of the pty
+    estop_after_s: float | None = None  # then the device's own e-stop button is pressed
+
+
+@dataclasses.dataclass
+class DeviceAudit:
+    """What the device saw. Limits are checked here, on the far side of the wire from the agent."""
+
+    commands: int = 0
+    max_abs_command: float = 0.0
+    limit_violations: int = 0  # commands outside the spec's command limits
+    rate_violations: int = 0  # consecutive enabled commands further apart than rate_limit * period allows
+    max_command_step: float = 0.0
+    hard_stop_speeds: list[float] = dataclasses.field(default_factory=list)
+    watchdog_trips: int = 0
+    estops: int = 0
+    bad_frames: int = 0
+    last_command: list[float] = dataclasses.field(default_factory=list)
+    last_enabled: bool = False
+    motor_enabled_at_exit: bool = False
+
+
+class VirtualRobot:
+    def __init__(self, spec: RobotSpec, lockstep: bool = False, faults: Faults = Faults(), seed: int = 0,
+                 robot_id: str = "furuta-virtual-0", initial_qpos=None):
+        self.spec, self.lockstep, self.faults = spec, lockstep, faults
+        self.robot_id = robot_id
+        self.physics = FurutaPhysics(spec)
+        rng = np.random.default_rng(seed)
+        self.physics.reset(qpos=initial_qpos if initial_qpos is not None else rng.uniform(-0.02, 0.02, 2))
+        self._random = random.Random(seed)
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # binary-clean: no echo, no newline translation
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+        self._decoder = FrameDecoder()
+        self._seq = 0
+        self._session = False
+        self._enabled = False
+        self._volts = np.zeros(len(spec.actuators))
+        self._last_command_ns: int | None = None
+        self._watchdog_tripped = False
+        self._estop = False
+        self._ack_seq = 0
+        self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._previous_enabled_command: np.ndarray | None = None
+        self._max_step = np.array([a.rate_limit * spec.period_s for a in spec.actuators])
+        self._low = np.array([a.command_limit[0] for a in spec.actuators])
+        self._high = np.array([a.command_limit[1] for a in spec.actuators])
+        self.audit = DeviceAudit()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._press_estop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def press_estop(self) -> None:
+        """The device's own e-stop button (thread- and signal-safe)."""
+        self._press_estop.set()
+
+    # ---- serving --------------------------------------------------------------------------------------------------
+
+    def serve(self, duration_s: float | None = None) -> DeviceAudit:
+        tighten_timer_slack()
+        start = time.monotonic()
+        schedule = None if self.lockstep else DeadlineSchedule(self.spec.period_s)
+        try:
+            while not self._stop.is_set():
+                elapsed = time.monotonic() - start
+                if duration_s is not None and elapsed >= duration_s:
+                    break
+                if self._due(self.faults.disconnect_after_s, elapsed):
+                    log.warning("fault injection: disconnecting")
+                    break
+                if self._due(self.faults.hang_after_s, elapsed):
+                    log.warning("fault injection: hanging")
+                    self._stop.wait(None if duration_s is None else max(0.0, duration_s - elapsed))
+                    break
+                if self._press_estop.is_set() or self._due(self.faults.estop_after_s, elapsed, once="estop"):
+                    self._press_estop.clear()
+                    self._engage_estop()
+                    self._send(MessageType.ESTOP, EStop(True, "device button").pack())
+                if schedule is None:
+                    select.select([self._master], [], [], self._next_release_s(0.02))
+                    for command in self._receive():
+                        self._apply(command)
+                        self.physics.step(self._applied(), self.spec.period_s)
+                        self._send_sensor()
+                else:
+                    schedule.wait()
+                    for command in self._receive():
+                        self._apply(command)
+                    self._check_watchdog()
+                    self.physics.step(self._applied(), self.spec.period_s)
+                    if self._session:
+                        self._send_sensor()
+                if schedule is None:
+                    self._check_watchdog()
+                self._flush_outbox()
+        finally:
+            self.audit.hard_stop_speeds = list(self.physics.hard_stop_speeds)
+            self.audit.motor_enabled_at_exit = self._enabled and not self._estop and not self._watchdog_tripped
+            self.audit.bad_frames = sum(v for k, v in self._decoder.counters.items() if k not in ("frames",))
+            self.close()
+        return self.audit
+
+    def close(self) -> None:
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _due(self, at_s: float | None, elapsed: float, once: str | None = None) -> bool:
+        if at_s is None or elapsed < at_s or (once and self.counters[f"done:{once}"]):
+            return False
+        if once:
+            self.counters[f"done:{once}"] += 1
+        return True
+
+    # ---- firmware behaviour -----------------------------------------------------------------------------------------
+
+    def _receive(self) -> list[Command]:
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return []
+        except OSError:  # no host has the port open (EIO on a pty): nothing to read
+            return []
+        commands = []
+        for frame in self._decoder.feed(data):
+            try:
+                message = parse(frame)
+            except ProtocolError as error:
+                self._send(MessageType.FAULT, Fault(FaultCode.BAD_FRAME, str(error)).pack())
+                continue
+            if isinstance(message, Hello):
+                self._handshake(message)
+            elif isinstance(message, Command) and self._session:
+                if len(message.volts) != len(self.spec.actuators):
+                    self._send(MessageType.FAULT, Fault(FaultCode.PROTOCOL, "wrong number of motor values").pack())
+                    continue
+                self._ack_seq = frame.seq
+                commands.append(message)
+            elif isinstance(message, EStop):
+                if message.engage:
+                    self._engage_estop()
+                else:
+                    self._estop = False
+            elif frame.type == MessageType.HEARTBEAT:
+                self._send(MessageType.HEARTBEAT, b"", seq=frame.seq)  # echoed, for round-trip timing
+        return commands
+
+    def _handshake(self, hello: Hello) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            self._send(MessageType.FAULT, Fault(FaultCode.PROTOCOL, f"protocol v{hello.version} unsupported").pack())
+            return
+        self._session = True
+        self._enabled = False
+        self._previous_enabled_command = None
+        flags = SensorStatus.LOCKSTEP if self.lockstep else 0
+        reply = Hello(PROTOCOL_VERSION, self.robot_id, len(self.spec.sensors), len(self.spec.actuators),
+                      self.spec.control_rate_hz, int(flags))
+        self._send(MessageType.HELLO, reply.pack())
+        if self.lockstep:
+            self._send_sensor()
+
+    def _apply(self, command: Command) -> None:
+        volts = np.asarray(command.volts, dtype=np.float64)
+        audit = self.audit
+        audit.commands += 1
+        audit.last_command, audit.last_enabled = volts.tolist(), command.enable
+        if np.all(np.isfinite(volts)):
+            audit.max_abs_command = max(audit.max_abs_command, float(np.max(np.abs(volts))))
+        if command.enable and not (np.all(np.isfinite(volts)) and np.all((volts >= self._low) & (volts <= self._high))):
+            audit.limit_violations += 1
+        if command.enable and self._previous_enabled_command is not None:
+            step = np.abs(volts - self._previous_enabled_command)
+            audit.max_command_step = max(audit.max_command_step, float(np.max(step)))
+            if np.any(step > self._max_step * (1 + 1e-6) + 1e-6):
+                audit.rate_violations += 1
+        self._previous_enabled_command = volts if command.enable else None
+        self._last_command_ns = time.monotonic_ns()
+        self._watchdog_tripped = False
+        self._enabled = command.enable
+        self._volts = np.clip(np.nan_to_num(volts), -AMPLIFIER_LIMIT_V, AMPLIFIER_LIMIT_V)
+
+    def _applied(self) -> np.ndarray:
+        if self._enabled and not self._estop and not self._watchdog_tripped:
+            return self._volts
+        return np.zeros_like(self._volts)
+
+    def _check_watchdog(self) -> None:
+        if not self._enabled or self._watchdog_tripped or self._last_command_ns is None:
+            return
+        silent_s = (time.monotonic_ns() - self._last_command_ns) / 1e9
+        if silent_s > self.spec.watchdog_timeout_s:
+            self._watchdog_tripped = True
+            self._previous_enabled_command = None
+            self.audit.watchdog_trips += 1
+            log.warning("firmware watchdog: no command for %.3f s, motor off", silent_s)
+            self._send(MessageType.FAULT, Fault(FaultCode.WATCHDOG, f"no command for {silent_s:.3f} s").pack())
+
+    def _engage_estop(self) -> None:
+        if not self._estop:
+            self.audit.estops += 1
+        self._estop = True
+        self._previous_enabled_command = None
+
+    def _send_sensor(self) -> None:
+        status = SensorStatus(0)
+        if self._enabled and not self._estop and not self._watchdog_tripped:
+            status |= SensorStatus.MOTOR_ENABLED
+        if self._watchdog_tripped:
+            status |= SensorStatus.WATCHDOG_TRIPPED
+        if self._estop:
+            status |= SensorStatus.ESTOP_LATCHED
+        if self.lockstep:
+            status |= SensorStatus.LOCKSTEP
+        frame = SensorFrame(round(self.physics.time_s * 1e6), int(status), self._ack_seq,
+                            tuple(int(c) for c in self.physics.counts()), tuple(float(v) for v in self._applied()))
+        self._send(MessageType.SENSOR, frame.pack())
+
+    # ---- the wire, with injected faults -----------------------------------------------------------------------------
+
+    def _send(self, message_type: MessageType, payload: bytes, seq: int | None = None) -> None:
+        if seq is None:
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            seq = self._seq
+        if self.faults.drop_rate and self._random.random() < self.faults.drop_rate:
+            self.counters["dropped"] += 1
+            return
+        data = bytearray(encode_frame(message_type, seq, payload))
+        if self.faults.corrupt_rate:
+            for i in range(len(data)):
+                if self._random.random() < self.faults.corrupt_rate:
+                    data[i] ^= 1 << self._random.randrange(8)
+                    self.counters["corrupted_bytes"] += 1
+        self._outbox.append((time.monotonic_ns() + round(self.faults.latency_s * 1e9), bytes(data)))
+        self._flush_outbox()
+
+    def _next_release_s(self, default: float) -> float:
+        if not self._outbox:
+            return default
+        return max(0.0, min(default, (self._outbox[0][0] - time.monotonic_ns()) / 1e9))
+
+    def _flush_outbox(self) -> None:
+        now = time.monotonic_ns()
+        while self._outbox and self._outbox[0][0] <= now:
+            _, data = self._outbox.popleft()
+            try:
+                written = os.write(self._master, data)
+            except BlockingIOError:  # no host is draining the port: the frame is lost, as on a real UART
+                written = 0
+            except OSError:
+                written = 0
+            if written != len(data):
+                self.counters["tx_overflow"] += 1
+
+
+def write_audit(audit: DeviceAudit, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(audit), indent=1))
+    os.replace(tmp, path)
