@@ -53,6 +53,10 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["evaluate", "{tmp}/missing"], "no checkpoint"),
         (["export", "{tmp}/garbage.pt", "--out", "{tmp}/p.onnx"], "unreadable checkpoint"),
         (["evaluate", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
+        (["agent", "--port", "{tmp}/no-such-port", "--policy", "zero", "--log", "{tmp}/t.sqlite"], "cannot open"),
+        (["agent", "--port", "/dev/null", "--policy", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
+        (["agent", "--port", "/dev/null", "--robot", "quadruped", "--policy", "zero"], "unknown robot 'quadruped'"),
+        (["virtual-robot", "--rate", "-50"], "control_rate_hz: Input should be greater than 0"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):

@@ -24,7 +24,9 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_importing_the_agent_pulls_in_neither_torch_nor_mujoco():
     result = run_python(
-        "import sys, robot_app.agent, robot_app.agent.policy_runner\n"
+        "import sys, pkgutil, importlib, robot_app.agent, robot_app.hardware, robot_app.robot\n"
+        "for pkg in (robot_app.agent, robot_app.hardware, robot_app.robot):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(pkg.__name__ + '.' + m.name)\n"
         "heavy = sorted(m for m in ('torch', 'mujoco', 'dm_control') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
@@ -63,3 +65,23 @@ def test_agent_runs_a_policy_with_torch_and_mujoco_absent(blocked, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert torch is not None
+
+
+def test_the_agent_drives_the_virtual_robot_with_torch_and_mujoco_blocked(tmp_path):
+    # The virtual robot needs mujoco; the agent process beside it may not import torch, mujoco or dm_control.
+    robot = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "virtual-robot", "--lockstep"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = robot.stdout.readline().strip()
+        result = run_python(
+            "BLOCKED = ('torch', 'mujoco', 'dm_control')\n" + BLOCKER +
+            "import sys\nfrom robot_app.cli import main\n"
+            f"code = main(['agent', '--port', {port!r}, '--policy', 'random', '--episodes', '1',"
+            f" '--log', {str(tmp_path / 't.sqlite')!r}])\n"
+            "assert code == 0, code\nassert not {'torch', 'mujoco', 'dm_control'} & set(sys.modules)\n"
+        )
+    finally:
+        robot.terminate()
+        robot.wait(timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "agent stopped (1 episodes done): 1 episodes" in result.stdout

@@ -54,10 +54,16 @@ class Agent:
         self.episode = 0
         self.episodes_done = 0
         self.transitions_recorded = 0
+        self.link_losses = 0
         self._stop_reason: str | None = None
         self._estop_request: str | None = None
         self._estop_reset = False
         self._next_policy = None
+        # The loop's cursor: phase ('reset' between episodes, 'run' in one), the action awaiting its outcome, the state.
+        self._phase, self._phase_ticks, self._step = "reset", 0, 0
+        self._open: _OpenStep | None = None
+        self._state: JointState | None = None
+        self._last_seq: int | None = None
 
     # ---- requests from other threads and signal handlers: flags the loop applies at its next tick ----------------
 
@@ -87,74 +93,71 @@ class Agent:
             raise
         deadline = None if duration_s is None else started + duration_s
         next_status = started + self.status_every_s
-        open_step: _OpenStep | None = None
-        phase, phase_ticks, step = "reset", 0, 0
-        last_seq: int | None = None
-        state: JointState | None = None
         try:
             while self._stop_reason is None:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.request_stop("duration reached")
                     break
                 try:
-                    reading = self._read(last_seq)
+                    self._tick(episodes)
                 except LinkLost as error:
                     log.error("link lost: %s", error)
-                    self._close(open_step, state)
-                    open_step, phase, phase_ticks, last_seq = None, "reset", 0, None
+                    self.link_losses += 1
+                    self._close_open_step()
+                    self._phase, self._phase_ticks, self._last_seq = "reset", 0, None
                     self.supervisor.latch_fault("link_lost")
                     self._reconnect(deadline)
-                    continue
-                now = time.monotonic_ns()
-                self._apply_requests()
-                if reading is not None and reading.seq != last_seq:
-                    state = self.pipeline.update(reading.frame.counts, reading.frame.device_time_us * 1e-6)
-                    last_seq = reading.seq
-                age = math.inf if reading is None else (now - reading.received_ns) / 1e9
-
-                if phase == "run" and open_step is not None:
-                    ended = self._close(open_step, state)
-                    open_step = None
-                    if ended or not self.supervisor.safe_to_run:
-                        phase, phase_ticks = "reset", 0
-                        self.episode += 1
-                        self.episodes_done += 1
-                        if episodes is not None and self.episodes_done >= episodes:
-                            self.request_stop(f"{episodes} episodes done")
-                            break
-                if phase == "reset":
-                    phase_ticks += 1
-                    if self._ready_to_start(state, age, phase_ticks):
-                        phase, step = "run", 0
-                        if self._next_policy is not None:
-                            self.policy, self._next_policy = self._next_policy, None
-                            log.info("policy swapped to %s at the start of episode %d", self.policy.version,
-                                     self.episode)
-                if phase == "run" and state is not None:
-                    obs = self.task.observe(state)
-                    try:
-                        policy_action = np.asarray(self.policy(obs), dtype=np.float64)
-                    except Exception as error:  # a broken policy is a fault, never a crash with the motor on
-                        log.error("policy raised: %s", error)
-                        policy_action = np.full(len(self.spec.actuators), np.nan)
-                    verdict = self.supervisor.check(policy_action, state, age)
-                    self.robot.send_command(verdict.command, verdict.enable)
-                    open_step = _OpenStep(obs, verdict.command, policy_action, step, verdict.reasons,
-                                          reading.received_ns, time.monotonic_ns(), reading.frame.device_time_us)
-                    step += 1
-                else:
-                    target = self.task.reset_command(state) if state is not None else self.supervisor.safe
-                    verdict = self.supervisor.check(target, state, age)
-                    self.robot.send_command(verdict.command, verdict.enable)
                 if time.monotonic() >= next_status:
                     next_status += self.status_every_s
-                    log.info("%s", self.status_line(phase))
+                    log.info("%s", self.status_line(self._phase))
         finally:
-            self._shutdown(open_step, state)
-        wall = time.monotonic() - started
-        summary = self.summary(wall, time.process_time() - cpu_started)
+            self._shutdown()
+        summary = self.summary(time.monotonic() - started, time.process_time() - cpu_started)
         log.info("stopped (%s): %s", self._stop_reason, self.status_line("stopped"))
         return summary
+
+    def _tick(self, episodes: int | None) -> None:
+        """One control period: read, close the last transition, maybe end or start an episode, command, record."""
+        reading = self._read()
+        now = time.monotonic_ns()
+        self._apply_requests()
+        if reading is not None and reading.seq != self._last_seq:
+            self._state = self.pipeline.update(reading.frame.counts, reading.frame.device_time_us * 1e-6)
+            self._last_seq = reading.seq
+        state = self._state
+        age = math.inf if reading is None else (now - reading.received_ns) / 1e9
+
+        if self._phase == "run" and self._open is not None:
+            ended = self._close_open_step()
+            if ended or not self.supervisor.safe_to_run:
+                self._phase, self._phase_ticks = "reset", 0
+                self.episode += 1
+                self.episodes_done += 1
+                if episodes is not None and self.episodes_done >= episodes:
+                    self.request_stop(f"{episodes} episodes done")
+        if self._phase == "reset":
+            self._phase_ticks += 1
+            if self._stop_reason is None and self._ready_to_start(state, age):
+                self._phase, self._step = "run", 0
+                if self._next_policy is not None:
+                    self.policy, self._next_policy = self._next_policy, None
+                    log.info("policy swapped to %s at the start of episode %d", self.policy.version, self.episode)
+        if self._phase == "run" and state is not None:
+            obs = self.task.observe(state)
+            try:
+                policy_action = np.asarray(self.policy(obs), dtype=np.float64)
+            except Exception as error:  # a broken policy is a fault, never a crash with the motor on
+                log.error("policy raised: %s", error)
+                policy_action = np.full(len(self.spec.actuators), np.nan)
+            verdict = self.supervisor.check(policy_action, state, age)
+            self.robot.send_command(verdict.command, verdict.enable)
+            self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
+                                   reading.received_ns, time.monotonic_ns(), reading.frame.device_time_us)
+            self._step += 1
+        else:
+            target = self.task.reset_command(state) if state is not None else self.supervisor.safe
+            verdict = self.supervisor.check(target, state, age)
+            self.robot.send_command(verdict.command, verdict.enable)
 
     def _connect(self) -> None:
         device = self.robot.connect()
@@ -188,13 +191,13 @@ class Agent:
                 log.warning("reconnect failed (%s); next try in %.1f s", error, min(2 * delay, 2.0))
                 delay = min(2 * delay, 2.0)
 
-    def _read(self, last_seq: int | None) -> SensorReading | None:
+    def _read(self) -> SensorReading | None:
         if self.schedule is not None:
             self.schedule.wait()
             self.robot.poll()
             return self.robot.latest
         # Lockstep: the device answers each command with one frame; a missing answer goes stale like a silent link.
-        return self.robot.wait_sensor(last_seq, self.spec.watchdog_timeout_s) or self.robot.latest
+        return self.robot.wait_sensor(self._last_seq, self.spec.watchdog_timeout_s) or self.robot.latest
 
     def _apply_requests(self) -> None:
         if self.robot.device_estop is not None:
@@ -209,17 +212,18 @@ class Agent:
             self.supervisor.reset_estop()
             self.robot.send_estop(False, "reset")
 
-    def _ready_to_start(self, state: JointState | None, age: float, phase_ticks: int) -> bool:
+    def _ready_to_start(self, state: JointState | None, age: float) -> bool:
         if state is None or self.supervisor.estop_reason is not None or age > self.spec.watchdog_timeout_s:
             return False
-        settled = self.task.ready(state) or phase_ticks >= self.reset_ticks
+        settled = self.task.ready(state) or self._phase_ticks >= self.reset_ticks
         if settled and self.supervisor.fault is not None:
             self.supervisor.clear_fault()
             return False  # one more reset tick under the cleared supervisor
         return settled
 
-    def _close(self, open_step: _OpenStep | None, state: JointState | None) -> bool:
-        """Record the transition `open_step` started, ending at `state`. True if the episode ended with it."""
+    def _close_open_step(self) -> bool:
+        """Record the transition the last action started, ending at the current state. True if the episode ended."""
+        open_step, state, self._open = self._open, self._state, None
         if open_step is None or state is None:
             return False
         terminated = self.task.terminated(state)
@@ -241,10 +245,10 @@ class Agent:
         self.transitions_recorded += 1
         return terminated or truncated
 
-    def _shutdown(self, open_step: _OpenStep | None, state: JointState | None) -> None:
+    def _shutdown(self) -> None:
         """Safe stop: close the open transition, send the safe command with the driver off, close the log."""
         try:
-            self._close(open_step, state)
+            self._close_open_step()
             verdict = self.supervisor.release_motor()
             self.robot.send_command(verdict.command, enable=False)
             log.info("safe stop: sent %s with the motor disabled", verdict.command.tolist())
@@ -274,6 +278,7 @@ class Agent:
             "robot_id": self.robot_id, "episodes": self.episodes_done, "transitions": self.transitions_recorded,
             "wall_s": wall_s, "cpu_share": cpu_s / wall_s if wall_s > 0 else 0.0,
             "interventions": dict(self.supervisor.counts), "link": self.robot.link_counters,
+            "link_losses": self.link_losses,
             "stop_reason": self._stop_reason,
         }
         if self.schedule is not None:

@@ -37,8 +37,9 @@ class SafetySupervisor:
         self.max_step = np.array([a.rate_limit * period_s for a in acts])
         self.joints = [spec.joint(a.joint) for a in acts]
         self.joint_index = [joint_order.index(a.joint) for a in acts]
-        # Braking starts while there is time to swing the command to full reverse at the rate limit, plus a tick.
-        self.reaction_s = np.array([period_s + (a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts])
+        # A command is held one period, and the velocity it is judged on lags by the filter's time constant.
+        self.hold_s = period_s + 1.0 / spec.velocity_cutoff_rad_s
+        self.ramp_s = np.array([(a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts])
         self.watchdog_s = spec.watchdog_timeout_s
         self.estop_reason: str | None = None
         self.fault: str | None = None
@@ -111,6 +112,11 @@ class SafetySupervisor:
         return np.clip(self.safe - velocity * (self.high - self.low), self.low, self.high)
 
     def _guard_joints(self, command: np.ndarray, state: JointState, reasons: list[str]) -> np.ndarray:
+        """Predict where each actuated joint could stop, given this command, and brake if that is past its limit.
+
+        The command acts for one period plus the velocity filter's lag; then reversing it takes the rate-limit ramp
+        (coasting, conservatively); then the joint brakes at its spec's conservative deceleration.
+        """
         command = command.copy()
         for k, (joint, i) in enumerate(zip(self.joints, self.joint_index)):
             position, velocity = state.position[i], state.velocity[i]
@@ -119,17 +125,21 @@ class SafetySupervisor:
                 reasons.append("overspeed")
             if joint.position_limit is None:
                 continue
-            low, high = joint.position_limit
-            stopping = velocity**2 / (2.0 * joint.braking_deceleration) + abs(velocity) * self.reaction_s[k]
-            if velocity > 0 and position + stopping >= high:
-                command[k] = self.low[k]
-                reasons.append("braking")
-            elif velocity < 0 and position - stopping <= low:
-                command[k] = self.high[k]
-                reasons.append("braking")
-            elif (position >= high and command[k] > self.safe[k]) or (position <= low and command[k] < self.safe[k]):
-                command[k] = self.safe[k]
-                reasons.append("hold_at_limit")
+            push = (command[k] - self.safe[k]) / (self.high[k] - self.low[k]) * 2.0  # -1..1 of full command
+            for sign, limit, away in ((1.0, joint.position_limit[1], self.low[k]),
+                                      (-1.0, -joint.position_limit[0], self.high[k])):
+                p, v, a = sign * position, sign * velocity, sign * push * joint.max_acceleration
+                held = self.hold_s
+                v1 = max(0.0, v + a * held)
+                p1 = p + v * held + 0.5 * a * held**2 + v1 * self.ramp_s[k]
+                if p1 + v1**2 / (2.0 * joint.braking_deceleration) < limit:
+                    continue
+                if v > 0:
+                    command[k] = away
+                    reasons.append("braking")
+                elif sign * (command[k] - self.safe[k]) > 0:
+                    command[k] = self.safe[k]
+                    reasons.append("hold_at_limit")
         return command
 
     def _verdict(self, command: np.ndarray, enable: bool, reasons: list[str]) -> Verdict:

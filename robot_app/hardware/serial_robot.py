@@ -62,14 +62,16 @@ class SerialRobot:
             raise LinkLost(f"cannot open {self.port}: {error}") from None
         self._decoder = FrameDecoder()
         self.device, self.latest = None, None
-        self._send(MessageType.HELLO, Hello(PROTOCOL_VERSION, "host").pack())
         deadline = time.monotonic() + timeout_s
-        while self.device is None:
+        while self.device is None:  # HELLO again every 0.25 s: a reply lost on a noisy line is not a dead device
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.close()
                 raise HandshakeError(f"{self.port}: no HELLO answer within {timeout_s:.1f} s")
-            self.poll(remaining)
+            self._send(MessageType.HELLO, Hello(PROTOCOL_VERSION, "host").pack())
+            retry = time.monotonic() + min(0.25, remaining)
+            while self.device is None and (wait := retry - time.monotonic()) > 0:
+                self.poll(wait)
         if self.device.version != PROTOCOL_VERSION:
             version = self.device.version
             self.close()

@@ -26,6 +26,7 @@ class JointSpec(_Strict):
     max_hard_stop_speed: float = Field(0.0, ge=0)
     velocity_limit: float = Field(gt=0)
     braking_deceleration: float = Field(1.0, gt=0)  # a conservative floor on full-reverse deceleration
+    max_acceleration: float = Field(1.0, gt=0)  # what a full command does from rest, nominally
 
     @model_validator(mode="after")
     def _limits(self) -> "JointSpec":
@@ -99,7 +100,7 @@ class RobotSpec(_Strict):
 
     def with_rate(self, rate_hz: float | None) -> "RobotSpec":
         """The same robot driven at another control rate (the benchmarks run the loop at 500 Hz)."""
-        return self if rate_hz is None else self.model_copy(update={"control_rate_hz": float(rate_hz)})
+        return self if rate_hz is None else RobotSpec.model_validate(self.model_dump() | {"control_rate_hz": rate_hz})
 
 
 def load_robot_spec(name_or_path: str | Path) -> RobotSpec:

@@ -1,0 +1,274 @@
+"""The agent against the virtual robot over a real pty: both modes, watchdogs, adversarial policies, e-stop, SIGTERM."""
+
+import contextlib
+import json
+import math
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from calibration.encoders import load_calibration
+from policies.artifact import ArtifactError
+from robot_app.agent.policy_runner import ConstantPolicy, load_policy
+from robot_app.agent.runtime import Agent
+from robot_app.agent.transition_log import TransitionLog
+from robot_app.hardware.protocol import FaultCode, SensorStatus
+from robot_app.hardware.serial_robot import SerialRobot
+from robot_app.robot.spec import load_robot_spec
+
+SPEC = load_robot_spec("furuta")
+CLI = [sys.executable, "-m", "robot_app.cli"]
+
+
+def _read_line(stream, timeout_s: float) -> str:
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    if not selector.select(timeout_s):
+        raise TimeoutError("the process printed nothing in time")
+    return stream.readline().strip()
+
+
+@contextlib.contextmanager
+def virtual_robot(tmp_path, *flags):
+    """A virtual-robot process; `.stop()` ends it and returns its device-side audit."""
+    audit_path = tmp_path / "audit.json"
+    proc = subprocess.Popen([*CLI, "virtual-robot", "--audit-out", str(audit_path), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def stop() -> dict:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        return json.loads(audit_path.read_text())
+
+    try:
+        yield types.SimpleNamespace(port=_read_line(proc.stdout, 30), stop=stop, proc=proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class FnPolicy:
+    def __init__(self, fn, version):
+        self.fn, self.version = fn, version
+
+    def __call__(self, obs):
+        return self.fn(obs)
+
+
+def make_agent(port, policy, log_path=None, rate=None):
+    spec = SPEC.with_rate(rate)
+    return Agent(SerialRobot(port), spec, load_calibration("furuta"), policy,
+                 TransitionLog(log_path) if log_path else None, status_every_s=60)
+
+
+def assert_device_saw_only_safe_commands(audit):
+    assert audit["commands"] > 0
+    assert audit["limit_violations"] == 0 and audit["rate_violations"] == 0
+    assert all(speed <= SPEC.joint("arm").max_hard_stop_speed for speed in audit["hard_stop_speeds"])
+
+
+def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):
+    log_path = tmp_path / "t.sqlite"
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        summary = make_agent(robot.port, ConstantPolicy([0.0]), log_path).run(episodes=2)
+        audit = robot.stop()
+    assert summary["episodes"] == 2 and summary["transitions"] == 2 * SPEC.episode_steps
+    log = TransitionLog(log_path)
+    rows = [t for _, t in log.read()]
+    assert log.next_episode("furuta-virtual-0") == 2  # a restarted agent continues the numbering
+    log.close()
+    for episode in (0, 1):
+        steps = [t for t in rows if t.episode == episode]
+        assert [t.step for t in steps] == list(range(SPEC.episode_steps))
+        assert steps[-1].truncated and not any(t.terminated for t in steps)
+        assert all(np.array_equal(a.next_obs, b.obs) for a, b in zip(steps, steps[1:]))
+    first = rows[0]
+    assert first.robot_id == "furuta-virtual-0" and first.policy_version == "zero"
+    assert first.obs[2] < -0.99 and first.obs[0] > 0.99  # calibrated: pendulum hanging (alpha = pi), arm centred
+    assert first.obs_time_ns < first.command_time_ns <= first.next_obs_time_ns
+    assert_device_saw_only_safe_commands(audit)
+
+
+def test_realtime_mode_runs_on_deadlines(tmp_path):
+    with virtual_robot(tmp_path) as robot:
+        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=1.5)
+        audit = robot.stop()
+    assert summary["ticks"] >= 60 and summary["transitions"] > 0
+    assert summary["link"]["frames"] >= 60 and "jitter_p99_us" in summary
+    assert_device_saw_only_safe_commands(audit)
+
+
+ADVERSARIES = {
+    "nan": lambda obs: np.array([np.nan]),
+    "bang_bang": lambda obs: np.array([5.0 if int(time.monotonic() * 8) % 2 else -5.0]),
+    "pump_towards_the_stops": lambda obs: np.array([5.0 if obs[4] >= 0 else -5.0]),
+    "saturated": lambda obs: np.array([1e6]),
+    "random": (lambda rng: lambda obs: rng.uniform(-5.0, 5.0, 1))(np.random.default_rng(0)),
+}
+
+
+@pytest.mark.parametrize("name", ADVERSARIES)
+def test_adversarial_policies_never_put_an_unsafe_command_on_the_wire(tmp_path, name):
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        summary = make_agent(robot.port, FnPolicy(ADVERSARIES[name], name)).run(episodes=2)
+        audit = robot.stop()
+    assert_device_saw_only_safe_commands(audit)
+    assert audit["hard_stop_speeds"] == []  # the arm never even reached a stop
+    if name == "nan":
+        # Each episode ends at its first action: the fault latches, the arm is brought to rest, the next one starts.
+        assert summary["transitions"] == 2 and summary["interventions"]["non_finite_action"] >= 2
+    else:
+        assert summary["transitions"] == 2 * SPEC.episode_steps  # braking kept it inside the software limit
+
+
+def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):
+    with virtual_robot(tmp_path, "--hang-after", "0.6") as robot:
+        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=1.5)
+    assert summary["interventions"].get("stale_sensors", 0) > 0
+    assert summary["stop_reason"] == "duration reached"
+
+
+def test_firmware_watchdog_cuts_the_motor_when_the_host_goes_silent(tmp_path):
+    with virtual_robot(tmp_path) as robot:
+        host = SerialRobot(robot.port)
+        host.connect()
+        for _ in range(5):
+            host.send_command([1.0])
+            host.poll(0.02)
+        time.sleep(SPEC.watchdog_timeout_s + 0.2)
+        deadline = time.monotonic() + 2
+        while not host.faults and time.monotonic() < deadline:
+            host.poll(0.05)
+        host.poll(0.05)
+        status, applied = host.latest.frame.status, host.latest.frame.applied
+        host.close()
+        audit = robot.stop()
+    assert [f.code for f in host.faults] == [FaultCode.WATCHDOG]
+    assert status & SensorStatus.WATCHDOG_TRIPPED and not status & SensorStatus.MOTOR_ENABLED
+    assert applied == (0.0,) and audit["watchdog_trips"] == 1
+
+
+def _run_in_thread(agent, **kwargs):
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(agent.run(**kwargs)))
+    thread.start()
+    return thread, result
+
+
+def test_estop_latches_until_an_explicit_reset(tmp_path):
+    with virtual_robot(tmp_path) as robot:
+        agent = make_agent(robot.port, ConstantPolicy([0.0]))
+        thread, summary = _run_in_thread(agent, duration_s=3.0)
+        time.sleep(0.8)
+        agent.request_estop("test operator")
+        time.sleep(0.8)
+        latched = agent.supervisor.estop_reason
+        transitions_while_latched = agent.transitions_recorded
+        time.sleep(0.4)
+        assert agent.transitions_recorded == transitions_while_latched  # nothing runs while latched
+        agent.request_estop_reset()
+        thread.join(timeout=10)
+        audit = robot.stop()
+    assert latched == "test operator" and agent.supervisor.estop_reason is None
+    assert summary["transitions"] > transitions_while_latched  # it ran again after the reset
+    assert audit["estops"] == 1 and audit["limit_violations"] == 0
+
+
+def test_the_device_estop_button_reaches_the_agent_and_latches(tmp_path):
+    with virtual_robot(tmp_path, "--estop-after", "0.5") as robot:
+        agent = make_agent(robot.port, ConstantPolicy([0.0]))
+        summary = agent.run(duration_s=1.5)
+    assert summary["interventions"]["estop"] >= 1
+    assert agent.supervisor.estop_reason.startswith("device e-stop")
+
+
+def test_sigterm_brings_a_safe_stop(tmp_path):
+    with virtual_robot(tmp_path) as robot:
+        agent = subprocess.Popen([*CLI, "agent", "--port", robot.port, "--policy", "random", "--log",
+                                  str(tmp_path / "t.sqlite")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while "connected to" not in _read_line(agent.stderr, 30) and time.monotonic() < deadline:
+            pass
+        time.sleep(1.0)
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=20)
+        audit = robot.stop()
+    assert agent.returncode == 0, err
+    assert "agent stopped (SIGTERM)" in out and "safe stop" in err
+    assert audit["last_command"] == [0.0] and audit["last_enabled"] is False
+    assert audit["motor_enabled_at_exit"] is False and audit["watchdog_trips"] == 0
+    assert_device_saw_only_safe_commands(audit)
+
+
+def test_corrupted_and_dropped_frames_are_counted_and_survived(tmp_path):
+    with virtual_robot(tmp_path, "--corrupt-rate", "0.003", "--drop-rate", "0.05", "--seed", "1") as robot:
+        summary = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random")).run(duration_s=2.0)
+        audit = robot.stop()
+    link = summary["link"]
+    assert link.get("bad_crc", 0) + link.get("garbage_bytes", 0) + link.get("oversized", 0) > 0
+    assert summary["transitions"] > 20
+    assert_device_saw_only_safe_commands(audit)
+
+
+def test_a_disconnect_is_reported_and_nothing_hangs(tmp_path):
+    with virtual_robot(tmp_path, "--disconnect-after", "0.5") as robot:
+        started = time.monotonic()
+        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=2.0)
+    assert summary["link_losses"] == 1 and time.monotonic() - started < 10
+    assert summary["stop_reason"] == "duration reached"
+
+
+def test_a_new_policy_takes_over_only_at_an_episode_boundary(tmp_path):
+    log_path = tmp_path / "t.sqlite"
+    agent = None
+
+    def first(obs):
+        agent.request_policy(ConstantPolicy([0.0]))  # asked for mid-episode, every tick
+        return np.array([0.5])
+
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        agent = make_agent(robot.port, FnPolicy(first, "first"), log_path)
+        agent.run(episodes=2)
+    log = TransitionLog(log_path)
+    rows = [t for _, t in log.read()]
+    log.close()
+    assert {t.policy_version for t in rows if t.episode == 0} == {"first"}
+    assert {t.policy_version for t in rows if t.episode == 1} == {"zero"}
+
+
+def test_onnx_policies_are_checked_against_the_robot(tmp_path):
+    from policies.export import DeployedPolicy, export_onnx
+    from policies.networks import SquashedGaussianActor
+    from policies.normalizer import RunningNormalizer
+    from robot_app.robot.task import make_task
+
+    layout = make_task(SPEC).obs_layout
+
+    def export(name, obs_layout, low, high):
+        path = tmp_path / f"{name}.onnx"
+        dim = sum(w for _, w in obs_layout)
+        export_onnx(DeployedPolicy(RunningNormalizer(dim), SquashedGaussianActor(dim, 1, (8,)), low, high), path,
+                    env="furuta:swingup", obs_layout=list(obs_layout), action_layout=["motor"], action_repeat=1,
+                    training_step=0, source_run="test", horizon=0)
+        return str(path)
+
+    path = export("good", layout, [-5.0], [5.0])
+    policy = load_policy(path, SPEC, layout)
+    action = policy(np.zeros(6, np.float32))
+    assert action.shape == (1,) and abs(action[0]) <= 5.0 and math.isfinite(action[0]) and len(policy.version) == 16
+    actuator_names, low, high = ["motor"], [-5.0], [5.0]
+    with pytest.raises(ArtifactError, match="observation layout"):
+        policy.check_robot([("position", 3)], actuator_names, low, high)
+    with pytest.raises(ArtifactError, match="action layout"):
+        policy.check_robot(layout, ["left_wheel"], low, high)
+    with pytest.raises(ArtifactError, match="action bounds"):
+        policy.check_robot(layout, actuator_names, [-10.0], [10.0])
