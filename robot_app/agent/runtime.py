@@ -283,6 +283,9 @@ class Agent:
         }
         if self.schedule is not None:
             p50, p99 = self.schedule.jitter_us(0.5, 0.99)
+            work_p50, work_p99 = self.schedule.work_us(0.5, 0.99)
             out |= {"ticks": self.schedule.ticks, "jitter_p50_us": p50, "jitter_p99_us": p99,
-                    "jitter_max_us": self.schedule.max_jitter_ns / 1e3, "overruns": self.schedule.overruns}
+                    "jitter_max_us": self.schedule.max_jitter_ns / 1e3, "overruns": self.schedule.overruns,
+                    "skipped_periods": self.schedule.skipped, "tick_work_p50_us": work_p50,
+                    "tick_work_p99_us": work_p99}
         return out

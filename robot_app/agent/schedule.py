@@ -32,6 +32,8 @@ class DeadlineSchedule:
         self.spin_ns = round(spin_s * 1e9)
         self._deadline: int | None = None
         self._jitter = np.zeros(window, dtype=np.int64)  # the most recent `window` ticks' lateness, in ns
+        self._work = np.zeros(window, dtype=np.int64)  # and how long each tick's work took, in ns
+        self._tick_start: int | None = None
         self.ticks = 0
         self.overruns = 0
         self.skipped = 0
@@ -40,6 +42,8 @@ class DeadlineSchedule:
     def wait(self) -> int:
         """Block until the next deadline; return the tick's start time (monotonic ns)."""
         now = time.monotonic_ns()
+        if self._tick_start is not None:
+            self._work[(self.ticks - 1) % len(self._work)] = now - self._tick_start
         if self._deadline is None:
             self._deadline = now
         elif now > self._deadline:
@@ -57,11 +61,19 @@ class DeadlineSchedule:
         self.max_jitter_ns = max(self.max_jitter_ns, late)
         self.ticks += 1
         self._deadline += self.period_ns
+        self._tick_start = now
         return now
 
     def jitter_us(self, *quantiles: float) -> list[float]:
         """Quantiles (0..1) of tick lateness over the recent window, in microseconds."""
-        recent = self._jitter[: min(self.ticks, len(self._jitter))]
+        return self._quantiles_us(self._jitter[: min(self.ticks, len(self._jitter))], quantiles)
+
+    def work_us(self, *quantiles: float) -> list[float]:
+        """Quantiles (0..1) of the time each tick's work took, in microseconds."""
+        return self._quantiles_us(self._work[: min(max(self.ticks - 1, 0), len(self._work))], quantiles)
+
+    @staticmethod
+    def _quantiles_us(recent: np.ndarray, quantiles) -> list[float]:
         if not len(recent):
             return [0.0 for _ in quantiles]
         return [float(v) / 1e3 for v in np.quantile(recent, quantiles)]

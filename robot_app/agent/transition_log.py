@@ -51,7 +51,7 @@ class Transition:
     _ARRAYS = ("obs", "action", "next_obs", "policy_action")
 
     def pack(self) -> bytes:
-        record = dataclasses.asdict(self)
+        record = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         for name in self._ARRAYS:
             record[name] = pack_array(record[name])
         record["interventions"] = list(self.interventions)

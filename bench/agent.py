@@ -1,0 +1,200 @@
+"""Agent timing, in one run: loop jitter at 500 Hz against the realtime virtual robot, ONNX vs torch policy latency for
+the same 256x256 MLP, serial round trips over the pty, and the adversarial sweep's device-side limit audit.
+
+    .venv/bin/python bench/agent.py [--seconds 60] [--rate 500]
+
+Results go to bench/results/agent.json; docs/BENCHMARKS.md quotes them with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("MUJOCO_GL", "disable")
+CLI = [sys.executable, "-m", "robot_app.cli"]
+RESULTS = Path(__file__).parent / "results" / "agent.json"
+
+
+def start_virtual_robot(*flags: str, audit: Path | None = None) -> tuple[subprocess.Popen, str]:
+    extra = ["--audit-out", str(audit)] if audit else []
+    proc = subprocess.Popen([*CLI, "virtual-robot", *flags, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def export_mlp_policy(path: Path):
+    """A 256x256 actor with the Furuta layout (random weights: latency does not depend on them)."""
+    from policies.export import DeployedPolicy, export_onnx
+    from policies.networks import SquashedGaussianActor
+    from policies.normalizer import RunningNormalizer
+    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.task import make_task
+
+    spec = load_robot_spec("furuta")
+    layout = make_task(spec).obs_layout
+    policy = DeployedPolicy(RunningNormalizer(6), SquashedGaussianActor(6, 1, (256, 256)), [-5.0], [5.0])
+    export_onnx(policy, path, env="furuta:swingup", obs_layout=list(layout), action_layout=["motor"],
+                action_repeat=1, training_step=0, source_run="bench", horizon=0)
+    return policy
+
+
+def percentiles_us(samples_ns) -> dict:
+    values = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
+            "max": float(values.max()), "n": len(values)}
+
+
+def bench_policy_latency(onnx_path: Path, torch_policy, calls: int = 20_000) -> dict:
+    import torch
+
+    from robot_app.agent.policy_runner import OnnxPolicy
+
+    torch.set_num_threads(1)
+    onnx = OnnxPolicy(onnx_path)
+    obs = np.random.default_rng(0).standard_normal(6).astype(np.float32)
+    torch_policy.eval()
+
+    def torch_call(x):
+        with torch.inference_mode():
+            return torch_policy(torch.from_numpy(x)[None])[0].numpy()
+
+    out = {}
+    for name, fn in (("onnxruntime", onnx), ("torch eager", torch_call)):
+        for _ in range(500):
+            fn(obs)
+        samples = np.empty(calls, dtype=np.int64)
+        for i in range(calls):
+            start = time.perf_counter_ns()
+            fn(obs)
+            samples[i] = time.perf_counter_ns() - start
+        out[name] = percentiles_us(samples)
+    return out
+
+
+def bench_round_trip(lockstep: bool, rate: float, trips: int = 2000) -> dict:
+    from robot_app.hardware.serial_robot import SerialRobot
+
+    flags = ["--lockstep"] if lockstep else []
+    proc, port = start_virtual_robot(*flags, "--rate", str(rate))
+    try:
+        robot = SerialRobot(port)
+        robot.connect()
+        samples = []
+        for _ in range(trips):
+            start = time.monotonic_ns()
+            seq = robot.send_heartbeat()
+            while seq not in robot.heartbeat_echo_ns:
+                robot.poll(0.5)
+            samples.append(robot.heartbeat_echo_ns.pop(seq) - start)
+        robot.close()
+    finally:
+        stop(proc)
+    return percentiles_us(samples)
+
+
+def bench_loop(policy: str, seconds: float, rate: float, tmp: Path) -> dict:
+    audit = tmp / "loop-audit.json"
+    proc, port = start_virtual_robot("--rate", str(rate), audit=audit)
+    summary = tmp / "loop-summary.json"
+    try:
+        subprocess.run([*CLI, "agent", "--port", port, "--policy", policy, "--rate", str(rate), "--duration",
+                        str(seconds), "--log", str(tmp / "loop.sqlite"), "--summary-out", str(summary),
+                        "--status-every", "1000"], check=True, capture_output=True, timeout=seconds + 120)
+    finally:
+        stop(proc)
+    out = json.loads(summary.read_text())
+    out["device_audit"] = json.loads(audit.read_text())
+    return out
+
+
+def bench_adversarial(seconds: float, rate: float, tmp: Path) -> dict:
+    """Each adversary drives the realtime virtual robot; the device counts commands outside the spec's limits."""
+    from robot_app.robot.spec import load_robot_spec
+
+    max_stop_speed = load_robot_spec("furuta").joint("arm").max_hard_stop_speed
+    out = {}
+    for name in ("random", "nan", "bang_bang", "pump"):
+        audit = tmp / f"{name}-audit.json"
+        proc, port = start_virtual_robot("--rate", str(rate), audit=audit)
+        try:
+            subprocess.run([sys.executable, __file__, "--adversary", name, "--port", port, "--rate", str(rate),
+                            "--seconds", str(seconds)], check=True, timeout=seconds + 120)
+        finally:
+            stop(proc)
+        result = json.loads(audit.read_text())
+        out[name] = {"commands": result["commands"], "outside_limits": result["limit_violations"],
+                     "rate_violations": result["rate_violations"], "hard_stop_arrivals": result["hard_stop_speeds"],
+                     "too_fast_stop_arrivals": sum(s > max_stop_speed for s in result["hard_stop_speeds"])}
+    return out
+
+
+def run_adversary(name: str, port: str, rate: float, seconds: float) -> None:
+    from calibration.encoders import load_calibration
+    from robot_app.agent.runtime import Agent
+    from robot_app.hardware.serial_robot import SerialRobot
+    from robot_app.robot.spec import load_robot_spec
+
+    rng = np.random.default_rng(0)
+    policies = {
+        "random": lambda obs: rng.uniform(-5.0, 5.0, 1),
+        "nan": lambda obs: np.array([np.nan]),
+        "bang_bang": lambda obs: np.array([5.0 if int(time.monotonic() * 8) % 2 else -5.0]),
+        "pump": lambda obs: np.array([5.0 if obs[4] >= 0 else -5.0]),
+    }
+
+    class Adversary:
+        version = name
+
+        def __call__(self, obs):
+            return policies[name](obs)
+
+    spec = load_robot_spec("furuta").with_rate(rate)
+    Agent(SerialRobot(port), spec, load_calibration("furuta"), Adversary(), None, status_every_s=1e9).run(
+        duration_s=seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the jitter run")
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--adversary", help=argparse.SUPPRESS)
+    parser.add_argument("--port", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.adversary:
+        run_adversary(args.adversary, args.port, args.rate, args.seconds)
+        return
+    tmp = Path(tempfile.mkdtemp())
+    onnx_path = tmp / "mlp256.onnx"
+    torch_policy = export_mlp_policy(onnx_path)
+    results = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
+        "date": time.strftime("%Y-%m-%d"),
+        "policy_latency_us": bench_policy_latency(onnx_path, torch_policy),
+        "serial_round_trip_us": {"lockstep device": bench_round_trip(True, args.rate),
+                                 f"realtime device at {args.rate:g} Hz": bench_round_trip(False, args.rate)},
+        "loop": bench_loop(str(onnx_path), args.seconds, args.rate, tmp),
+        "adversarial": bench_adversarial(min(args.seconds, 20.0), args.rate, tmp),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
