@@ -9,6 +9,7 @@ Results go to bench/results/agent.json; docs/BENCHMARKS.md quotes them with the 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -79,10 +80,13 @@ def bench_policy_latency(onnx_path: Path, torch_policy, calls: int = 20_000) -> 
         for _ in range(500):
             fn(obs)
         samples = np.empty(calls, dtype=np.int64)
+        gc.collect()
+        gc.disable()  # as in the agent's loop, which collects between ticks
         for i in range(calls):
             start = time.perf_counter_ns()
             fn(obs)
             samples[i] = time.perf_counter_ns() - start
+        gc.enable()
         out[name] = percentiles_us(samples)
     return out
 

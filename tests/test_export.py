@@ -37,7 +37,22 @@ def test_onnx_matches_torch_with_a_dynamic_batch(exported):
         np.testing.assert_allclose(runner(obs.numpy()), expected, atol=1e-5, rtol=0)
     single = runner(np.zeros(5, np.float32))
     assert single.shape == (2,)
+    np.testing.assert_array_equal(runner(obs[0].numpy()), runner(obs[:1].numpy())[0])  # the bound fast path
     assert np.all(single >= [-2.0, 0.0]) and np.all(single <= [2.0, 10.0])
+
+
+def test_the_deployed_policy_is_the_actors_deterministic_action_in_native_units(exported):
+    policy, _, _ = exported
+    torch.manual_seed(1)
+    actor = SquashedGaussianActor(5, 2, (64, 64))
+    normalizer = RunningNormalizer(5)
+    normalizer.update(torch.randn(50, 5))
+    deployed = DeployedPolicy(normalizer, actor, low=[-2.0, 0.0], high=[2.0, 10.0])
+    obs = torch.randn(64, 5) * 2
+    with torch.no_grad():
+        unit = actor.act_deterministic(normalizer(obs))
+        expected = torch.tensor([-2.0, 0.0]) + (unit + 1) * 0.5 * torch.tensor([4.0, 10.0])
+        torch.testing.assert_close(deployed(obs), expected, atol=1e-6, rtol=0)
 
 
 def test_metadata_carries_layout_bounds_provenance_and_weights_hash(exported):

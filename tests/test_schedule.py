@@ -33,7 +33,7 @@ def test_ticks_land_on_the_deadline_grid_without_drift(clock):
     for k, start in enumerate(starts, 1):
         assert abs(start - k * 2_000_000) < 5_000  # off by a few clock reads at most, never cumulatively
     assert schedule.overruns == 0 and schedule.ticks == 1001
-    assert schedule.jitter_us(0.99)[0] < 5
+    assert schedule.jitter.quantiles_us(0.99)[0] < 5
 
 
 def test_an_overrun_is_counted_and_missed_periods_are_skipped(clock):
@@ -45,4 +45,4 @@ def test_an_overrun_is_counted_and_missed_periods_are_skipped(clock):
     assert late_start - first >= 5_500_000
     on_grid = schedule.wait()  # back on the grid at 3 periods, not a burst of catch-up ticks
     assert abs(on_grid - first - 3 * 2_000_000) < 5_000
-    assert schedule.work_us(0.5)[0] > 0
+    assert schedule.work.quantiles_us(0.5)[0] > 0

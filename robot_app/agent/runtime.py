@@ -8,6 +8,7 @@ Between episodes a reset phase brings the robot back to rest; policy swaps and f
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from calibration.encoders import RobotCalibration
-from robot_app.agent.schedule import DeadlineSchedule, tighten_timer_slack
+from robot_app.agent.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
@@ -55,6 +56,8 @@ class Agent:
         self.episodes_done = 0
         self.transitions_recorded = 0
         self.link_losses = 0
+        self.policy_latency = LatencyWindow()
+        self._ticks_since_gc = 0
         self._stop_reason: str | None = None
         self._estop_request: str | None = None
         self._estop_reset = False
@@ -93,6 +96,11 @@ class Agent:
             raise
         deadline = None if duration_s is None else started + duration_s
         next_status = started + self.status_every_s
+        # The cyclic garbage collector would pause a tick at a random moment; run it between ticks instead.
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         try:
             while self._stop_reason is None:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -107,14 +115,26 @@ class Agent:
                     self._phase, self._phase_ticks, self._last_seq = "reset", 0, None
                     self.supervisor.latch_fault("link_lost")
                     self._reconnect(deadline)
+                if self._gc_due():
+                    gc.collect(1)
                 if time.monotonic() >= next_status:
                     next_status += self.status_every_s
                     log.info("%s", self.status_line(self._phase))
         finally:
+            gc.unfreeze()
+            if gc_was_enabled:
+                gc.enable()
             self._shutdown()
         summary = self.summary(time.monotonic() - started, time.process_time() - cpu_started)
         log.info("stopped (%s): %s", self._stop_reason, self.status_line("stopped"))
         return summary
+
+    def _gc_due(self) -> bool:
+        self._ticks_since_gc += 1
+        if self._ticks_since_gc < 100:
+            return False
+        self._ticks_since_gc = 0
+        return True
 
     def _tick(self, episodes: int | None) -> None:
         """One control period: read, close the last transition, maybe end or start an episode, command, record."""
@@ -144,11 +164,13 @@ class Agent:
                     log.info("policy swapped to %s at the start of episode %d", self.policy.version, self.episode)
         if self._phase == "run" and state is not None:
             obs = self.task.observe(state)
+            started = time.perf_counter_ns()
             try:
                 policy_action = np.asarray(self.policy(obs), dtype=np.float64)
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on
                 log.error("policy raised: %s", error)
                 policy_action = np.full(len(self.spec.actuators), np.nan)
+            self.policy_latency.add(time.perf_counter_ns() - started)
             verdict = self.supervisor.check(policy_action, state, age)
             self.robot.send_command(verdict.command, verdict.enable)
             self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
@@ -264,8 +286,8 @@ class Agent:
     def status_line(self, phase: str) -> str:
         jitter = ""
         if self.schedule is not None:
-            p50, p99 = self.schedule.jitter_us(0.5, 0.99)
-            jitter = (f" jitter p50={p50:.0f}us p99={p99:.0f}us max={self.schedule.max_jitter_ns / 1e3:.0f}us"
+            p50, p99 = self.schedule.jitter.quantiles_us(0.5, 0.99)
+            jitter = (f" jitter p50={p50:.0f}us p99={p99:.0f}us max={self.schedule.jitter.max_ns / 1e3:.0f}us"
                       f" overruns={self.schedule.overruns}")
         link = self.robot.link_counters
         bad = {k: v for k, v in link.items() if k not in ("frames",) and v}
@@ -281,11 +303,12 @@ class Agent:
             "link_losses": self.link_losses,
             "stop_reason": self._stop_reason,
         }
+        windows = {"policy": self.policy_latency}
         if self.schedule is not None:
-            p50, p99 = self.schedule.jitter_us(0.5, 0.99)
-            work_p50, work_p99 = self.schedule.work_us(0.5, 0.99)
-            out |= {"ticks": self.schedule.ticks, "jitter_p50_us": p50, "jitter_p99_us": p99,
-                    "jitter_max_us": self.schedule.max_jitter_ns / 1e3, "overruns": self.schedule.overruns,
-                    "skipped_periods": self.schedule.skipped, "tick_work_p50_us": work_p50,
-                    "tick_work_p99_us": work_p99}
+            windows |= {"jitter": self.schedule.jitter, "tick_work": self.schedule.work}
+            out |= {"ticks": self.schedule.ticks, "overruns": self.schedule.overruns,
+                    "skipped_periods": self.schedule.skipped}
+        for name, window in windows.items():
+            p50, p99 = window.quantiles_us(0.5, 0.99)
+            out |= {f"{name}_p50_us": p50, f"{name}_p99_us": p99, f"{name}_max_us": window.max_ns / 1e3}
         return out

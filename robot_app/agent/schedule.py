@@ -18,6 +18,26 @@ def tighten_timer_slack(slack_ns: int = 1000) -> bool:
         return False
 
 
+class LatencyWindow:
+    """The most recent `size` durations (ns) and the all-time maximum, for quantiles without unbounded memory."""
+
+    def __init__(self, size: int = 1 << 17):
+        self._values = np.zeros(size, dtype=np.int64)
+        self.count = 0
+        self.max_ns = 0
+
+    def add(self, ns: int) -> None:
+        self._values[self.count % len(self._values)] = ns
+        self.count += 1
+        self.max_ns = max(self.max_ns, ns)
+
+    def quantiles_us(self, *quantiles: float) -> list[float]:
+        recent = self._values[: min(self.count, len(self._values))]
+        if not len(recent):
+            return [0.0 for _ in quantiles]
+        return [float(v) / 1e3 for v in np.quantile(recent, quantiles)]
+
+
 class DeadlineSchedule:
     """Ticks at start + k * period. It sleeps to within `spin_s` of a deadline and spins the rest.
 
@@ -25,25 +45,23 @@ class DeadlineSchedule:
     deadline, that is an overrun; whole periods missed are skipped, so the loop keeps its phase and never bursts.
     """
 
-    def __init__(self, period_s: float, spin_s: float = 150e-6, window: int = 1 << 17):
+    def __init__(self, period_s: float, spin_s: float = 150e-6):
         if period_s <= 0:
             raise ValueError(f"period must be positive, got {period_s}")
         self.period_ns = round(period_s * 1e9)
         self.spin_ns = round(spin_s * 1e9)
         self._deadline: int | None = None
-        self._jitter = np.zeros(window, dtype=np.int64)  # the most recent `window` ticks' lateness, in ns
-        self._work = np.zeros(window, dtype=np.int64)  # and how long each tick's work took, in ns
+        self.jitter = LatencyWindow()  # how late each tick started
+        self.work = LatencyWindow()  # how long each tick's work took, from its start to the next wait()
         self._tick_start: int | None = None
-        self.ticks = 0
         self.overruns = 0
         self.skipped = 0
-        self.max_jitter_ns = 0
 
     def wait(self) -> int:
         """Block until the next deadline; return the tick's start time (monotonic ns)."""
         now = time.monotonic_ns()
         if self._tick_start is not None:
-            self._work[(self.ticks - 1) % len(self._work)] = now - self._tick_start
+            self.work.add(now - self._tick_start)
         if self._deadline is None:
             self._deadline = now
         elif now > self._deadline:
@@ -56,24 +74,11 @@ class DeadlineSchedule:
             time.sleep((remaining - self.spin_ns) / 1e9)
         while (now := time.monotonic_ns()) < self._deadline:
             pass
-        late = now - self._deadline
-        self._jitter[self.ticks % len(self._jitter)] = late
-        self.max_jitter_ns = max(self.max_jitter_ns, late)
-        self.ticks += 1
+        self.jitter.add(now - self._deadline)
         self._deadline += self.period_ns
         self._tick_start = now
         return now
 
-    def jitter_us(self, *quantiles: float) -> list[float]:
-        """Quantiles (0..1) of tick lateness over the recent window, in microseconds."""
-        return self._quantiles_us(self._jitter[: min(self.ticks, len(self._jitter))], quantiles)
-
-    def work_us(self, *quantiles: float) -> list[float]:
-        """Quantiles (0..1) of the time each tick's work took, in microseconds."""
-        return self._quantiles_us(self._work[: min(max(self.ticks - 1, 0), len(self._work))], quantiles)
-
-    @staticmethod
-    def _quantiles_us(recent: np.ndarray, quantiles) -> list[float]:
-        if not len(recent):
-            return [0.0 for _ in quantiles]
-        return [float(v) / 1e3 for v in np.quantile(recent, quantiles)]
+    @property
+    def ticks(self) -> int:
+        return self.jitter.count

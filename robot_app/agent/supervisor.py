@@ -43,7 +43,9 @@ class SafetySupervisor:
         self.watchdog_s = spec.watchdog_timeout_s
         self.estop_reason: str | None = None
         self.fault: str | None = None
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()  # ticks on which each intervention acted
+        self.latches: collections.Counter[str] = collections.Counter()  # times each fault latched
+        self.starts: collections.Counter[str] = collections.Counter()  # times each intervention began
         self._last = self.safe.copy()
         self._active: set[str] = set()
 
@@ -62,7 +64,11 @@ class SafetySupervisor:
 
     def latch_fault(self, reason: str) -> None:
         if self.fault is None:
-            log.warning("safety fault latched: %s; safe stop until the episode ends", reason)
+            self.latches[reason] += 1
+            count = self.latches[reason]
+            if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time: a repeating fault cannot flood the log
+                log.warning("safety fault latched: %s (%d times so far); safe stop until the episode ends", reason,
+                            count)
         self.fault = self.fault or reason
 
     def clear_fault(self) -> None:
@@ -147,6 +153,9 @@ class SafetySupervisor:
         for reason in reasons:
             self.counts[reason] += 1
             if reason not in self._active:
-                log.info("safety intervention: %s (%d so far)", reason, self.counts[reason])
+                self.starts[reason] += 1
+                if self.starts[reason] & (self.starts[reason] - 1) == 0:  # 1st, 2nd, 4th ... start: no flooding
+                    log.info("safety intervention: %s (started %d times, active on %d ticks so far)", reason,
+                             self.starts[reason], self.counts[reason])
         self._active = set(reasons)
         return Verdict(command, enable, tuple(reasons))
