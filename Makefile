@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= disable
 
-.PHONY: run test bench-throughput bench-learning clean
+.PHONY: run test bench-throughput bench-learning bench-agent clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-throughput: $(VENV)/.bench
 
 bench-learning: $(VENV)/.bench
 	$(BIN)/python bench/learning.py
+
+bench-agent: $(STAMP)
+	$(BIN)/python bench/agent.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -112,14 +112,15 @@ def bench_round_trip(lockstep: bool, rate: float, trips: int = 2000) -> dict:
     return percentiles_us(samples)
 
 
-def bench_loop(policy: str, seconds: float, rate: float, tmp: Path) -> dict:
+def bench_loop(policy: str, seconds: float, rate: float, tmp: Path, *agent_flags: str) -> dict:
     audit = tmp / "loop-audit.json"
     proc, port = start_virtual_robot("--rate", str(rate), audit=audit)
     summary = tmp / "loop-summary.json"
     try:
         subprocess.run([*CLI, "agent", "--port", port, "--policy", policy, "--rate", str(rate), "--duration",
                         str(seconds), "--log", str(tmp / "loop.sqlite"), "--summary-out", str(summary),
-                        "--status-every", "1000"], check=True, capture_output=True, timeout=seconds + 120)
+                        "--status-every", "1000", *agent_flags], check=True, capture_output=True,
+                       timeout=seconds + 120)
     finally:
         stop(proc)
     out = json.loads(summary.read_text())
@@ -193,6 +194,7 @@ def main() -> None:
         "serial_round_trip_us": {"lockstep device": bench_round_trip(True, args.rate),
                                  f"realtime device at {args.rate:g} Hz": bench_round_trip(False, args.rate)},
         "loop": bench_loop(str(onnx_path), args.seconds, args.rate, tmp),
+        "loop_sched_fifo": bench_loop(str(onnx_path), args.seconds, args.rate, tmp, "--realtime-priority", "50"),
         "adversarial": bench_adversarial(min(args.seconds, 20.0), args.rate, tmp),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,10 @@ def _agent(args) -> int:
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name)
     policy = load_policy(args.policy, spec, make_task(spec).obs_layout, seed=args.seed)
+    if args.realtime_priority is not None:
+        from robot_app.agent.schedule import request_realtime_priority
+
+        request_realtime_priority(args.realtime_priority)
     agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, TransitionLog(args.log),
                   status_every_s=args.status_every)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--duration", type=float, help="stop after this many seconds")
     agent.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines on stderr")
     agent.add_argument("--summary-out", help="write the run summary (JSON) here at exit")
+    agent.add_argument("--realtime-priority", type=int, metavar="1-99",
+                       help="run the loop under SCHED_FIFO at this priority, memory locked (needs CAP_SYS_NICE)")
     agent.add_argument("--seed", type=int, default=0)
     agent.set_defaults(handler=_agent)
 

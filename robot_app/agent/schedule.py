@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 import time
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 _PR_SET_TIMERSLACK = 29
+_MCL_CURRENT, _MCL_FUTURE = 1, 2
 
 
 def tighten_timer_slack(slack_ns: int = 1000) -> bool:
@@ -16,6 +20,20 @@ def tighten_timer_slack(slack_ns: int = 1000) -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, slack_ns, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def request_realtime_priority(priority: int) -> None:
+    """Run this process under SCHED_FIFO at `priority` (1-99) with its memory locked. Needs CAP_SYS_NICE/CAP_IPC_LOCK."""
+    if not 1 <= priority <= 99:
+        raise ValueError(f"realtime priority must be 1..99, got {priority}")
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, AttributeError) as error:
+        raise OSError(f"cannot switch to SCHED_FIFO priority {priority}: {error}; run with CAP_SYS_NICE "
+                      "(e.g. a systemd unit with AmbientCapabilities=CAP_SYS_NICE) or drop --realtime-priority") from None
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) != 0:  # no page faults in the loop; without the capability, go on
+        log.warning("mlockall failed (errno %d); memory stays pageable", ctypes.get_errno())
 
 
 class LatencyWindow:
