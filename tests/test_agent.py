@@ -272,3 +272,17 @@ def test_onnx_policies_are_checked_against_the_robot(tmp_path):
         policy.check_robot(layout, ["left_wheel"], low, high)
     with pytest.raises(ArtifactError, match="action bounds"):
         policy.check_robot(layout, actuator_names, [-10.0], [10.0])
+
+
+def test_a_lost_estop_frame_is_caught_by_the_device_status_bit(tmp_path):
+    class DeafToEStopFrames(SerialRobot):
+        def poll(self, timeout_s=0.0):
+            frames = super().poll(timeout_s)
+            self.device_estop = None  # as if every ESTOP frame were lost on the line
+            return frames
+
+    with virtual_robot(tmp_path, "--estop-after", "0.5") as robot:
+        agent = Agent(DeafToEStopFrames(robot.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]),
+                      status_every_s=60)
+        agent.run(duration_s=1.5)
+    assert agent.supervisor.estop_reason == "device e-stop (from its status bit)"

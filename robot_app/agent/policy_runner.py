@@ -37,7 +37,7 @@ class OnnxPolicy:
                 f"{self.path}: graph input {inputs} does not match metadata obs_dim {self.metadata.obs_dim}"
             )
         # The control loop's single observation runs through preallocated, bound buffers: no per-call allocation or
-        # name lookup, which halves onnxruntime's per-call overhead (bench/agent.py).
+        # name lookup. That halved the per-call time of a 256x256 MLP here (see docs/BENCHMARKS.md).
         self._obs = np.zeros((1, self.metadata.obs_dim), dtype=np.float32)
         self._action = np.zeros((1, self.metadata.action_dim), dtype=np.float32)
         self._binding = self._session.io_binding()

@@ -19,6 +19,7 @@ from calibration.encoders import RobotCalibration
 from robot_app.agent.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog
+from robot_app.hardware.protocol import SensorStatus
 from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
@@ -61,6 +62,7 @@ class Agent:
         self._stop_reason: str | None = None
         self._estop_request: str | None = None
         self._estop_reset = False
+        self._estop_released_ns = 0
         self._next_policy = None
         # The loop's cursor: phase ('reset' between episodes, 'run' in one), the action awaiting its outcome, the state.
         self._phase, self._phase_ticks, self._step = "reset", 0, 0
@@ -225,6 +227,12 @@ class Agent:
         if self.robot.device_estop is not None:
             self.supervisor.engage_estop(f"device e-stop {self.robot.device_estop.reason}".strip())
             self.robot.device_estop = None
+        latest = self.robot.latest
+        if (latest is not None and latest.frame.status & SensorStatus.ESTOP_LATCHED
+                and self.supervisor.estop_reason is None
+                and latest.received_ns > self._estop_released_ns + self.spec.watchdog_timeout_s * 1e9):
+            # The ESTOP frame itself was lost on the line, but the device's status bit says it is latched.
+            self.supervisor.engage_estop("device e-stop (from its status bit)")
         if self._estop_request is not None:
             self.supervisor.engage_estop(self._estop_request)
             self.robot.send_estop(True, self._estop_request)
@@ -233,6 +241,7 @@ class Agent:
             self._estop_reset = False
             self.supervisor.reset_estop()
             self.robot.send_estop(False, "reset")
+            self._estop_released_ns = time.monotonic_ns()
 
     def _ready_to_start(self, state: JointState | None, age: float) -> bool:
         if state is None or self.supervisor.estop_reason is not None or age > self.spec.watchdog_timeout_s:
