@@ -61,12 +61,15 @@ def percentiles_us(samples_ns) -> dict:
             "max": float(values.max()), "n": len(values)}
 
 
-def bench_policy_latency(onnx_path: Path, torch_policy, calls: int = 20_000) -> dict:
+def bench_policy_latency(onnx_path: Path, torch_policy, calls: int = 20_000, cpus: set[int] | None = None) -> dict:
     import torch
 
     from robot_app.agent.policy_runner import OnnxPolicy
 
     torch.set_num_threads(1)
+    everywhere = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # as `robot-app agent --cpus` runs the loop
     onnx = OnnxPolicy(onnx_path)
     obs = np.random.default_rng(0).standard_normal(6).astype(np.float32)
     torch_policy.eval()
@@ -88,6 +91,7 @@ def bench_policy_latency(onnx_path: Path, torch_policy, calls: int = 20_000) -> 
             samples[i] = time.perf_counter_ns() - start
         gc.enable()
         out[name] = percentiles_us(samples)
+    os.sched_setaffinity(0, everywhere)
     return out
 
 
@@ -191,10 +195,13 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "date": time.strftime("%Y-%m-%d"),
         "policy_latency_us": bench_policy_latency(onnx_path, torch_policy),
+        "policy_latency_us_pinned": bench_policy_latency(onnx_path, torch_policy, cpus={max(os.sched_getaffinity(0))}),
         "serial_round_trip_us": {"lockstep device": bench_round_trip(True, args.rate),
                                  f"realtime device at {args.rate:g} Hz": bench_round_trip(False, args.rate)},
         "loop": bench_loop(str(onnx_path), args.seconds, args.rate, tmp),
         "loop_sched_fifo": bench_loop(str(onnx_path), args.seconds, args.rate, tmp, "--realtime-priority", "50"),
+        "loop_sched_fifo_pinned": bench_loop(str(onnx_path), args.seconds, args.rate, tmp, "--realtime-priority", "50",
+                                             "--cpus", str(max(os.sched_getaffinity(0)))),
         "adversarial": bench_adversarial(min(args.seconds, 20.0), args.rate, tmp),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -112,9 +112,11 @@ def _agent(args) -> int:
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name)
     policy = load_policy(args.policy, spec, make_task(spec).obs_layout, seed=args.seed)
-    if args.realtime_priority is not None:
-        from robot_app.agent.schedule import request_realtime_priority
+    from robot_app.agent.schedule import pin_to_cpus, request_realtime_priority
 
+    if args.cpus:
+        pin_to_cpus({int(cpu) for cpu in args.cpus.split(",")})
+    if args.realtime_priority is not None:
         request_realtime_priority(args.realtime_priority)
     agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, TransitionLog(args.log),
                   status_every_s=args.status_every)
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--summary-out", help="write the run summary (JSON) here at exit")
     agent.add_argument("--realtime-priority", type=int, metavar="1-99",
                        help="run the loop under SCHED_FIFO at this priority, memory locked (needs CAP_SYS_NICE)")
+    agent.add_argument("--cpus", help="pin the agent to these CPUs, e.g. 1 or 2,3")
     agent.add_argument("--seed", type=int, default=0)
     agent.set_defaults(handler=_agent)
 

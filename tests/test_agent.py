@@ -191,17 +191,21 @@ def test_the_device_estop_button_reaches_the_agent_and_latches(tmp_path):
     assert agent.supervisor.estop_reason.startswith("device e-stop")
 
 
-def test_sigterm_brings_a_safe_stop(tmp_path):
+def test_estop_from_the_cli_then_sigterm_brings_a_safe_stop(tmp_path):
     with virtual_robot(tmp_path) as robot:
         agent = subprocess.Popen([*CLI, "agent", "--port", robot.port, "--policy", "random", "--log",
                                   str(tmp_path / "t.sqlite")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while "connected to" not in _read_line(agent.stderr, 30) and time.monotonic() < deadline:
             pass
-        time.sleep(1.0)
+        time.sleep(0.5)
+        estop = subprocess.run([*CLI, "estop", str(agent.pid)], capture_output=True, text=True, timeout=60)
+        time.sleep(0.5)
         agent.send_signal(signal.SIGTERM)
         out, err = agent.communicate(timeout=20)
         audit = robot.stop()
+    assert estop.returncode == 0 and "E-STOP engaged: signal SIGUSR1" in err
+    assert audit["estops"] == 1  # the agent passed the e-stop on to the device
     assert agent.returncode == 0, err
     assert "agent stopped (SIGTERM)" in out and "safe stop" in err
     assert audit["last_command"] == [0.0] and audit["last_enabled"] is False

@@ -57,6 +57,7 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["agent", "--port", "/dev/null", "--policy", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
         (["agent", "--port", "/dev/null", "--robot", "quadruped", "--policy", "zero"], "unknown robot 'quadruped'"),
         (["virtual-robot", "--rate", "-50"], "control_rate_hz: Input should be greater than 0"),
+        (["agent", "--port", "/dev/null", "--policy", "zero", "--cpus", "99"], "cannot pin to CPUs [99]"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):

@@ -36,6 +36,14 @@ def request_realtime_priority(priority: int) -> None:
         log.warning("mlockall failed (errno %d); memory stays pageable", ctypes.get_errno())
 
 
+def pin_to_cpus(cpus: set[int]) -> None:
+    """Keep this process on these CPUs (an isolated core is the usual home of a control loop)."""
+    available = os.sched_getaffinity(0)
+    if not cpus or not cpus <= available:
+        raise ValueError(f"cannot pin to CPUs {sorted(cpus)}; this process may use {sorted(available)}")
+    os.sched_setaffinity(0, cpus)
+
+
 class LatencyWindow:
     """The most recent `size` durations (ns) and the all-time maximum, for quantiles without unbounded memory."""
 
