@@ -1,7 +1,8 @@
 """The agent's durable local log of transitions: SQLite (WAL, synchronous=FULL), msgpack records, raw numpy buffers.
 
-A writer thread commits in small batches, so the control loop never waits on the disk. The next issue ships this log to
-the learner; a row is the unit it acknowledges.
+A writer thread commits in small batches, so the control loop never waits on the disk. The log is also the outbox: the
+shipper reads rows in id order and deletes them only once the learner has acknowledged them, so a row survives learner
+outages and agent restarts until it is delivered.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from robot_app.transport.messages import pack_array, unpack_array
+
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-
-
-def pack_array(array: np.ndarray) -> dict:
-    array = np.ascontiguousarray(array)
-    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
-
-
-def unpack_array(packed: dict) -> np.ndarray:
-    return np.frombuffer(packed["data"], dtype=np.dtype(packed["dtype"])).reshape(packed["shape"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +55,7 @@ class Transition:
     def unpack(cls, blob: bytes) -> "Transition":
         record = msgpack.unpackb(blob, raw=False)
         for name in cls._ARRAYS:
-            record[name] = unpack_array(record[name])
+            record[name] = unpack_array(record[name], name)
         record["interventions"] = tuple(record["interventions"])
         return cls(**record)
 
@@ -99,8 +93,28 @@ class TransitionLog:
         return db
 
     def next_episode(self, robot_id: str) -> int:
+        """Episode numbers never repeat for a robot, even after its delivered rows are deleted."""
         (last,) = self._db.execute("SELECT MAX(episode) FROM transitions WHERE robot_id = ?", (robot_id,)).fetchone()
-        return 0 if last is None else last + 1
+        delivered = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"last_episode:{robot_id}",)).fetchone()
+        candidates = [int(v) for v in (last, delivered[0] if delivered else None) if v is not None]
+        return max(candidates) + 1 if candidates else 0
+
+    def acknowledge(self, up_to_id: int) -> int:
+        """Delete the rows up to `up_to_id`, which the learner has stored; return how many went."""
+        db = self._connect()
+        try:
+            with db:
+                for robot_id, episode in db.execute(
+                    "SELECT robot_id, MAX(episode) FROM transitions WHERE id <= ? GROUP BY robot_id", (up_to_id,)
+                ).fetchall():
+                    db.execute(
+                        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                        "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                        (f"last_episode:{robot_id}", str(episode)),
+                    )
+                return db.execute("DELETE FROM transitions WHERE id <= ?", (up_to_id,)).rowcount
+        finally:
+            db.close()
 
     def append(self, transition: Transition) -> None:
         if self._error is not None:
