@@ -141,6 +141,14 @@ def _estop(args) -> int:
     return 0
 
 
+def _keys(args) -> int:
+    from robot_app.transport.keys import generate_keys
+
+    public, secret = generate_keys(args.dir, args.name)
+    print(f"wrote {public} (public: give it to the peer) and {secret} (secret: keep it on this machine, mode 600)")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
@@ -211,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--cpus", help="pin the agent to these CPUs, e.g. 1 or 2,3")
     agent.add_argument("--seed", type=int, default=0)
     agent.set_defaults(handler=_agent)
+
+    keys = sub.add_parser("keys", help="generate a CURVE key pair for the learner or a robot")
+    keys.add_argument("name", help="'learner', or the robot's id (the learner maps keys to robots by this name)")
+    keys.add_argument("--dir", default="keys", help="where to write NAME.key and NAME.key_secret (default keys/)")
+    keys.set_defaults(handler=_keys)
 
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")
     estop.add_argument("pid", type=int, help="the agent's process id")

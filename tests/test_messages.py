@@ -25,7 +25,7 @@ def transition(episode, step, obs_dim=6):
 
 
 def test_scalar_messages_round_trip():
-    for message in (Heartbeat("learner", 123), Ack("r1", 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20),
+    for message in (Heartbeat("learner", 123), Ack("r1", 40, 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20),
                     Status("r1", "v3", {"ticks": 5})):
         assert decode(encode(message)) == message
 
@@ -45,11 +45,11 @@ def test_a_transition_batch_round_trips_column_by_column():
     (lambda env: env | {"kind": "pickle"}, "kind"),
     (lambda env: {"v": SCHEMA_VERSION, "kind": "ack"}, "decode"),
     (lambda env: env | {"body": {"robot_id": "r1"}}, "field"),
-    (lambda env: env | {"body": {"robot_id": "r1", "up_to_id": "7"}}, "field"),
-    (lambda env: env | {"body": {"robot_id": "r1", "up_to_id": True}}, "field"),
+    (lambda env: env | {"body": {"robot_id": "r1", "from_id": 5, "up_to_id": "7"}}, "field"),
+    (lambda env: env | {"body": {"robot_id": "r1", "from_id": 5, "up_to_id": True}}, "field"),
 ])
 def test_bad_envelopes_are_rejected_with_a_reason(mutate, reason):
-    envelope = msgpack.unpackb(encode(Ack("r1", 7)))
+    envelope = msgpack.unpackb(encode(Ack("r1", 5, 7)))
     with pytest.raises(MessageError) as error:
         decode(msgpack.packb(mutate(envelope), use_bin_type=True))
     assert error.value.reason == reason
@@ -95,8 +95,8 @@ def test_the_outbox_deletes_only_acknowledged_rows_and_never_reuses_an_episode(t
     log.close()
     log = TransitionLog(tmp_path / "t.sqlite")
     ids = [row_id for row_id, _ in log.read()]
-    assert log.acknowledge(ids[2]) == 3
-    assert [t.step for _, t in log.read()] == [3, 4]
-    log.acknowledge(ids[-1])
+    assert log.acknowledge(ids[1], ids[2]) == 2  # a batch acknowledged out of order
+    assert [t.step for _, t in log.read()] == [0, 3, 4]
+    log.acknowledge(ids[0], ids[-1])
     assert log.read() == [] and log.next_episode("r1") == 4
     log.close()

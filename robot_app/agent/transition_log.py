@@ -99,20 +99,21 @@ class TransitionLog:
         candidates = [int(v) for v in (last, delivered[0] if delivered else None) if v is not None]
         return max(candidates) + 1 if candidates else 0
 
-    def acknowledge(self, up_to_id: int) -> int:
-        """Delete the rows up to `up_to_id`, which the learner has stored; return how many went."""
+    def acknowledge(self, from_id: int, up_to_id: int) -> int:
+        """Delete rows from_id..up_to_id, which the learner has stored; return how many went."""
         db = self._connect()
         try:
             with db:
                 for robot_id, episode in db.execute(
-                    "SELECT robot_id, MAX(episode) FROM transitions WHERE id <= ? GROUP BY robot_id", (up_to_id,)
+                    "SELECT robot_id, MAX(episode) FROM transitions WHERE id BETWEEN ? AND ? GROUP BY robot_id",
+                    (from_id, up_to_id),
                 ).fetchall():
                     db.execute(
                         "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
                         "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                         (f"last_episode:{robot_id}", str(episode)),
                     )
-                return db.execute("DELETE FROM transitions WHERE id <= ?", (up_to_id,)).rowcount
+                return db.execute("DELETE FROM transitions WHERE id BETWEEN ? AND ?", (from_id, up_to_id)).rowcount
         finally:
             db.close()
 

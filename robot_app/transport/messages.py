@@ -79,10 +79,11 @@ class Heartbeat(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Ack(Message):
-    """The learner has durably stored every transition of `robot_id` up to outbox id `up_to_id`."""
+    """The learner has durably stored the batch of `robot_id`'s outbox rows `from_id`..`up_to_id`."""
 
     KIND: ClassVar[str] = "ack"
     robot_id: str
+    from_id: int
     up_to_id: int
 
 

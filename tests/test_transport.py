@@ -1,0 +1,126 @@
+"""Robot -> learner over ZeroMQ with CURVE on tcp 127.0.0.1: delivery with acks, restarts, and rejected messages."""
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from robot_app.agent.transition_log import Transition, TransitionLog
+from robot_app.learner.ingest import IngestServer, IngestStore
+from robot_app.transport.keys import generate_keys, secure_client
+from robot_app.transport.messages import SCHEMA_VERSION, Heartbeat, decode, encode
+from robot_app.transport.shipper import Shipper
+
+
+def transition(robot_id, episode, step):
+    return Transition(
+        robot_id=robot_id, episode=episode, step=step, obs=np.full(6, step, np.float32),
+        action=np.array([0.5], np.float32), reward=1.0, next_obs=np.full(6, step + 1, np.float32),
+        terminated=False, truncated=False, policy_action=np.array([0.5], np.float32), policy_version="p1",
+        interventions=(), obs_time_ns=step, command_time_ns=step, next_obs_time_ns=step, device_time_us=step,
+    )
+
+
+@pytest.fixture
+def keys(tmp_path):
+    generate_keys(tmp_path / "learner", "learner")
+    for name in ("robot-1", "robot-2"):
+        generate_keys(tmp_path / "robots", name)
+    generate_keys(tmp_path / "strangers", "intruder")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for name in ("robot-1", "robot-2"):
+        (allowed / f"{name}.key").write_bytes((tmp_path / "robots" / f"{name}.key").read_bytes())
+    return tmp_path
+
+
+def start(target):
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(condition, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def serve(store, keys, endpoint="tcp://127.0.0.1:0"):
+    server = IngestServer(store, endpoint, (keys / "learner/learner.key_secret", keys / "allowed"),
+                          context=zmq.Context())
+    return server, start(server.serve)
+
+
+def test_every_transition_arrives_once_across_a_learner_restart(keys, tmp_path):
+    outbox = TransitionLog(tmp_path / "outbox.sqlite")
+    for episode in range(3):
+        for step in range(500):
+            outbox.append(transition("robot-1", episode, step))
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, server_thread = serve(store, keys)
+    shipper = Shipper(outbox, server.endpoint, "robot-1",
+                      (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), batch_rows=100,
+                      ack_timeout_s=0.5, context=zmq.Context())
+    shipper_thread = start(shipper.run)
+    wait_for(lambda: store.count() >= 300)
+    server.stop()  # the learner goes away mid-stream ...
+    server_thread.join(timeout=10)
+    time.sleep(1.0)
+    assert outbox.read(limit=1), "the outbox still holds what was not acknowledged"
+    server, server_thread = serve(store, keys, server.endpoint)  # ... and comes back on the same port and store
+    wait_for(lambda: not outbox.read(limit=1))
+    shipper.stop()
+    server.stop()
+    shipper_thread.join(timeout=10)
+    server_thread.join(timeout=10)
+    outbox.close()
+    rows = store.read(limit=10_000)
+    assert len(rows) == 1500 == store.count("robot-1")  # none lost, none twice
+    keys_seen = {(r["episode"], r["step"]) for _, _, r in rows}
+    assert keys_seen == {(e, s) for e in range(3) for s in range(500)}
+    np.testing.assert_array_equal(rows[0][2]["obs"], np.full(6, rows[0][2]["step"], np.float32))
+    assert outbox_next_episode(tmp_path) == 3
+
+
+def outbox_next_episode(tmp_path):
+    log = TransitionLog(tmp_path / "outbox.sqlite")
+    try:
+        return log.next_episode("robot-1")
+    finally:
+        log.close()
+
+
+def test_bad_messages_are_rejected_and_counted_and_the_learner_keeps_serving(keys, tmp_path):
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, thread = serve(store, keys)
+    context = zmq.Context()
+
+    def client(name, key_dir="robots"):
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 0
+        secure_client(socket, keys / key_dir / f"{name}.key_secret", keys / "learner/learner.key")
+        socket.connect(server.endpoint)
+        return socket
+
+    robot = client("robot-1")
+    robot.send(b"\x93garbage")
+    robot.send(msgpack.packb({"v": SCHEMA_VERSION + 1, "kind": "heartbeat", "body": {}}))
+    robot.send(b"\0" * (9 << 20))
+    robot.send(encode(Heartbeat("robot-2", 1)))  # robot-1's key speaking as robot-2
+    intruder = client("intruder", "strangers")
+    intruder.send(encode(Heartbeat("intruder", 1)))
+    robot.send(encode(Heartbeat("robot-1", 1)))
+    robot.rcvtimeo = 10_000
+    reply = decode(robot.recv())
+    assert isinstance(reply, Heartbeat) and reply.sender == "learner"
+    wait_for(lambda: sum(server.rejected.values()) >= 4)
+    assert dict(server.rejected) == {"decode": 1, "version": 1, "oversized": 1, "identity": 1}
+    assert "intruder" not in server.last_heard  # CURVE refused its handshake; nothing of it reached the learner
+    server.stop()
+    thread.join(timeout=10)
+    context.destroy(linger=0)
