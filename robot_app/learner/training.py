@@ -103,6 +103,15 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     return path
 
 
+def sample_and_update(agent: SACSVG, replay: ReplayBuffer, rng: np.random.Generator, update: int,
+                      total_updates: int) -> dict[str, torch.Tensor]:
+    """One SAC-SVG(H) update from replay: a batch of steps, and of sequences when the model is in use."""
+    c = agent.config
+    batch = replay.sample(c.batch_size, rng)
+    sequences = replay.sample_sequences(c.batch_size, c.sequence_length, rng) if c.uses_model else None
+    return agent.update(batch, sequences, update, total_updates, replay.termination_class_weight())
+
+
 class LoadedRun(NamedTuple):
     agent: SACSVG
     config: TrainConfig
@@ -249,12 +258,7 @@ class Trainer:
         self._obs = None
 
     def _update(self) -> dict[str, torch.Tensor]:
-        c = self.agent.config
-        batch = self.replay.sample(c.batch_size, self.rng)
-        sequences = self.replay.sample_sequences(c.batch_size, c.sequence_length, self.rng) if c.uses_model else None
-        metrics = self.agent.update(
-            batch, sequences, self.updates, self.total_updates, self.replay.termination_class_weight()
-        )
+        metrics = sample_and_update(self.agent, self.replay, self.rng, self.updates, self.total_updates)
         self.updates += 1
         return metrics
 

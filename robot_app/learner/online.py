@@ -1,0 +1,124 @@
+"""The online learner: trains SAC-SVG(H) from the ingest store as robots stream transitions in, and exports candidates.
+
+The ingest store is the record of everything received; the replay buffer is rebuilt from it on a restart, and the
+networks, optimisers, normaliser and counters come back from the learner's checkpoint. Actions arrive in the robot's
+native units (volts) and are mapped to [-1, 1] for the agent; exported candidates map back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.checkpoint import load_checkpoint, save_checkpoint
+from policies.export import DeployedPolicy, export_onnx
+from policies.replay import ReplayBuffer
+from policies.sac_svg import SACSVG, SACSVGConfig
+from robot_app.learner.ingest import IngestStore
+from robot_app.learner.training import default_device, sample_and_update
+from robot_app.robot.spec import RobotSpec
+from robot_app.robot.task import make_task
+
+log = logging.getLogger(__name__)
+EPISODES_PER_ROBOT = 1 << 32  # replay episode id = robot index * this + the robot's own episode number
+
+
+class OnlineLearner:
+    def __init__(self, store: IngestStore, out: str | Path, spec: RobotSpec, horizon: int = 3,
+                 agent_overrides: dict | None = None, seed: int = 0, warmup: int = 1000,
+                 updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
+                 replay_capacity: int = 1_000_000):
+        self.store, self.out, self.spec = store, Path(out), spec
+        task = make_task(spec)
+        self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
+        self.env_name = f"{spec.name}:{spec.task}"
+        self.low = np.array([a.command_limit[0] for a in spec.actuators], np.float32)
+        self.high = np.array([a.command_limit[1] for a in spec.actuators], np.float32)
+        obs_dim = sum(width for _, width in self.obs_layout)
+        self.device = default_device()
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.agent = SACSVG(obs_dim, len(self.action_layout), SACSVGConfig(horizon=horizon, **(agent_overrides or {})),
+                            self.device)
+        self.replay = ReplayBuffer(obs_dim, len(self.action_layout), replay_capacity, self.device)
+        self.warmup, self.ratio = warmup, updates_per_transition
+        self.candidate_every, self.total_updates = candidate_every, total_updates
+        self.cursor = 0  # the last ingest-store seq added to replay
+        self.transitions = self.updates = 0
+        self.robots: dict[str, int] = {}
+        self.candidates: list[Path] = []
+        self.checkpoint_path = self.out / "checkpoints" / "learner.pt"
+        if self.checkpoint_path.is_file():
+            self._restore()
+
+    def ingest(self, limit: int = 5000, update_normalizer: bool = True) -> int:
+        """Move new rows from the store into replay; return how many."""
+        rows = self.store.read(after_seq=self.cursor, limit=limit)
+        if not rows:
+            return 0
+        for seq, robot_id, record in rows:
+            robot = self.robots.setdefault(robot_id, len(self.robots))
+            unit_action = 2.0 * (record["action"] - self.low) / (self.high - self.low) - 1.0
+            self.replay.add(record["obs"], np.clip(unit_action, -1.0, 1.0), record["reward"], record["next_obs"],
+                            record["terminated"], robot * EPISODES_PER_ROBOT + record["episode"], record["step"])
+        if update_normalizer:
+            obs = np.stack([record["obs"] for _, _, record in rows])
+            self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
+        self.cursor = rows[-1][0]
+        self.transitions += len(rows)
+        return len(rows)
+
+    def train(self, max_updates: int) -> int:
+        """Run the updates owed (updates_per_transition per transition received), at most max_updates."""
+        if len(self.replay) < self.warmup:
+            return 0
+        owed = int((self.transitions - self.warmup) * self.ratio) - self.updates
+        done = 0
+        for _ in range(max(0, min(owed, max_updates))):
+            metrics = sample_and_update(self.agent, self.replay, self.rng, self.updates, self.total_updates)
+            self.updates += 1
+            done += 1
+            if self.updates % self.candidate_every == 0:
+                self._check_finite(metrics)
+                self.export_candidate()
+                self.checkpoint()
+        return done
+
+    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise FloatingPointError(f"non-finite {', '.join(bad)} at update {self.updates}; last checkpoint kept")
+
+    def export_candidate(self) -> Path:
+        path = self.out / "candidates" / f"candidate-{self.updates:08d}.onnx"
+        policy = DeployedPolicy(self.agent.normalizer, self.agent.actor, self.low.tolist(), self.high.tolist())
+        export_onnx(policy, path, env=self.env_name, obs_layout=self.obs_layout, action_layout=self.action_layout,
+                    action_repeat=1, training_step=self.transitions, source_run=str(self.out),
+                    horizon=self.agent.config.horizon)
+        self.candidates.append(path)
+        log.info("candidate %s after %d updates on %d transitions", path.name, self.updates, self.transitions)
+        return path
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "format": "robot_app.online_learner/1", "agent": self.agent.training_state(),
+            "counters": {"cursor": self.cursor, "transitions": self.transitions, "updates": self.updates},
+            "robots": dict(self.robots), "rng": self.rng.bit_generator.state,
+        })
+
+    def _restore(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path, required=("format", "agent", "counters", "robots", "rng"))
+        self.agent.load_training_state(payload["agent"])
+        self.robots = dict(payload["robots"])
+        self.rng.bit_generator.state = payload["rng"]
+        saved = payload["counters"]
+        # Rebuild replay from the store: rows up to the checkpoint were already in the saved normaliser.
+        while self.cursor < saved["cursor"] and self.ingest(limit=min(5000, saved["cursor"] - self.cursor),
+                                                             update_normalizer=False):
+            pass
+        self.transitions, self.updates = saved["transitions"], saved["updates"]
+        self.candidates = sorted((self.out / "candidates").glob("candidate-*.onnx"))
+        log.info("resumed at update %d with %d transitions in replay", self.updates, len(self.replay))

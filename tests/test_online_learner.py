@@ -1,0 +1,66 @@
+"""The online learner: trains from the ingest store, exports candidates the agent accepts, and resumes after a restart."""
+
+import numpy as np
+
+from robot_app.agent.policy_runner import OnnxPolicy, load_policy
+from robot_app.agent.transition_log import Transition
+from robot_app.learner.ingest import IngestStore
+from robot_app.learner.online import OnlineLearner
+from robot_app.robot.spec import load_robot_spec
+from robot_app.robot.task import make_task
+from robot_app.transport.messages import TransitionBatch
+from sim.envs import make_env
+from tests.conftest import TINY_AGENT
+
+SPEC = load_robot_spec("furuta")
+
+
+def fill_store(store, robot_id, episodes, seed):
+    """Random-policy episodes of the Furuta task in sim, as a robot would ship them (actions in volts)."""
+    env, rng, log_id = make_env("furuta:swingup", seed), np.random.default_rng(seed), 0
+    for episode in range(episodes):
+        obs, rows = env.reset(), []
+        for step in range(100):
+            unit = rng.uniform(-1, 1, 1).astype(np.float32)
+            result = env.step(unit)
+            log_id += 1
+            rows.append((log_id, Transition(robot_id, episode, step, obs, unit * 5.0, result.reward, result.obs,
+                                             result.terminated, step == 99, unit * 5.0, "random", (), 0, 0, 0, 0)))
+            obs = result.obs
+            if result.terminated:
+                break
+        store.store(TransitionBatch.from_rows(robot_id, rows), 0)
+
+
+def make_learner(store, out):
+    return OnlineLearner(store, out, SPEC, horizon=2, agent_overrides=dict(TINY_AGENT), warmup=200,
+                         candidate_every=50, total_updates=1000)
+
+
+def test_online_learning_exports_candidates_and_resumes(tmp_path):
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    fill_store(store, "robot-1", 3, seed=0)
+    fill_store(store, "robot-2", 2, seed=1)
+    learner = make_learner(store, tmp_path / "learner")
+    received = store.count()  # episodes that hit the arm's limit end early, so this is under 500
+    assert learner.ingest() == received > 300
+    assert learner.train(max_updates=10_000) == received - 200  # one update per transition past the warm-up
+    assert len(learner.candidates) == (received - 200) // 50 and learner.robots == {"robot-1": 0, "robot-2": 1}
+    policy = load_policy(str(learner.candidates[-1]), SPEC, make_task(SPEC).obs_layout)  # fits the robot
+    action = policy(np.zeros(6, np.float32))
+    assert np.all(np.abs(action) <= 5.0)
+    meta = OnnxPolicy(learner.candidates[-1]).metadata
+    assert (meta.env, meta.horizon) == ("furuta:swingup", 2) and meta.training_step == received
+
+    resumed = make_learner(store, tmp_path / "learner")  # a restart: same store, same folder
+    checkpointed = learner.candidates[-1]  # the last checkpoint was taken with the last candidate
+    updates_then = int(checkpointed.stem.split("-")[1])
+    assert resumed.updates == updates_then and len(resumed.replay) == resumed.transitions
+    resumed.ingest()
+    assert resumed.transitions == received and len(resumed.replay) == received
+    assert resumed.train(max_updates=10_000) == received - 200 - updates_then  # only what was owed
+    fill_store(store, "robot-3", 1, seed=2)
+    new = resumed.ingest()
+    assert new > 0 and resumed.train(max_updates=10_000) == new
+    for name, tensor in learner.agent.actor.state_dict().items():
+        assert tensor.shape == resumed.agent.actor.state_dict()[name].shape
