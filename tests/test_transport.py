@@ -12,7 +12,7 @@ from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
 from robot_app.transport.messages import SCHEMA_VERSION, Heartbeat, decode, encode
-from robot_app.transport.shipper import Shipper
+from robot_app.transport.robot_link import RobotLink
 
 
 def transition(robot_id, episode, step):
@@ -63,7 +63,7 @@ def test_every_transition_arrives_once_across_a_learner_restart(keys, tmp_path):
             outbox.append(transition("robot-1", episode, step))
     store = IngestStore(tmp_path / "ingest.sqlite")
     server, server_thread = serve(store, keys)
-    shipper = Shipper(outbox, server.endpoint, "robot-1",
+    shipper = RobotLink(outbox, server.endpoint, "robot-1",
                       (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), batch_rows=100,
                       ack_timeout_s=0.5, context=zmq.Context())
     shipper_thread = start(shipper.run)
@@ -124,3 +124,46 @@ def test_bad_messages_are_rejected_and_counted_and_the_learner_keeps_serving(key
     server.stop()
     thread.join(timeout=10)
     context.destroy(linger=0)
+
+
+def export_policy(path, obs_layout):
+    from policies.export import DeployedPolicy, export_onnx
+    from policies.networks import SquashedGaussianActor
+    from policies.normalizer import RunningNormalizer
+
+    dim = sum(w for _, w in obs_layout)
+    export_onnx(DeployedPolicy(RunningNormalizer(dim), SquashedGaussianActor(dim, 1, (8,)), [-5.0], [5.0]), path,
+                env="furuta:swingup", obs_layout=list(obs_layout), action_layout=["motor"], action_repeat=1,
+                training_step=0, source_run="test", horizon=0)
+    return path
+
+
+def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tmp_path):
+    from robot_app.agent.policy_runner import load_policy
+    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.task import make_task
+
+    spec = load_robot_spec("furuta")
+    layout = make_task(spec).obs_layout
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, server_thread = serve(store, keys)
+    received, running = [], ["zero"]
+    link = RobotLink(TransitionLog(tmp_path / "outbox.sqlite"), server.endpoint, "robot-1",
+                     (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), heartbeat_s=0.2,
+                     context=zmq.Context(), announcements=server.announce_endpoint, policy_dir=tmp_path / "policies",
+                     load_policy=lambda path: load_policy(path, spec, layout), on_policy=received.append,
+                     running_version=lambda: running[0])
+    link_thread = start(link.run)
+    good = server.publish(export_policy(tmp_path / "good.onnx", layout))
+    wait_for(lambda: received)
+    assert received[0].version == good.version
+    assert (tmp_path / "policies" / f"policy-{good.version}.onnx").read_bytes() == (tmp_path / "good.onnx").read_bytes()
+    running[0] = good.version
+    wait_for(lambda: "robot-1" in server.statuses and server.statuses["robot-1"].policy_version == good.version)
+    server.publish(export_policy(tmp_path / "other_robot.onnx", [("joint_angles", 7)]))  # a policy for another robot
+    wait_for(lambda: link.policy_errors == 1)
+    assert len(received) == 1  # refused, never handed to the agent
+    link.stop()
+    server.stop()
+    link_thread.join(timeout=10)
+    server_thread.join(timeout=10)

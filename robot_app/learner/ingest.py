@@ -1,4 +1,5 @@
-"""The learner's ingest: a ROUTER socket that validates robots' transition batches, stores them durably, then acks.
+"""The learner's ingest: a ROUTER socket that validates robots' transition batches, stores them durably, then acks;
+and a PUB socket that announces the newest policy, whose artifact robots then fetch over the ROUTER.
 
 The store (SQLite, WAL, synchronous=FULL) is the learner's record of every transition, keyed by (robot_id, episode,
 step), so a re-sent batch is counted as duplicates and never enters twice. A batch is acknowledged only after its
@@ -8,6 +9,7 @@ transaction commits; the replay buffer is rebuilt from the store on a restart.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -16,11 +18,14 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import onnx
 import zmq
 
+from policies.artifact import PolicyMetadata
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
-    COLUMNS, MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, Status, TransitionBatch, decode, encode, pack_array, unpack_array,
+    COLUMNS, MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
+    TransitionBatch, decode, encode, pack_array, unpack_array,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +90,7 @@ class IngestServer:
     """Serves robots until stop(): every message is validated; anything bad is counted by reason and dropped."""
 
     def __init__(self, store: IngestStore, endpoint: str, security_files: tuple[str, str] | None,
-                 heartbeat_s: float = 1.0, context: zmq.Context | None = None):
+                 heartbeat_s: float = 1.0, context: zmq.Context | None = None, announce_endpoint: str | None = None):
         """security_files: (learner secret key file, directory of admitted robots' public keys), or None for the
         explicit local-development plaintext mode."""
         self.store = store
@@ -100,30 +105,52 @@ class IngestServer:
         self.socket.maxmsgsize = 2 * MAX_MESSAGE_BYTES  # past this ZeroMQ drops the peer; below it we count oversize
         if self.security:
             self.security.secure(self.socket)
-        if endpoint.endswith(":0"):
-            self.port = self.socket.bind_to_random_port(endpoint.rsplit(":", 1)[0])
-            self.endpoint = f"{endpoint.rsplit(':', 1)[0]}:{self.port}"
-        else:
-            self.socket.bind(endpoint)
-            self.endpoint = endpoint
+        self.endpoint = _bind(self.socket, endpoint)
+        self.publisher = self.context.socket(zmq.PUB)
+        self.publisher.linger = 0
+        if self.security:
+            self.security.secure(self.publisher)
+        self.announce_endpoint = _bind(self.publisher, announce_endpoint or endpoint.rsplit(":", 1)[0] + ":0")
+        self._policy: tuple[PolicyAnnouncement, bytes] | None = None
+        self._policy_lock = threading.Lock()
         self.heartbeat_s = heartbeat_s
         self.rejected: collections.Counter[str] = collections.Counter()
         self.robots: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.last_heard: dict[str, float] = {}
+        self.statuses: dict[str, Status] = {}  # the latest each robot reported
         self._stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
+    def publish(self, artifact: str | Path) -> PolicyAnnouncement:
+        """Make `artifact` the policy robots should run; announced now and again every heartbeat (latest only)."""
+        data = Path(artifact).read_bytes()
+        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        version = PolicyMetadata.from_props(props, str(artifact)).weights_sha256[:16]  # what robots report running
+        announcement = PolicyAnnouncement(version, hashlib.sha256(data).hexdigest(), len(data))
+        with self._policy_lock:
+            self._policy = (announcement, data)
+        log.info("publishing policy %s (%d bytes) from %s", version, len(data), artifact)
+        return announcement
+
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        next_announcement = 0.0
         try:
             while not self._stop.is_set():
                 if poller.poll(timeout=100):
                     self._handle(self.socket.recv_multipart(copy=False))
+                if time.monotonic() >= next_announcement:
+                    next_announcement = time.monotonic() + self.heartbeat_s
+                    with self._policy_lock:
+                        policy = self._policy
+                    if policy is not None:
+                        self.publisher.send(encode(policy[0]))
         finally:
             self.socket.close(linger=0)
+            self.publisher.close(linger=0)
             if self.security:
                 self.security.stop()
 
@@ -156,10 +183,24 @@ class IngestServer:
         elif isinstance(message, Heartbeat):
             reply = Heartbeat("learner", time.monotonic_ns())
         elif isinstance(message, Status):
-            self.robots[sender]["status_reports"] += 1
-            self.robots[sender]["policy:" + message.policy_version] = 1
+            self.statuses[sender] = message
             return None
+        elif isinstance(message, PolicyRequest):
+            with self._policy_lock:
+                policy = self._policy
+            if policy is None or policy[0].version != message.version:
+                return self._reject("policy_version", f"{sender} asked for {message.version}, not the current one")
+            reply = PolicyBlob(policy[0].version, policy[0].sha256, policy[1])
         else:
             return self._reject("kind", f"{message.KIND} is not for the learner")
         self.socket.send_multipart([route.bytes, encode(reply)])
         return None
+
+
+def _bind(socket: zmq.Socket, endpoint: str) -> str:
+    """Bind, choosing a free port for 'tcp://host:0'; return the endpoint bound."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        host = endpoint.rsplit(":", 1)[0]
+        return f"{host}:{socket.bind_to_random_port(host)}"
+    socket.bind(endpoint)
+    return endpoint

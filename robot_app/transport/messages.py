@@ -67,7 +67,7 @@ class Message:
         return cls(**{f.name: _get(body, f.name, _SCALARS[f.type]) for f in dataclasses.fields(cls)})
 
 
-_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}
+_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "bytes": bytes}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,25 @@ class PolicyAnnouncement(Message):
     version: str
     sha256: str
     size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRequest(Message):
+    """A robot asks for the artifact of an announced version."""
+
+    KIND: ClassVar[str] = "policy_request"
+    robot_id: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyBlob(Message):
+    """The ONNX artifact itself; the robot checks its sha256 against the announcement before loading it."""
+
+    KIND: ClassVar[str] = "policy_blob"
+    version: str
+    sha256: str
+    data: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +192,9 @@ class TransitionBatch(Message):
         return cls(robot_id, columns, versions, interventions)
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Heartbeat, Ack, PolicyAnnouncement, Status, TransitionBatch)}
+KINDS: dict[str, type[Message]] = {
+    m.KIND: m for m in (Heartbeat, Ack, PolicyAnnouncement, PolicyRequest, PolicyBlob, Status, TransitionBatch)
+}
 
 
 def encode(message: Message) -> bytes:
