@@ -109,27 +109,88 @@ def _agent(args) -> int:
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
 
+    from robot_app.agent.policy_runner import ExploringPolicy
+
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name)
-    policy = load_policy(args.policy, spec, make_task(spec).obs_layout, seed=args.seed)
+    obs_layout = make_task(spec).obs_layout
+    limits = ([a.command_limit[0] for a in spec.actuators], [a.command_limit[1] for a in spec.actuators])
+
+    def checked_policy(name_or_path: str):
+        policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed)
+        return ExploringPolicy(policy, args.explore, *limits, seed=args.seed) if args.explore else policy
+
+    policy = checked_policy(args.policy)
+    if args.learner and not args.robot_id:
+        raise _UsageError("--learner needs --robot-id (the robot's key name and the id its device reports)")
     from robot_app.agent.schedule import pin_to_cpus, request_realtime_priority
 
     if args.cpus:
         pin_to_cpus({int(cpu) for cpu in args.cpus.split(",")})
     if args.realtime_priority is not None:
         request_realtime_priority(args.realtime_priority)
-    agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, TransitionLog(args.log),
-                  status_every_s=args.status_every)
+    transitions = TransitionLog(args.log)
+    agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
+                  status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace)
+    link = None
+    if args.learner:
+        import threading
+
+        from robot_app.transport.robot_link import RobotLink
+
+        security = _security_files(args, (f"{args.robot_id}.key_secret", "learner.key"))
+        link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
+                         policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
+                         on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
+        threading.Thread(target=link.run, name="robot-link", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop("SIGINT"))
     signal.signal(signal.SIGUSR1, lambda *_: agent.request_estop("signal SIGUSR1"))
     signal.signal(signal.SIGUSR2, lambda *_: agent.request_estop_reset())
-    summary = agent.run(episodes=args.episodes, duration_s=args.duration)
+    try:
+        summary = agent.run(episodes=args.episodes, duration_s=args.duration)
+    finally:
+        if link is not None:
+            link.stop()
     if args.summary_out:
         Path(args.summary_out).write_text(json.dumps(summary, indent=1))
     print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "
           f"{summary['transitions']} transitions logged to {args.log}; interventions {summary['interventions']}")
     return 0
+
+
+def _security_files(args, names: tuple[str, str]) -> tuple[Path, Path] | None:
+    if args.insecure_local_dev:
+        return None
+    if not args.keys:
+        raise _UsageError("give --keys DIR (see `robot-app keys`), or --insecure-local-dev for plaintext on a dev box")
+    return Path(args.keys) / names[0], Path(args.keys) / names[1]
+
+
+def _learner(args) -> int:
+    import signal
+    import threading
+
+    from robot_app.learner.service import serve_learner
+    from robot_app.robot.spec import load_robot_spec
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    options = {"horizon": args.horizon, "warmup": args.warmup, "candidate_every": args.candidate_every,
+               "seed": args.seed}
+    summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
+                            _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
+                            stop, duration_s=args.duration)
+    print(f"learner stopped: {summary['transitions']} transitions, {summary['updates']} updates, "
+          f"{summary['candidates']} candidates, rejected {summary['rejected']}")
+    return 0
+
+
+def _demo(args) -> int:
+    from robot_app.demo import run_demo
+
+    return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon)
 
 
 def _estop(args) -> int:
@@ -151,6 +212,12 @@ def _keys(args) -> int:
 
 class _UsageError(Exception):
     pass
+
+
+def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", help="CURVE key folder (see `robot-app keys`)")
+    parser.add_argument("--insecure-local-dev", action="store_true",
+                        help="plaintext ZeroMQ, for a development box only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,8 +284,37 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--realtime-priority", type=int, metavar="1-99",
                        help="run the loop under SCHED_FIFO at this priority, memory locked (needs CAP_SYS_NICE)")
     agent.add_argument("--cpus", help="pin the agent to these CPUs, e.g. 1 or 2,3")
+    agent.add_argument("--pace", type=float, metavar="HZ", help="against a lockstep device, step at most this often")
+    agent.add_argument("--robot-id", help="refuse a device reporting another id; also this robot's key name")
+    agent.add_argument("--explore", type=float, default=0.0,
+                       help="add Gaussian noise of this many half-ranges to every action (learning on the robot)")
+    _add_link_arguments(agent)
+    agent.add_argument("--learner", help="the learner's ingest endpoint, e.g. tcp://10.0.0.2:5555")
+    agent.add_argument("--announcements", help="the learner's policy announcement endpoint")
     agent.add_argument("--seed", type=int, default=0)
     agent.set_defaults(handler=_agent)
+
+    learner = sub.add_parser("learner", help="the learner service: ingest robots' transitions, train, publish")
+    learner.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    learner.add_argument("--out", required=True, help="folder for the ingest store, checkpoints and candidates")
+    learner.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ingest endpoint")
+    learner.add_argument("--announce", default="tcp://127.0.0.1:5556", help="policy announcement endpoint")
+    learner.add_argument("--push-candidates", action="store_true",
+                         help="publish every candidate straight to the robots (until the deployment gate exists)")
+    learner.add_argument("--horizon", type=int, default=3)
+    learner.add_argument("--warmup", type=int, default=1000, help="transitions before the first update")
+    learner.add_argument("--candidate-every", type=int, default=500, help="updates between candidate exports")
+    learner.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
+    learner.add_argument("--seed", type=int, default=0)
+    _add_link_arguments(learner)
+    learner.set_defaults(handler=_learner)
+
+    demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--robots", type=int, default=1)
+    demo.add_argument("--minutes", type=float, default=10.0)
+    demo.add_argument("--horizon", type=int, default=3)
+    demo.set_defaults(handler=_demo)
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair for the learner or a robot")
     keys.add_argument("name", help="'learner', or the robot's id (the learner maps keys to robots by this name)")

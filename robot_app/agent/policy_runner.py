@@ -104,6 +104,20 @@ class RandomPolicy:
         return self._rng.uniform(self._low, self._high).astype(np.float32)
 
 
+class ExploringPolicy:
+    """A behaviour policy for learning on the robot: the policy's action plus Gaussian noise of `sigma` half-ranges.
+    The supervisor still clamps the result; transitions keep the noisy action as what was done."""
+
+    def __init__(self, policy, sigma: float, low, high, seed: int = 0):
+        self.policy, self.version = policy, policy.version
+        self._scale = sigma * (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        action = self.policy(obs)
+        return action + self._rng.standard_normal(action.shape).astype(np.float32) * self._scale
+
+
 def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0):
     """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits."""
     low = [a.command_limit[0] for a in spec.actuators]

@@ -43,8 +43,12 @@ class _OpenStep:
 
 class Agent:
     def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
-                 transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0):
+                 transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
+                 expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None):
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
+        self.expected_robot_id = expected_robot_id
+        # A lockstep device steps as fast as it is asked; a pace keeps a learner on the same CPU from starving.
+        self._pace = DeadlineSchedule(1.0 / lockstep_pace_hz) if lockstep_pace_hz else None
         self.task = make_task(spec)
         sensors = {s.name: s for s in spec.sensors}
         self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
@@ -190,6 +194,9 @@ class Agent:
             raise HandshakeError(f"device {device.robot_id} has {device.n_encoders} encoders and {device.n_motors} "
                                  f"motors; robot {self.spec.name} has {len(self.spec.sensors)} and "
                                  f"{len(self.spec.actuators)}")
+        if self.expected_robot_id is not None and device.robot_id != self.expected_robot_id:
+            self.robot.close()
+            raise HandshakeError(f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r}")
         if not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
             self.robot.close()
             raise HandshakeError(f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
@@ -221,6 +228,8 @@ class Agent:
             self.robot.poll()
             return self.robot.latest
         # Lockstep: the device answers each command with one frame; a missing answer goes stale like a silent link.
+        if self._pace is not None:
+            self._pace.wait()
         return self.robot.wait_sensor(self._last_seq, self.spec.watchdog_timeout_s) or self.robot.latest
 
     def _apply_requests(self) -> None:

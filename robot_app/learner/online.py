@@ -30,7 +30,8 @@ class OnlineLearner:
     def __init__(self, store: IngestStore, out: str | Path, spec: RobotSpec, horizon: int = 3,
                  agent_overrides: dict | None = None, seed: int = 0, warmup: int = 1000,
                  updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
-                 replay_capacity: int = 1_000_000):
+                 replay_capacity: int = 1_000_000, on_row=None):
+        """on_row(robot_id, record) sees every transition as it enters replay (for episode returns)."""
         self.store, self.out, self.spec = store, Path(out), spec
         task = make_task(spec)
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
@@ -50,6 +51,7 @@ class OnlineLearner:
         self.transitions = self.updates = 0
         self.robots: dict[str, int] = {}
         self.candidates: list[Path] = []
+        self.on_row = on_row
         self.checkpoint_path = self.out / "checkpoints" / "learner.pt"
         if self.checkpoint_path.is_file():
             self._restore()
@@ -64,6 +66,8 @@ class OnlineLearner:
             unit_action = 2.0 * (record["action"] - self.low) / (self.high - self.low) - 1.0
             self.replay.add(record["obs"], np.clip(unit_action, -1.0, 1.0), record["reward"], record["next_obs"],
                             record["terminated"], robot * EPISODES_PER_ROBOT + record["episode"], record["step"])
+            if self.on_row is not None and update_normalizer:
+                self.on_row(robot_id, record)
         if update_normalizer:
             obs = np.stack([record["obs"] for _, _, record in rows])
             self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
