@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/robot-app train --env dmc:cartpole-swingup --horizon 3 --steps 20000 --eval-every 5000 --seed 0 --out runs/quickstart --overwrite
+	$(BIN)/robot-app demo --out runs/demo --minutes 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
