@@ -24,8 +24,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_importing_the_agent_pulls_in_neither_torch_nor_mujoco():
     result = run_python(
-        "import sys, pkgutil, importlib, robot_app.agent, robot_app.hardware, robot_app.robot\n"
-        "for pkg in (robot_app.agent, robot_app.hardware, robot_app.robot):\n"
+        "import sys, pkgutil, importlib, robot_app.agent, robot_app.hardware, robot_app.robot, robot_app.transport\n"
+        "for pkg in (robot_app.agent, robot_app.hardware, robot_app.robot, robot_app.transport):\n"
         "    for m in pkgutil.iter_modules(pkg.__path__): importlib.import_module(pkg.__name__ + '.' + m.name)\n"
         "heavy = sorted(m for m in ('torch', 'mujoco', 'dm_control') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
