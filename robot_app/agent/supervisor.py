@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from robot_app.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState
 
@@ -66,7 +67,7 @@ class SafetySupervisor:
         if self.fault is None:
             self.latches[reason] += 1
             count = self.latches[reason]
-            if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time: a repeating fault cannot flood the log
+            if first_and_doubling(count):
                 log.warning("safety fault latched: %s (%d times so far); safe stop until the episode ends", reason,
                             count)
         self.fault = self.fault or reason
@@ -154,7 +155,7 @@ class SafetySupervisor:
             self.counts[reason] += 1
             if reason not in self._active:
                 self.starts[reason] += 1
-                if self.starts[reason] & (self.starts[reason] - 1) == 0:  # 1st, 2nd, 4th ... start: no flooding
+                if first_and_doubling(self.starts[reason]):
                     log.info("safety intervention: %s (started %d times, active on %d ticks so far)", reason,
                              self.starts[reason], self.counts[reason])
         self._active = set(reasons)

@@ -22,6 +22,7 @@ import onnx
 import zmq
 
 from policies.artifact import PolicyMetadata
+from robot_app.logs import first_and_doubling
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
     COLUMNS, MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
@@ -156,9 +157,8 @@ class IngestServer:
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
-        count = self.rejected[reason]
-        if count & (count - 1) == 0:  # 1st, 2nd, 4th ...: a flood of bad messages cannot flood the log
-            log.warning("rejected a message (%s, %d so far): %s", reason, count, detail)
+        if first_and_doubling(self.rejected[reason]):
+            log.warning("rejected a message (%s, %d so far): %s", reason, self.rejected[reason], detail)
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
