@@ -131,7 +131,8 @@ def _agent(args) -> int:
         request_realtime_priority(args.realtime_priority)
     transitions = TransitionLog(args.log)
     agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
-                  status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace)
+                  status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
+                  outbox_limit=args.outbox_limit)
     link = None
     if args.learner:
         import threading
@@ -277,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
     agent.add_argument("--baud", type=int, default=921_600)
     agent.add_argument("--log", default="runs/agent/transitions.sqlite", help="the durable transition log")
+    agent.add_argument("--outbox-limit", type=int, default=2_000_000,
+                       help="undelivered rows at which no new episode starts until the learner catches up")
     agent.add_argument("--episodes", type=int, help="stop after this many episodes")
     agent.add_argument("--duration", type=float, help="stop after this many seconds")
     agent.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines on stderr")

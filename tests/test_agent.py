@@ -290,3 +290,16 @@ def test_a_lost_estop_frame_is_caught_by_the_device_status_bit(tmp_path):
                       status_every_s=60)
         agent.run(duration_s=1.5)
     assert agent.supervisor.estop_reason == "device e-stop (from its status bit)"
+
+
+def test_a_full_outbox_holds_the_robot_at_rest_instead_of_losing_data(tmp_path):
+    log_path = tmp_path / "t.sqlite"
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]),
+                      TransitionLog(log_path), status_every_s=60, outbox_limit=300, lockstep_pace_hz=2000)
+        summary = agent.run(duration_s=3.0)
+    log = TransitionLog(log_path)
+    held = log.count()
+    log.close()
+    assert summary["episodes"] == 1 and held == SPEC.episode_steps  # the second episode never started
+    assert agent._outbox_full

@@ -44,9 +44,12 @@ class _OpenStep:
 class Agent:
     def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
                  transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
-                 expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None):
+                 expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
+                 outbox_limit: int | None = None):
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
+        self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
+        self._outbox_full = False
         # A lockstep device steps as fast as it is asked; a pace keeps a learner on the same CPU from starving.
         self._pace = DeadlineSchedule(1.0 / lockstep_pace_hz) if lockstep_pace_hz else None
         self.task = make_task(spec)
@@ -255,11 +258,24 @@ class Agent:
     def _ready_to_start(self, state: JointState | None, age: float) -> bool:
         if state is None or self.supervisor.estop_reason is not None or age > self.spec.watchdog_timeout_s:
             return False
+        if self._outbox_is_full():
+            return False
         settled = self.task.ready(state) or self._phase_ticks >= self.reset_ticks
         if settled and self.supervisor.fault is not None:
             self.supervisor.clear_fault()
             return False  # one more reset tick under the cleared supervisor
         return settled
+
+    def _outbox_is_full(self) -> bool:
+        """Nothing recorded may be lost, so a full outbox pauses learning: the robot waits at rest between episodes."""
+        if self.transitions is None or self.outbox_limit is None:
+            return False
+        full = self.transitions.held_upper_bound() >= self.outbox_limit
+        if full != self._outbox_full:
+            (log.warning if full else log.info)("outbox %s (limit %d rows)", "full: holding at rest until the learner "
+                                                "drains it" if full else "drained: episodes resume", self.outbox_limit)
+            self._outbox_full = full
+        return full
 
     def _close_open_step(self) -> bool:
         """Record the transition the last action started, ending at the current state. True if the episode ended."""

@@ -175,3 +175,8 @@ class TransitionLog:
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+
+    def held_upper_bound(self) -> int:
+        """At least the number of rows held (not yet delivered), from the id range: cheap at any size."""
+        low, high = self._db.execute("SELECT MIN(id), MAX(id) FROM transitions").fetchone()
+        return 0 if low is None else high - low + 1

@@ -1,0 +1,71 @@
+"""Process faults on the robot-learner link: kill -9 the learner, kill -9 the agent; nothing lost, nothing twice."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from robot_app.demo import _free_port, _keys
+from robot_app.learner.ingest import IngestStore
+
+CLI = [sys.executable, "-m", "robot_app.cli"]
+
+
+def outbox_state(path):
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
+        held = set(db.execute("SELECT episode, step FROM transitions").fetchall())
+    finally:
+        db.close()
+    return (row[0] if row else 0), held
+
+
+def wait_until(condition, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_path):
+    keys = _keys(tmp_path, ["furuta-virtual-0"])
+    listen, announce = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    outbox = tmp_path / "robot" / "transitions.sqlite"
+    learner_args = [*CLI, "learner", "--out", str(tmp_path / "learner"), "--listen", listen, "--announce", announce,
+                    "--keys", str(keys), "--warmup", "1000000"]
+    device = subprocess.Popen([*CLI, "virtual-robot", "--lockstep", "--robot-id", "furuta-virtual-0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = device.stdout.readline().strip()
+    agent_args = [*CLI, "agent", "--port", port, "--robot-id", "furuta-virtual-0", "--policy", "random", "--pace",
+                  "300", "--learner", listen, "--announcements", announce, "--keys", str(keys), "--log", str(outbox)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    learner = subprocess.Popen(learner_args, **quiet)
+    agent = subprocess.Popen(agent_args, **quiet)
+    try:
+        store_path = tmp_path / "learner" / "ingest.sqlite"
+        wait_until(lambda: store_path.exists() and IngestStore(store_path).count() > 200)
+        learner.send_signal(signal.SIGKILL)  # the learner dies mid-stream; the agent keeps controlling and logging
+        learner.wait()
+        time.sleep(1.5)
+        learner = subprocess.Popen(learner_args, **quiet)
+        wait_until(lambda: IngestStore(store_path).count() > outbox_state(outbox)[0] - 300 > 800)
+        agent.send_signal(signal.SIGKILL)  # now the agent dies, with rows sent but not yet acknowledged
+        agent.wait()
+        _, held_at_kill = outbox_state(outbox)
+        assert held_at_kill  # rows the learner had not acknowledged when the agent died
+        agent = subprocess.Popen([*agent_args, "--duration", "4"], **quiet)  # a restart delivers what was left
+        agent.wait(timeout=60)
+    finally:
+        for proc in (agent, learner, device):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+    produced, held = outbox_state(outbox)
+    store = IngestStore(store_path)
+    stored = {(r["episode"], r["step"]) for _, _, r in store.read(limit=1_000_000)}
+    assert held_at_kill <= stored  # what the killed agent had not had acknowledged arrived after its restart
+    assert len(stored | held) == produced  # every row the agent ever logged is stored or still held for next time
+    assert len(stored) == store.count() > produced - 400  # nothing stored twice; the tail of the last run may wait
+    store.close()
