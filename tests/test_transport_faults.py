@@ -1,5 +1,6 @@
 """Process faults on the robot-learner link: kill -9 the learner, kill -9 the agent; nothing lost, nothing twice."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -69,3 +70,45 @@ def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_pa
     assert len(stored | held) == produced  # every row the agent ever logged is stored or still held for next time
     assert len(stored) == store.count() > produced - 400  # nothing stored twice; the tail of the last run may wait
     store.close()
+
+
+def test_a_paused_learner_leaves_the_robot_safe_its_outbox_bounded_and_everything_delivered_after(tmp_path):
+    keys = _keys(tmp_path, ["furuta-virtual-0"])
+    listen, announce = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    outbox, limit = tmp_path / "robot" / "transitions.sqlite", 600
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    learner = subprocess.Popen([*CLI, "learner", "--out", str(tmp_path / "learner"), "--listen", listen, "--announce",
+                                announce, "--keys", str(keys), "--warmup", "1000000"], **quiet)
+    device = subprocess.Popen([*CLI, "virtual-robot", "--lockstep", "--robot-id", "furuta-virtual-0",
+                               "--audit-out", str(tmp_path / "audit.json")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    agent = subprocess.Popen([*CLI, "agent", "--port", device.stdout.readline().strip(), "--robot-id",
+                              "furuta-virtual-0", "--policy", "random", "--pace", "300", "--outbox-limit", str(limit),
+                              "--learner", listen, "--announcements", announce, "--keys", str(keys), "--log",
+                              str(outbox)], **quiet)
+    try:
+        store_path = tmp_path / "learner" / "ingest.sqlite"
+        wait_until(lambda: store_path.exists() and IngestStore(store_path).count() > 100)
+        learner.send_signal(signal.SIGSTOP)
+        held_during_pause, produced_before = [], outbox_state(outbox)[0]
+        for _ in range(25):  # 5 s paused
+            time.sleep(0.2)
+            held_during_pause.append(len(outbox_state(outbox)[1]))
+        produced_during = outbox_state(outbox)[0] - produced_before
+        learner.send_signal(signal.SIGCONT)
+        wait_until(lambda: len(outbox_state(outbox)[1]) < 100)  # it drains once the learner is back
+        assert agent.poll() is None  # the agent kept running (and controlling) through the pause
+    finally:
+        for proc in (agent, device, learner):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+    assert produced_during > 300  # the robot kept working while the learner was stopped ...
+    assert max(held_during_pause) <= limit + 400  # ... until its outbox hit the bound (plus the episode in progress)
+    produced, held = outbox_state(outbox)
+    store = IngestStore(store_path)
+    stored = {(r["episode"], r["step"]) for _, _, r in store.read(limit=1_000_000)}
+    assert len(stored | held) == produced and len(stored) == store.count()
+    store.close()
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert audit["limit_violations"] == 0 and audit["rate_violations"] == 0

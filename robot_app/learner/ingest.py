@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 import onnx
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from policies.artifact import PolicyMetadata
 from robot_app.logs import first_and_doubling
@@ -106,6 +107,10 @@ class IngestServer:
         self.socket.maxmsgsize = 2 * MAX_MESSAGE_BYTES  # past this ZeroMQ drops the peer; below it we count oversize
         if self.security:
             self.security.secure(self.socket)
+        # Refused CURVE handshakes never become messages; the socket monitor is where they can be counted.
+        self._monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
         self.endpoint = _bind(self.socket, endpoint)
         self.publisher = self.context.socket(zmq.PUB)
         self.publisher.linger = 0
@@ -138,11 +143,17 @@ class IngestServer:
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         next_announcement = 0.0
         try:
             while not self._stop.is_set():
-                if poller.poll(timeout=100):
+                ready = dict(poller.poll(timeout=100))
+                if self.socket in ready:
                     self._handle(self.socket.recv_multipart(copy=False))
+                if self._monitor in ready:
+                    event = recv_monitor_message(self._monitor)
+                    self._reject("unauthenticated", f"handshake refused (event {event['event']}) from a peer "
+                                                    f"on {event['endpoint']!r}")
                 if time.monotonic() >= next_announcement:
                     next_announcement = time.monotonic() + self.heartbeat_s
                     with self._policy_lock:
@@ -150,6 +161,8 @@ class IngestServer:
                     if policy is not None:
                         self.publisher.send(encode(policy[0]))
         finally:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
             self.socket.close(linger=0)
             self.publisher.close(linger=0)
             if self.security:
