@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from robot_app.robot.spec import read_yaml_mapping
 
 CALIBRATION_DIR = Path(__file__).parent
 
@@ -53,10 +54,4 @@ def load_calibration(robot_or_path: str | Path) -> RobotCalibration:
     path = Path(robot_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = CALIBRATION_DIR / f"{robot_or_path}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read calibration {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"calibration {path} is not a YAML mapping")
-    return RobotCalibration.model_validate(data)
+    return RobotCalibration.model_validate(read_yaml_mapping(path, "calibration"))

@@ -111,10 +111,15 @@ def load_robot_spec(name_or_path: str | Path) -> RobotSpec:
         if not path.is_file():
             known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
             raise ValueError(f"unknown robot {str(name_or_path)!r}; known robots: {known}, or pass a .yaml path")
+    return RobotSpec.model_validate(read_yaml_mapping(path, "robot spec"))
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; a clear ValueError naming `what` and the path otherwise."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read robot spec {path}: {error}") from None
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"robot spec {path} is not a YAML mapping")
-    return RobotSpec.model_validate(data)
+        raise ValueError(f"{what} {path} is not a YAML mapping")
+    return data
