@@ -1,6 +1,8 @@
 """Shared test fixtures: headless MuJoCo and tiny network sizes so the suite stays fast on 2 cores."""
 
 import os
+import sqlite3
+import time
 
 import pytest
 
@@ -16,3 +18,22 @@ def tiny_run_settings():
         "env": "dmc:cartpole-swingup", "horizon": 2, "steps": 2000, "seed": 3, "random_steps": 500,
         "eval_every": 1000, "eval_episodes": 1, "checkpoint_every": 1000, "log_every": 50, "agent": dict(TINY_AGENT),
     }
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def outbox_state(path) -> tuple[int, set]:
+    """How many transitions an agent's outbox ever logged, and the (episode, step) of those it still holds."""
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
+        held = set(db.execute("SELECT episode, step FROM transitions").fetchall())
+    finally:
+        db.close()
+    return (row[0] if row else 0), held

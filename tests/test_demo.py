@@ -1,20 +1,8 @@
 """End to end, briefly: learner, two lockstep virtual robots and their agents as processes over CURVE on tcp."""
 
-import sqlite3
-
 from robot_app.demo import run_demo
 from robot_app.learner.ingest import IngestStore
-
-
-def produced_keys(outbox_path):
-    """(episode, step) of every transition an agent still holds, and how many it ever logged."""
-    db = sqlite3.connect(outbox_path)
-    try:
-        (ever,) = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
-        rows = db.execute("SELECT episode, step FROM transitions").fetchall()
-    finally:
-        db.close()
-    return ever, set(rows)
+from tests.conftest import outbox_state
 
 
 def test_the_demo_streams_every_transition_once_through_the_whole_stack(tmp_path):
@@ -24,7 +12,7 @@ def test_the_demo_streams_every_transition_once_through_the_whole_stack(tmp_path
     received = {robot: {(r["episode"], r["step"]) for _, rid, r in store.read(limit=100_000) if rid == robot}
                 for robot in ("furuta-virtual-0", "furuta-virtual-1")}
     for robot, keys in received.items():
-        ever, still_held = produced_keys(out / robot / "transitions.sqlite")
+        ever, still_held = outbox_state(out / robot / "transitions.sqlite")
         assert len(keys) > 100
         assert len(keys | still_held) == ever  # delivered or still in the outbox: nothing lost
     assert store.count() == sum(len(k) for k in received.values())  # and nothing stored twice

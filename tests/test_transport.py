@@ -13,6 +13,7 @@ from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
 from robot_app.transport.messages import SCHEMA_VERSION, Heartbeat, decode, encode
 from robot_app.transport.robot_link import RobotLink
+from tests.conftest import wait_until
 
 
 def transition(robot_id, episode, step):
@@ -43,13 +44,6 @@ def start(target):
     return thread
 
 
-def wait_for(condition, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def serve(store, keys, endpoint="tcp://127.0.0.1:0"):
     server = IngestServer(store, endpoint, (keys / "learner/learner.key_secret", keys / "allowed"),
                           context=zmq.Context())
@@ -67,13 +61,13 @@ def test_every_transition_arrives_once_across_a_learner_restart(keys, tmp_path):
                       (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), batch_rows=100,
                       ack_timeout_s=0.5, context=zmq.Context())
     shipper_thread = start(shipper.run)
-    wait_for(lambda: store.count() >= 300)
+    wait_until(lambda: store.count() >= 300, timeout_s=30)
     server.stop()  # the learner goes away mid-stream ...
     server_thread.join(timeout=10)
     time.sleep(1.0)
     assert outbox.read(limit=1), "the outbox still holds what was not acknowledged"
     server, server_thread = serve(store, keys, server.endpoint)  # ... and comes back on the same port and store
-    wait_for(lambda: not outbox.read(limit=1))
+    wait_until(lambda: not outbox.read(limit=1), timeout_s=30)
     shipper.stop()
     server.stop()
     shipper_thread.join(timeout=10)
@@ -118,7 +112,8 @@ def test_bad_messages_are_rejected_and_counted_and_the_learner_keeps_serving(key
     robot.rcvtimeo = 10_000
     reply = decode(robot.recv())
     assert isinstance(reply, Heartbeat) and reply.sender == "learner"
-    wait_for(lambda: sum(server.rejected.values()) >= 4 and server.rejected["unauthenticated"] >= 1)
+    wait_until(lambda: sum(server.rejected.values()) >= 4 and server.rejected["unauthenticated"] >= 1,
+               timeout_s=30)
     assert {k: v for k, v in server.rejected.items() if k != "unauthenticated"} == {
         "decode": 1, "version": 1, "oversized": 1, "identity": 1}
     assert "intruder" not in server.last_heard  # CURVE refused its handshake (counted); nothing of it got through
@@ -156,13 +151,14 @@ def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tm
                      running_version=lambda: running[0])
     link_thread = start(link.run)
     good = server.publish(export_policy(tmp_path / "good.onnx", layout))
-    wait_for(lambda: received)
+    wait_until(lambda: received, timeout_s=30)
     assert received[0].version == good.version
     assert (tmp_path / "policies" / f"policy-{good.version}.onnx").read_bytes() == (tmp_path / "good.onnx").read_bytes()
     running[0] = good.version
-    wait_for(lambda: "robot-1" in server.statuses and server.statuses["robot-1"].policy_version == good.version)
+    wait_until(lambda: "robot-1" in server.statuses and server.statuses["robot-1"].policy_version == good.version,
+               timeout_s=30)
     server.publish(export_policy(tmp_path / "other_robot.onnx", [("joint_angles", 7)]))  # a policy for another robot
-    wait_for(lambda: link.policy_errors == 1)
+    wait_until(lambda: link.policy_errors == 1, timeout_s=30)
     assert len(received) == 1  # refused, never handed to the agent
     link.stop()
     server.stop()

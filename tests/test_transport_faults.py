@@ -2,32 +2,15 @@
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 from robot_app.demo import _free_port, _keys
 from robot_app.learner.ingest import IngestStore
+from tests.conftest import outbox_state, wait_until
 
 CLI = [sys.executable, "-m", "robot_app.cli"]
-
-
-def outbox_state(path):
-    db = sqlite3.connect(path)
-    try:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
-        held = set(db.execute("SELECT episode, step FROM transitions").fetchall())
-    finally:
-        db.close()
-    return (row[0] if row else 0), held
-
-
-def wait_until(condition, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
 
 
 def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_path):
