@@ -42,13 +42,24 @@ class ReplayBuffer:
         self.terminal_count = 0  # true terminations held, for the termination model's class weight
 
     def add(self, obs, action, reward: float, next_obs, terminated: bool, episode: int, step: int) -> None:
-        i = self.cursor
-        self.terminal_count += int(terminated) - int(self.size == self.capacity and self.terminated[i, 0] > 0)
-        self.obs[i], self.action[i], self.reward[i, 0] = obs, action, reward
-        self.next_obs[i], self.terminated[i, 0] = next_obs, float(terminated)
-        self.episode[i], self.step[i] = episode, step
-        self.cursor = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        self.add_many(np.asarray(obs)[None], np.asarray(action)[None], np.asarray([reward]), np.asarray(next_obs)[None],
+                      np.asarray([terminated]), np.asarray([episode]), np.asarray([step]))
+
+    def add_many(self, obs, action, reward, next_obs, terminated, episode, step) -> None:
+        """Rows in order: arrays of N rows each (the oldest rows make way once the buffer is full)."""
+        n = len(obs)
+        if n > self.capacity:  # only the newest capacity rows would survive
+            return self.add_many(*(a[n - self.capacity:] for a in (obs, action, reward, next_obs, terminated,
+                                                                   episode, step)))
+        idx = (self.cursor + np.arange(n)) % self.capacity
+        overwritten = int(np.count_nonzero(self.terminated[idx[idx < self.size], 0]))
+        self.terminal_count += int(np.count_nonzero(terminated)) - overwritten
+        self.obs[idx], self.action[idx], self.reward[idx, 0] = obs, action, reward
+        self.next_obs[idx], self.terminated[idx, 0] = next_obs, np.asarray(terminated, np.float32)
+        self.episode[idx], self.step[idx] = episode, step
+        self.cursor = int((self.cursor + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+        return None
 
     def __len__(self) -> int:
         return self.size

@@ -28,12 +28,23 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def _keys(chunks) -> list[tuple[int, int]]:
+    return [(e, s) for c in chunks for e, s in zip(c.columns["episode"].tolist(), c.columns["step"].tolist())]
+
+
 def outbox_state(path) -> tuple[int, set]:
     """How many transitions an agent's outbox ever logged, and the (episode, step) of those it still holds."""
+    from robot_app.transport.messages import TransitionChunk
+
     db = sqlite3.connect(path)
     try:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transitions'").fetchone()
-        held = set(db.execute("SELECT episode, step FROM transitions").fetchall())
+        row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        held = [TransitionChunk.unpack(blob) for (blob,) in db.execute("SELECT chunk FROM chunks")]
     finally:
         db.close()
-    return (row[0] if row else 0), held
+    return (int(row[0]) if row else 0), set(_keys(held))
+
+
+def stored_keys(store, robot_id: str | None = None) -> list[tuple[int, int]]:
+    """The (episode, step) of every transition in a learner's ingest store, as stored (duplicates would repeat)."""
+    return _keys(chunk for _, rid, chunk in store.read(limit_rows=1 << 40) if robot_id in (None, rid))

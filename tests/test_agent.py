@@ -70,6 +70,13 @@ def make_agent(port, policy, log_path=None, rate=None):
                  TransitionLog(log_path) if log_path else None, status_every_s=60)
 
 
+def logged(log):
+    """Everything a transition log holds: its robot ids, its columns joined, and the policy version of each row."""
+    chunks = log.read()
+    columns = {name: np.concatenate([c.columns[name] for _, c in chunks]) for name in chunks[0][1].columns}
+    return {robot for robot, _ in chunks}, columns, [v for _, c in chunks for v in c.row_policy_versions()]
+
+
 def assert_device_saw_only_safe_commands(audit):
     assert audit["commands"] > 0
     assert audit["limit_violations"] == 0 and audit["rate_violations"] == 0
@@ -83,18 +90,19 @@ def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):
         audit = robot.stop()
     assert summary["episodes"] == 2 and summary["transitions"] == 2 * SPEC.episode_steps
     log = TransitionLog(log_path)
-    rows = [t for _, t in log.read()]
+    robots, rows, versions = logged(log)
     assert log.next_episode("furuta-virtual-0") == 2  # a restarted agent continues the numbering
     log.close()
+    assert robots == {"furuta-virtual-0"} and set(versions) == {"zero"}
+    np.testing.assert_array_equal(rows["seq"], np.arange(1, 2 * SPEC.episode_steps + 1))
     for episode in (0, 1):
-        steps = [t for t in rows if t.episode == episode]
-        assert [t.step for t in steps] == list(range(SPEC.episode_steps))
-        assert steps[-1].truncated and not any(t.terminated for t in steps)
-        assert all(np.array_equal(a.next_obs, b.obs) for a, b in zip(steps, steps[1:]))
-    first = rows[0]
-    assert first.robot_id == "furuta-virtual-0" and first.policy_version == "zero"
-    assert first.obs[2] < -0.99 and first.obs[0] > 0.99  # calibrated: pendulum hanging (alpha = pi), arm centred
-    assert first.obs_time_ns < first.command_time_ns <= first.next_obs_time_ns
+        mine = rows["episode"] == episode
+        assert rows["step"][mine].tolist() == list(range(SPEC.episode_steps))
+        assert rows["truncated"][mine][-1] and not rows["terminated"][mine].any()
+        np.testing.assert_array_equal(rows["next_obs"][mine][:-1], rows["obs"][mine][1:])
+    first = {name: column[0] for name, column in rows.items()}
+    assert first["obs"][2] < -0.99 and first["obs"][0] > 0.99  # calibrated: pendulum hanging (alpha = pi), arm centred
+    assert first["obs_time_ns"] < first["command_time_ns"] <= first["next_obs_time_ns"]
     assert_device_saw_only_safe_commands(audit)
 
 
@@ -243,10 +251,10 @@ def test_a_new_policy_takes_over_only_at_an_episode_boundary(tmp_path):
         agent = make_agent(robot.port, FnPolicy(first, "first"), log_path)
         agent.run(episodes=2)
     log = TransitionLog(log_path)
-    rows = [t for _, t in log.read()]
+    _, rows, versions = logged(log)
     log.close()
-    assert {t.policy_version for t in rows if t.episode == 0} == {"first"}
-    assert {t.policy_version for t in rows if t.episode == 1} == {"zero"}
+    assert {v for v, e in zip(versions, rows["episode"]) if e == 0} == {"first"}
+    assert {v for v, e in zip(versions, rows["episode"]) if e == 1} == {"zero"}
 
 
 def test_onnx_policies_are_checked_against_the_robot(tmp_path):
@@ -299,7 +307,7 @@ def test_a_full_outbox_holds_the_robot_at_rest_instead_of_losing_data(tmp_path):
                       TransitionLog(log_path), status_every_s=60, outbox_limit=300, lockstep_pace_hz=2000)
         summary = agent.run(duration_s=3.0)
     log = TransitionLog(log_path)
-    held = log.count()
+    held = log.held()
     log.close()
     assert summary["episodes"] == 1 and held == SPEC.episode_steps  # the second episode never started
     assert agent._outbox_full

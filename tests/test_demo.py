@@ -2,15 +2,14 @@
 
 from robot_app.demo import run_demo
 from robot_app.learner.ingest import IngestStore
-from tests.conftest import outbox_state
+from tests.conftest import outbox_state, stored_keys
 
 
 def test_the_demo_streams_every_transition_once_through_the_whole_stack(tmp_path):
     out = tmp_path / "demo"
     assert run_demo(out, robots=2, minutes=0.5, horizon=1, transitions_per_s=120) == 0
     store = IngestStore(out / "learner" / "ingest.sqlite")
-    received = {robot: {(r["episode"], r["step"]) for _, rid, r in store.read(limit=100_000) if rid == robot}
-                for robot in ("furuta-virtual-0", "furuta-virtual-1")}
+    received = {robot: set(stored_keys(store, robot)) for robot in ("furuta-virtual-0", "furuta-virtual-1")}
     for robot, keys in received.items():
         ever, still_held = outbox_state(out / robot / "transitions.sqlite")
         assert len(keys) > 100

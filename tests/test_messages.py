@@ -1,5 +1,7 @@
 """Transport messages: round trips, and every kind of bad input rejected with a reason, never unpickled."""
 
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.transport.messages import (
     MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
-    decode, encode,
+    TransitionChunk, decode, encode,
 )
 
 
@@ -25,19 +27,38 @@ def transition(episode, step, obs_dim=6):
 
 
 def test_scalar_messages_round_trip():
-    for message in (Heartbeat("learner", 123), Ack("r1", 40, 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20),
+    for message in (Heartbeat("learner", 123), Ack("r1", "outbox-1", 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20),
                     Status("r1", "v3", {"ticks": 5})):
         assert decode(encode(message)) == message
 
 
 def test_a_transition_batch_round_trips_column_by_column():
-    rows = [(100 + i, transition(2, i)) for i in range(10)]
-    batch = decode(encode(TransitionBatch.from_rows("r1", rows)))
-    assert len(batch) == 10 and batch.robot_id == "r1"
-    np.testing.assert_array_equal(batch.columns["log_id"], np.arange(100, 110))
-    np.testing.assert_array_equal(batch.columns["obs"][3], rows[3][1].obs)
-    assert batch.columns["truncated"].tolist() == [False] * 9 + [True]
-    assert batch.interventions[1] == ["clamped"] and batch.policy_versions == ["abc"] * 10
+    rows = [transition(2, i) for i in range(10)]
+    packed = TransitionChunk.from_transitions(100, rows).pack()
+    batch = decode(encode(TransitionBatch("r1", "outbox-1", 99, packed)))
+    assert (batch.robot_id, batch.outbox_id, batch.acked_through, batch.chunk) == ("r1", "outbox-1", 99, packed)
+    chunk = batch.rows
+    assert len(chunk) == 10 and (chunk.first_seq, chunk.last_seq) == (100, 109)
+    np.testing.assert_array_equal(chunk.columns["seq"], np.arange(100, 110))
+    np.testing.assert_array_equal(chunk.columns["obs"][3], rows[3].obs)
+    assert chunk.columns["truncated"].tolist() == [False] * 9 + [True]
+    assert chunk.row_interventions()[:2] == [[], ["clamped"]] and chunk.row_policy_versions() == ["abc"] * 10
+
+
+def test_chunks_join_and_split_keeping_each_rows_policy_and_interventions():
+    rows = [dataclasses.replace(transition(0, i), policy_version=f"v{i // 3}",
+                                interventions=(("braking", "clamped") if i == 4 else ("clamped",) * (i % 2)))
+            for i in range(8)]
+    parts = [TransitionChunk.from_transitions(1, rows[:3]), TransitionChunk.from_transitions(4, rows[3:])]
+    assert parts[0].intervention_names == ["clamped"] and parts[1].intervention_names == ["clamped", "braking"]
+    merged = TransitionChunk.unpack(TransitionChunk.concat(parts).pack())
+    assert merged.columns["seq"].tolist() == list(range(1, 9))
+    assert merged.row_policy_versions() == [t.policy_version for t in rows]
+    assert [set(i) for i in merged.row_interventions()] == [set(t.interventions) for t in rows]
+    tail = merged.from_seq(6)
+    assert tail.first_seq == 6 and tail.row_policy_versions() == ["v1", "v2", "v2"]
+    with pytest.raises(ValueError, match="consecutive"):
+        TransitionChunk.concat([parts[1], parts[0]])
 
 
 @pytest.mark.parametrize("mutate, reason", [
@@ -45,18 +66,21 @@ def test_a_transition_batch_round_trips_column_by_column():
     (lambda env: env | {"kind": "pickle"}, "kind"),
     (lambda env: {"v": SCHEMA_VERSION, "kind": "ack"}, "decode"),
     (lambda env: env | {"body": {"robot_id": "r1"}}, "field"),
-    (lambda env: env | {"body": {"robot_id": "r1", "from_id": 5, "up_to_id": "7"}}, "field"),
-    (lambda env: env | {"body": {"robot_id": "r1", "from_id": 5, "up_to_id": True}}, "field"),
+    (lambda env: env | {"body": {"robot_id": "r1", "outbox_id": "o", "up_to_seq": "7"}}, "field"),
+    (lambda env: env | {"body": {"robot_id": "r1", "outbox_id": "o", "up_to_seq": True}}, "field"),
 ])
 def test_bad_envelopes_are_rejected_with_a_reason(mutate, reason):
-    envelope = msgpack.unpackb(encode(Ack("r1", 5, 7)))
+    envelope = msgpack.unpackb(encode(Ack("r1", "o", 7)))
     with pytest.raises(MessageError) as error:
         decode(msgpack.packb(mutate(envelope), use_bin_type=True))
     assert error.value.reason == reason
 
 
-def _batch_envelope():
-    return msgpack.unpackb(encode(TransitionBatch.from_rows("r1", [(1, transition(0, 0)), (2, transition(0, 1))])))
+def _with_chunk_body(mutate) -> bytes:
+    """A valid two-row batch whose packed chunk has been through `mutate` (its map of columns)."""
+    chunk = msgpack.unpackb(TransitionChunk.from_transitions(1, [transition(0, 0), transition(0, 1)]).pack())
+    mutate(chunk["columns"])
+    return encode(TransitionBatch("r1", "o", 0, msgpack.packb(chunk, use_bin_type=True)))
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -65,12 +89,20 @@ def _batch_envelope():
     (lambda cols: cols["reward"].update(dtype="|O"), "dtype '|O'"),
     (lambda cols: cols.pop("reward"), "differ from the schema"),
     (lambda cols: cols["step"].update(shape=[3], data=b"\0" * 24), "column step is <i8\\[3\\]"),
+    (lambda cols: cols["seq"].update(data=np.array([1, 3], "<i8").tobytes()), "seq must count up by one"),
+    (lambda cols: cols["policy"].update(data=np.array([0, 1], "<i4").tobytes()), "policy indices"),
+    (lambda cols: cols["interventions"].update(data=np.array([0, 4], "<i8").tobytes()), "interventions masks"),
 ])
 def test_wrong_dtypes_shapes_and_missing_columns_are_rejected(mutate, message):
-    envelope = _batch_envelope()
-    mutate(envelope["body"]["columns"])
-    with pytest.raises(MessageError, match=message):
-        decode(msgpack.packb(envelope, use_bin_type=True))
+    with pytest.raises(MessageError, match=message) as error:
+        decode(_with_chunk_body(mutate))
+    assert error.value.reason == "field"
+
+
+def test_a_chunk_that_is_not_msgpack_is_rejected():
+    with pytest.raises(MessageError) as error:
+        decode(encode(TransitionBatch("r1", "o", 0, b"\xc1 not msgpack")))
+    assert error.value.reason == "decode"
 
 
 def test_oversized_messages_are_rejected_before_decoding():
@@ -88,15 +120,34 @@ def test_garbage_never_raises_anything_but_a_message_error(data):
         pass
 
 
-def test_the_outbox_deletes_only_acknowledged_rows_and_never_reuses_an_episode(tmp_path):
-    log = TransitionLog(tmp_path / "t.sqlite")
+def test_the_outbox_deletes_only_acknowledged_chunks_and_never_reuses_an_episode_or_a_seq(tmp_path):
+    log = TransitionLog(tmp_path / "t.sqlite", chunk_rows=2)
     for step in range(5):
         log.append(transition(3, step))
     log.close()
     log = TransitionLog(tmp_path / "t.sqlite")
-    ids = [row_id for row_id, _ in log.read()]
-    assert log.acknowledge(ids[1], ids[2]) == 2  # a batch acknowledged out of order
-    assert [t.step for _, t in log.read()] == [0, 3, 4]
-    log.acknowledge(ids[0], ids[-1])
-    assert log.read() == [] and log.next_episode("r1") == 4
+    outbox_id = log.outbox_id
+    assert [(c.first_seq, c.last_seq) for c in log.pending(0, max_rows=10)] == [(1, 2), (3, 4), (5, 5)]
+    assert log.acknowledge(3) == 2  # an ack inside a chunk deletes only the chunks wholly below it
+    assert (log.acked_through(), log.held()) == (2, 3)
+    assert [c.columns["step"].tolist() for _, c in log.read()] == [[2, 3], [4]]
+    log.acknowledge(5)
+    assert log.read() == [] and log.held() == 0 and log.acked_through() == 5
+    assert log.next_episode("r1") == 4 and log.next_episode("r2") == 0
+    log.append(transition(4, 0))
     log.close()
+    log = TransitionLog(tmp_path / "t.sqlite")
+    assert log.outbox_id == outbox_id and [c.first_seq for c in log.pending(0, max_rows=10)] == [6]
+    log.close()
+
+
+def test_an_outbox_of_another_schema_is_refused_not_rewritten(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.commit()
+    db.close()
+    with pytest.raises(ValueError, match="schema v1; this version reads and writes v2"):
+        TransitionLog(tmp_path / "old.sqlite")

@@ -8,7 +8,7 @@ from robot_app.learner.ingest import IngestStore
 from robot_app.learner.online import OnlineLearner
 from robot_app.robot.spec import load_robot_spec
 from robot_app.robot.task import make_task
-from robot_app.transport.messages import TransitionBatch
+from robot_app.transport.messages import TransitionBatch, TransitionChunk
 from sim.envs import make_env
 from tests.conftest import TINY_AGENT
 
@@ -17,19 +17,20 @@ SPEC = load_robot_spec("furuta")
 
 def fill_store(store, robot_id, episodes, seed):
     """Random-policy episodes of the Furuta task in sim, as a robot would ship them (actions in volts)."""
-    env, rng, log_id = make_env("furuta:swingup", seed), np.random.default_rng(seed), 0
+    env, rng, seq = make_env("furuta:swingup", seed), np.random.default_rng(seed), 0
     for episode in range(episodes):
         obs, rows = env.reset(), []
         for step in range(100):
             unit = rng.uniform(-1, 1, 1).astype(np.float32)
             result = env.step(unit)
-            log_id += 1
-            rows.append((log_id, Transition(robot_id, episode, step, obs, unit * 5.0, result.reward, result.obs,
-                                             result.terminated, step == 99, unit * 5.0, "random", (), 0, 0, 0, 0)))
+            rows.append(Transition(robot_id, episode, step, obs, unit * 5.0, result.reward, result.obs,
+                                   result.terminated, step == 99, unit * 5.0, "random", (), 0, 0, 0, 0))
             obs = result.obs
             if result.terminated:
                 break
-        store.store(TransitionBatch.from_rows(robot_id, rows), 0)
+        batch = TransitionBatch(robot_id, "outbox-1", seq, TransitionChunk.from_transitions(seq + 1, rows).pack())
+        assert store.store_batches([batch], 0)[0].stored == len(rows)
+        seq += len(rows)
 
 
 def make_learner(store, out):

@@ -13,7 +13,7 @@ from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
 from robot_app.transport.messages import SCHEMA_VERSION, Heartbeat, decode, encode
 from robot_app.transport.robot_link import RobotLink
-from tests.conftest import wait_until
+from tests.conftest import stored_keys, wait_until
 
 
 def transition(robot_id, episode, step):
@@ -51,34 +51,34 @@ def serve(store, keys, endpoint="tcp://127.0.0.1:0"):
 
 
 def test_every_transition_arrives_once_across_a_learner_restart(keys, tmp_path):
-    outbox = TransitionLog(tmp_path / "outbox.sqlite")
-    for episode in range(3):
-        for step in range(500):
+    outbox = TransitionLog(tmp_path / "outbox.sqlite", chunk_rows=10)
+    for episode in range(6):
+        for step in range(1000):
             outbox.append(transition("robot-1", episode, step))
     store = IngestStore(tmp_path / "ingest.sqlite")
     server, server_thread = serve(store, keys)
     shipper = RobotLink(outbox, server.endpoint, "robot-1",
-                      (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), batch_rows=100,
+                      (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), window=1,
                       ack_timeout_s=0.5, context=zmq.Context())
     shipper_thread = start(shipper.run)
     wait_until(lambda: store.count() >= 300, timeout_s=30)
     server.stop()  # the learner goes away mid-stream ...
     server_thread.join(timeout=10)
     time.sleep(1.0)
-    assert outbox.read(limit=1), "the outbox still holds what was not acknowledged"
+    assert outbox.held(), "the outbox still holds what was not acknowledged"
     server, server_thread = serve(store, keys, server.endpoint)  # ... and comes back on the same port and store
-    wait_until(lambda: not outbox.read(limit=1), timeout_s=30)
+    wait_until(lambda: not outbox.held(), timeout_s=30)
     shipper.stop()
     server.stop()
     shipper_thread.join(timeout=10)
     server_thread.join(timeout=10)
     outbox.close()
-    rows = store.read(limit=10_000)
-    assert len(rows) == 1500 == store.count("robot-1")  # none lost, none twice
-    keys_seen = {(r["episode"], r["step"]) for _, _, r in rows}
-    assert keys_seen == {(e, s) for e in range(3) for s in range(500)}
-    np.testing.assert_array_equal(rows[0][2]["obs"], np.full(6, rows[0][2]["step"], np.float32))
-    assert outbox_next_episode(tmp_path) == 3
+    keys_seen = stored_keys(store)
+    assert len(keys_seen) == 6000 == store.count("robot-1")  # none lost, none twice
+    assert set(keys_seen) == {(e, s) for e in range(6) for s in range(1000)}
+    chunk = store.read()[0][2]
+    np.testing.assert_array_equal(chunk.columns["obs"][0], np.full(6, chunk.columns["step"][0], np.float32))
+    assert outbox_next_episode(tmp_path) == 6
 
 
 def outbox_next_episode(tmp_path):
@@ -164,3 +164,31 @@ def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tm
     server.stop()
     link_thread.join(timeout=10)
     server_thread.join(timeout=10)
+
+
+def test_the_store_takes_each_outbox_in_seq_order_and_counts_duplicates_and_gaps(tmp_path):
+    from robot_app.learner.ingest import Stored
+    from robot_app.transport.messages import TransitionBatch, TransitionChunk
+
+    def batch(outbox, first, n, acked_through):
+        rows = [transition("robot-1", 0, first + i) for i in range(n)]
+        return TransitionBatch("robot-1", outbox, acked_through, TransitionChunk.from_transitions(first, rows).pack())
+
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    # First contact: the robot says seqs up to 10 were acknowledged elsewhere, so 11 is where this store starts.
+    assert store.store_batches([batch("a", 21, 10, 10), batch("a", 11, 10, 10)], 0) == [
+        Stored(out_of_order=10), Stored(stored=10)]
+    assert store.store_batches([batch("a", 11, 10, 10), batch("a", 21, 10, 10), batch("a", 21, 10, 10)], 0) == [
+        Stored(duplicates=10), Stored(stored=10), Stored(duplicates=10)]
+    assert store.held_through("robot-1", "a") == 30
+    # A new outbox (the old file lost) has its own seqs: nothing of it is mistaken for a duplicate.
+    assert store.store_batches([batch("b", 1, 5, 0)], 0) == [Stored(stored=5)]
+    store.close()
+    store = IngestStore(tmp_path / "ingest.sqlite")  # what it holds survives a restart
+    assert store.held_through("robot-1", "a") == 30 and store.count() == store.count("robot-1") == 25
+    assert store.store_batches([batch("a", 21, 10, 20)], 0) == [Stored(duplicates=10)]
+    # A re-sent batch merged differently overlaps what is held: only its new rows are kept.
+    assert store.store_batches([batch("a", 26, 10, 20)], 0) == [Stored(stored=5, duplicates=5)]
+    steps = [c.columns["step"].tolist() for _, _, c in store.read()]
+    assert steps[-1] == [31, 32, 33, 34, 35] and store.held_through("robot-1", "a") == 35
+    store.close()

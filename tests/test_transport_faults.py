@@ -8,7 +8,7 @@ import time
 
 from robot_app.demo import _free_port, _keys
 from robot_app.learner.ingest import IngestStore
-from tests.conftest import outbox_state, wait_until
+from tests.conftest import outbox_state, stored_keys, wait_until
 
 CLI = [sys.executable, "-m", "robot_app.cli"]
 
@@ -35,8 +35,11 @@ def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_pa
         time.sleep(1.5)
         learner = subprocess.Popen(learner_args, **quiet)
         wait_until(lambda: IngestStore(store_path).count() > outbox_state(outbox)[0] - 300 > 800)
-        agent.send_signal(signal.SIGKILL)  # now the agent dies, with rows sent but not yet acknowledged
+        learner.send_signal(signal.SIGSTOP)  # acks stop, so the agent holds rows it has sent ...
+        wait_until(lambda: len(outbox_state(outbox)[1]) > 100)
+        agent.send_signal(signal.SIGKILL)  # ... when it dies
         agent.wait()
+        learner.send_signal(signal.SIGCONT)
         _, held_at_kill = outbox_state(outbox)
         assert held_at_kill  # rows the learner had not acknowledged when the agent died
         agent = subprocess.Popen([*agent_args, "--duration", "4"], **quiet)  # a restart delivers what was left
@@ -48,7 +51,7 @@ def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_pa
                 proc.wait(timeout=60)
     produced, held = outbox_state(outbox)
     store = IngestStore(store_path)
-    stored = {(r["episode"], r["step"]) for _, _, r in store.read(limit=1_000_000)}
+    stored = set(stored_keys(store))
     assert held_at_kill <= stored  # what the killed agent had not had acknowledged arrived after its restart
     assert len(stored | held) == produced  # every row the agent ever logged is stored or still held for next time
     assert len(stored) == store.count() > produced - 400  # nothing stored twice; the tail of the last run may wait
@@ -90,7 +93,7 @@ def test_a_paused_learner_leaves_the_robot_safe_its_outbox_bounded_and_everythin
     assert max(held_during_pause) <= limit + 400  # ... until its outbox hit the bound (plus the episode in progress)
     produced, held = outbox_state(outbox)
     store = IngestStore(store_path)
-    stored = {(r["episode"], r["step"]) for _, _, r in store.read(limit=1_000_000)}
+    stored = set(stored_keys(store))
     assert len(stored | held) == produced and len(stored) == store.count()
     store.close()
     audit = json.loads((tmp_path / "audit.json").read_text())

@@ -270,7 +270,7 @@ class Agent:
         """Nothing recorded may be lost, so a full outbox pauses learning: the robot waits at rest between episodes."""
         if self.transitions is None or self.outbox_limit is None:
             return False
-        full = self.transitions.held_upper_bound() >= self.outbox_limit
+        full = self.transitions.held() >= self.outbox_limit
         if full != self._outbox_full:
             (log.warning if full else log.info)("outbox %s (limit %d rows)", "full: holding at rest until the learner "
                                                 "drains it" if full else "drained: episodes resume", self.outbox_limit)

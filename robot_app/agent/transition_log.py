@@ -1,26 +1,31 @@
-"""The agent's durable local log of transitions: SQLite (WAL, synchronous=FULL), msgpack records, raw numpy buffers.
+"""The agent's durable local log of transitions, which is also its outbox: SQLite (WAL, synchronous=FULL), in chunks.
 
-A writer thread commits in small batches, so the control loop never waits on the disk. The log is also the outbox: the
-shipper reads rows in id order and deletes them only once the learner has acknowledged them, so a row survives learner
-outages and agent restarts until it is delivered.
+A writer thread commits what the control loop appended every 20 ms, so the loop never waits on the disk. Each commit numbers the
+new transitions with the next seqs and stores them as packed TransitionChunks, the very bytes the link sends. The
+shipper reads chunks in seq order and deletes them only once the learner has acknowledged them, so a transition
+survives learner outages and agent restarts until it is delivered. Every log has a random `outbox_id`; with the seq it
+names each transition uniquely, so the learner can de-duplicate even if this file is lost and a new one started.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import queue
 import sqlite3
 import threading
+import time
+import uuid
 from pathlib import Path
 
-import msgpack
 import numpy as np
 
-from robot_app.transport.messages import pack_array, unpack_array
+from robot_app.storage import DurableSQLite
+from robot_app.transport.messages import TransitionChunk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,80 +47,40 @@ class Transition:
     next_obs_time_ns: int
     device_time_us: int  # the device's clock at the observation
 
-    _ARRAYS = ("obs", "action", "next_obs", "policy_action")
 
-    def pack(self) -> bytes:
-        record = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        for name in self._ARRAYS:
-            record[name] = pack_array(record[name])
-        record["interventions"] = list(self.interventions)
-        return msgpack.packb(record, use_bin_type=True)
-
-    @classmethod
-    def unpack(cls, blob: bytes) -> "Transition":
-        record = msgpack.unpackb(blob, raw=False)
-        for name in cls._ARRAYS:
-            record[name] = unpack_array(record[name], name)
-        record["interventions"] = tuple(record["interventions"])
-        return cls(**record)
+@dataclasses.dataclass(frozen=True)
+class PendingChunk:
+    robot_id: str
+    first_seq: int
+    last_seq: int
+    packed: bytes  # a TransitionChunk, as stored and as sent
 
 
 class TransitionLog:
     """Append from the control loop; a background thread commits. Reopening continues where the last run stopped."""
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 0.05):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect()
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, robot_id TEXT NOT NULL,"
-                " episode INTEGER NOT NULL, step INTEGER NOT NULL, record BLOB NOT NULL, UNIQUE (robot_id, episode, step))"
-            )
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        (version,) = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if int(version) != SCHEMA_VERSION:
-            raise ValueError(f"{self.path}: transition log schema v{version}, this agent writes v{SCHEMA_VERSION}")
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.02, chunk_rows: int = 256):
+        self.store = DurableSQLite(path, "transition log")
+        self.path = self.store.path
+        self.store.check_schema(SCHEMA_VERSION)
+        db = self.store.db
+        with db:
+            db.execute("CREATE TABLE IF NOT EXISTS chunks (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,"
+                       " robot_id TEXT NOT NULL, chunk BLOB NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('outbox_id', ?)", (uuid.uuid4().hex,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', '0')")
+        self.outbox_id = self.store.meta("outbox_id")
+        self._last_seq = int(self.store.meta("last_seq"))
         self._queue: queue.Queue[Transition | None] = queue.Queue()
-        self._flush_interval = flush_interval_s
+        self._flush_interval, self._chunk_rows = flush_interval_s, chunk_rows
         self._error: BaseException | None = None
         self._writer = threading.Thread(target=self._write_forever, name="transition-log", daemon=True)
         self._writer.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-        except sqlite3.DatabaseError as error:
-            raise ValueError(f"{self.path}: not a usable transition log: {error}") from None
-        return db
-
     def next_episode(self, robot_id: str) -> int:
-        """Episode numbers never repeat for a robot, even after its delivered rows are deleted."""
-        (last,) = self._db.execute("SELECT MAX(episode) FROM transitions WHERE robot_id = ?", (robot_id,)).fetchone()
-        delivered = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"last_episode:{robot_id}",)).fetchone()
-        candidates = [int(v) for v in (last, delivered[0] if delivered else None) if v is not None]
-        return max(candidates) + 1 if candidates else 0
-
-    def acknowledge(self, from_id: int, up_to_id: int) -> int:
-        """Delete rows from_id..up_to_id, which the learner has stored; return how many went."""
-        db = self._connect()
-        try:
-            with db:
-                for robot_id, episode in db.execute(
-                    "SELECT robot_id, MAX(episode) FROM transitions WHERE id BETWEEN ? AND ? GROUP BY robot_id",
-                    (from_id, up_to_id),
-                ).fetchall():
-                    db.execute(
-                        "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
-                        "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                        (f"last_episode:{robot_id}", str(episode)),
-                    )
-                return db.execute("DELETE FROM transitions WHERE id BETWEEN ? AND ?", (from_id, up_to_id)).rowcount
-        finally:
-            db.close()
+        """Episode numbers never repeat for a robot in this log, even after its delivered rows are deleted."""
+        last = self.store.meta(f"last_episode:{robot_id}")
+        return 0 if last is None else int(last) + 1
 
     def append(self, transition: Transition) -> None:
         if self._error is not None:
@@ -123,37 +88,52 @@ class TransitionLog:
         self._queue.put(transition)
 
     def _write_forever(self) -> None:
+        """Commit what arrived every flush interval (one fsync per interval, not per tick), until close()."""
         closing = False
         while not closing:
-            batch: list[Transition] = []
-            try:
-                item = self._queue.get(timeout=self._flush_interval)
-                while True:
-                    if item is None:
-                        closing = True
-                        break
+            deadline, batch = time.monotonic() + self._flush_interval, []
+            while not closing:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                else:
                     batch.append(item)
-                    item = self._queue.get_nowait()
-            except queue.Empty:
-                pass
             if batch:
                 try:
-                    with self._db:
-                        self._db.executemany(
-                            "INSERT OR IGNORE INTO transitions (robot_id, episode, step, record) VALUES (?, ?, ?, ?)",
-                            [(t.robot_id, t.episode, t.step, t.pack()) for t in batch],
-                        )
+                    self._commit(batch)
                 except sqlite3.Error as error:
                     log.error("transition log write failed: %s", error)
                     self._error = error
                     return
+
+    def _commit(self, batch: list[Transition]) -> None:
+        """One transaction: the chunks (one robot each, at most chunk_rows), the last seq and the last episodes."""
+        db, seq, rows, last_episode = self.store.db, self._last_seq, [], {}
+        for robot_id, group in itertools.groupby(batch, key=lambda t: t.robot_id):
+            group = list(group)
+            last_episode[robot_id] = max(t.episode for t in group)
+            for start in range(0, len(group), self._chunk_rows):
+                part = group[start:start + self._chunk_rows]
+                rows.append((seq + 1, seq + len(part), robot_id, TransitionChunk.from_transitions(seq + 1, part).pack()))
+                seq += len(part)
+        with db:
+            db.executemany("INSERT INTO chunks (first_seq, last_seq, robot_id, chunk) VALUES (?, ?, ?, ?)", rows)
+            self.store.set_meta("last_seq", str(seq))
+            for robot_id, episode in last_episode.items():
+                db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                           "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                           (f"last_episode:{robot_id}", str(episode)))
+        self._last_seq = seq
 
     def close(self) -> None:
         """Commit everything appended so far, then close."""
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=30)
-        self._db.close()
+        self.store.close()
 
     def __enter__(self) -> "TransitionLog":
         return self
@@ -161,22 +141,34 @@ class TransitionLog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ---- reading (tests, the shipper in the next issue) -------------------------------------------------------------
+    # ---- the outbox side (the link's thread) ----------------------------------------------------------------------
 
-    def read(self, after_id: int = 0, limit: int = 10_000) -> list[tuple[int, Transition]]:
-        db = self._connect()
-        try:
-            rows = db.execute(
-                "SELECT id, record FROM transitions WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-            ).fetchall()
-        finally:
-            db.close()
-        return [(row_id, Transition.unpack(blob)) for row_id, blob in rows]
+    def pending(self, after_seq: int, max_rows: int) -> list[PendingChunk]:
+        """The chunks held after `after_seq` that start within the next `max_rows` seqs, in seq order."""
+        return [PendingChunk(*row) for row in self.store.db.execute(
+            "SELECT robot_id, first_seq, last_seq, chunk FROM chunks WHERE first_seq > ? AND first_seq <= ?"
+            " ORDER BY first_seq", (after_seq, after_seq + max_rows))]
 
-    def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
+    def acknowledge(self, up_to_seq: int) -> int:
+        """Delete every chunk up to `up_to_seq`, which the learner has stored; return how many rows went."""
+        db = self.store.db
+        with db:
+            (rows,) = db.execute("SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM chunks WHERE last_seq <= ?",
+                                 (up_to_seq,)).fetchone()
+            db.execute("DELETE FROM chunks WHERE last_seq <= ?", (up_to_seq,))
+        return rows
 
-    def held_upper_bound(self) -> int:
-        """At least the number of rows held (not yet delivered), from the id range: cheap at any size."""
-        low, high = self._db.execute("SELECT MIN(id), MAX(id) FROM transitions").fetchone()
-        return 0 if low is None else high - low + 1
+    def acked_through(self) -> int:
+        """Every seq up to this one was acknowledged (the log holds none of them)."""
+        first, last = self.store.db.execute(
+            "SELECT MIN(first_seq), (SELECT value FROM meta WHERE key = 'last_seq') FROM chunks").fetchone()
+        return int(last) if first is None else first - 1
+
+    def held(self) -> int:
+        """How many transitions wait for delivery (seqs have no gaps, so this is cheap at any size)."""
+        first, last = self.store.db.execute("SELECT MIN(first_seq), MAX(last_seq) FROM chunks").fetchone()
+        return 0 if first is None else last - first + 1
+
+    def read(self, after_seq: int = 0) -> list[tuple[str, TransitionChunk]]:
+        """Everything held after `after_seq`, unpacked: (robot_id, chunk). For tests and tools."""
+        return [(c.robot_id, TransitionChunk.unpack(c.packed)) for c in self.pending(after_seq, max_rows=1 << 62)]

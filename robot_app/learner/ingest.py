@@ -1,91 +1,120 @@
 """The learner's ingest: a ROUTER socket that validates robots' transition batches, stores them durably, then acks;
 and a PUB socket that announces the newest policy, whose artifact robots then fetch over the ROUTER.
 
-The store (SQLite, WAL, synchronous=FULL) is the learner's record of every transition, keyed by (robot_id, episode,
-step), so a re-sent batch is counted as duplicates and never enters twice. A batch is acknowledged only after its
-transaction commits; the replay buffer is rebuilt from the store on a restart.
+The store (SQLite, WAL, synchronous=FULL) is the learner's record of every transition. It keeps each robot's chunks as
+they came, and it takes each outbox's seqs strictly in order: rows at or below what it holds are duplicates (acked
+again, never stored twice), and a chunk that would leave a gap is dropped unacked, so the robot's go-back resends it
+in order. All batches that arrived together are stored in one transaction, and acked (cumulatively) after it commits.
+The replay buffer is rebuilt from the store on a restart.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-import msgpack
-import numpy as np
 import onnx
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from policies.artifact import PolicyMetadata
 from robot_app.logs import first_and_doubling
+from robot_app.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
-    COLUMNS, MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
-    TransitionBatch, decode, encode, pack_array, unpack_array,
+    MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
+    TransitionBatch, TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
+SCHEMA_VERSION = 2
+DRAIN_LIMIT = 64  # messages taken per round, so one commit covers them and the loop still turns
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """What the store made of one batch: rows `stored`, rows it already had (`duplicates`), rows `out_of_order`."""
+
+    stored: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
 
 
 class IngestStore:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=5.0, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS transitions (seq INTEGER PRIMARY KEY AUTOINCREMENT, robot_id TEXT NOT NULL,"
-                " episode INTEGER NOT NULL, step INTEGER NOT NULL, received_ns INTEGER NOT NULL, record BLOB NOT NULL,"
-                " UNIQUE (robot_id, episode, step))"
+        self.store = DurableSQLite(path, "ingest store")
+        self.path = self.store.path
+        self.store.check_schema(SCHEMA_VERSION)
+        with self.store.db as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS chunks (seq INTEGER PRIMARY KEY AUTOINCREMENT, robot_id TEXT NOT NULL,"
+                " outbox_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
+                " rows INTEGER NOT NULL, received_ns INTEGER NOT NULL, chunk BLOB NOT NULL,"
+                " UNIQUE (robot_id, outbox_id, first_seq))"
             )
+        self._held: dict[tuple[str, str], int] = {}  # (robot, outbox) -> the highest seq stored (writer's cache)
 
-    def store(self, batch: TransitionBatch, received_ns: int) -> tuple[int, int]:
-        """Insert a batch in one transaction; return (new rows, duplicates)."""
-        rows = []
-        for i in range(len(batch)):
-            record = {name: (pack_array(column[i]) if column.ndim == 2 else column[i].item())
-                      for name, column in batch.columns.items()}
-            record["policy_version"] = batch.policy_versions[i]
-            record["interventions"] = batch.interventions[i]
-            rows.append((batch.robot_id, int(batch.columns["episode"][i]), int(batch.columns["step"][i]), received_ns,
-                         msgpack.packb(record, use_bin_type=True)))
-        with self._db:
-            before = self._db.total_changes
-            self._db.executemany(
-                "INSERT OR IGNORE INTO transitions (robot_id, episode, step, received_ns, record) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            new = self._db.total_changes - before
-        return new, len(rows) - new
+    def held_through(self, robot_id: str, outbox_id: str) -> int | None:
+        key = (robot_id, outbox_id)
+        if key not in self._held:
+            (last,) = self.store.db.execute("SELECT MAX(last_seq) FROM chunks WHERE robot_id = ? AND outbox_id = ?",
+                                            key).fetchone()
+            if last is None:
+                return None
+            self._held[key] = last
+        return self._held[key]
+
+    def store_batches(self, batches: list[TransitionBatch], received_ns: int) -> list[Stored]:
+        """Take what continues each outbox's seqs, all in one transaction; say what became of each batch."""
+        held, rows, verdicts = {}, [], []
+        for batch in batches:
+            key, chunk = (batch.robot_id, batch.outbox_id), batch.rows
+            through = held.get(key, self.held_through(*key))
+            expected = max(through if through is not None else batch.acked_through, batch.acked_through) + 1
+            if chunk.last_seq < expected:
+                verdicts.append(Stored(duplicates=len(chunk)))
+            elif chunk.first_seq > expected:  # a gap: an earlier batch was lost, and the robot will go back for it
+                verdicts.append(Stored(out_of_order=len(chunk)))
+            else:
+                packed = batch.chunk if chunk.first_seq == expected else chunk.from_seq(expected).pack()
+                rows.append((*key, expected, chunk.last_seq, chunk.last_seq - expected + 1, received_ns, packed))
+                held[key] = chunk.last_seq
+                verdicts.append(Stored(stored=chunk.last_seq - expected + 1, duplicates=expected - chunk.first_seq))
+        if rows:
+            with self.store.db as db:
+                db.executemany("INSERT INTO chunks (robot_id, outbox_id, first_seq, last_seq, rows, received_ns, chunk)"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._held.update(held)
+        return verdicts
 
     def count(self, robot_id: str | None = None) -> int:
         if robot_id is None:
-            return self._db.execute("SELECT COUNT(*) FROM transitions").fetchone()[0]
-        return self._db.execute("SELECT COUNT(*) FROM transitions WHERE robot_id = ?", (robot_id,)).fetchone()[0]
+            return self.store.db.execute("SELECT COALESCE(SUM(rows), 0) FROM chunks").fetchone()[0]
+        return self.store.db.execute("SELECT COALESCE(SUM(rows), 0) FROM chunks WHERE robot_id = ?",
+                                     (robot_id,)).fetchone()[0]
 
-    def read(self, after_seq: int = 0, limit: int = 10_000) -> list[tuple[int, str, dict]]:
-        """(seq, robot_id, record) in arrival order; arrays come back as numpy."""
-        out = []
-        for seq, robot_id, blob in self._db.execute(
-            "SELECT seq, robot_id, record FROM transitions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+    def read(self, after_seq: int = 0, limit_rows: int = 10_000,
+             until_seq: int | None = None) -> list[tuple[int, str, TransitionChunk]]:
+        """(store seq, robot_id, chunk) in arrival order, whole chunks until about limit_rows rows."""
+        out, rows = [], 0
+        for seq, robot_id, packed in self.store.db.execute(
+            "SELECT seq, robot_id, chunk FROM chunks WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after_seq, until_seq if until_seq is not None else 1 << 62),
         ):
-            record = msgpack.unpackb(blob, raw=False)
-            for name, (_, ndim) in COLUMNS.items():
-                if ndim == 2:
-                    record[name] = unpack_array(record[name], name)
-            out.append((seq, robot_id, record))
+            chunk = TransitionChunk.unpack(packed)
+            out.append((seq, robot_id, chunk))
+            rows += len(chunk)
+            if rows >= limit_rows:
+                break
         return out
 
     def close(self) -> None:
-        self._db.close()
+        self.store.close()
 
 
 class IngestServer:
@@ -119,6 +148,7 @@ class IngestServer:
         self.announce_endpoint = _bind(self.publisher, announce_endpoint or endpoint.rsplit(":", 1)[0] + ":0")
         self._policy: tuple[PolicyAnnouncement, bytes] | None = None
         self._policy_lock = threading.Lock()
+        self._announce_now = threading.Event()
         self.heartbeat_s = heartbeat_s
         self.rejected: collections.Counter[str] = collections.Counter()
         self.robots: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -137,6 +167,7 @@ class IngestServer:
         announcement = PolicyAnnouncement(version, hashlib.sha256(data).hexdigest(), len(data))
         with self._policy_lock:
             self._policy = (announcement, data)
+        self._announce_now.set()
         log.info("publishing policy %s (%d bytes) from %s", version, len(data), artifact)
         return announcement
 
@@ -149,12 +180,13 @@ class IngestServer:
             while not self._stop.is_set():
                 ready = dict(poller.poll(timeout=100))
                 if self.socket in ready:
-                    self._handle(self.socket.recv_multipart(copy=False))
+                    self._drain()
                 if self._monitor in ready:
                     event = recv_monitor_message(self._monitor)
                     self._reject("unauthenticated", f"handshake refused (event {event['event']}) from a peer "
                                                     f"on {event['endpoint']!r}")
-                if time.monotonic() >= next_announcement:
+                if time.monotonic() >= next_announcement or self._announce_now.is_set():
+                    self._announce_now.clear()
                     next_announcement = time.monotonic() + self.heartbeat_s
                     with self._policy_lock:
                         policy = self._policy
@@ -173,7 +205,35 @@ class IngestServer:
         if first_and_doubling(self.rejected[reason]):
             log.warning("rejected a message (%s, %d so far): %s", reason, self.rejected[reason], detail)
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
+    def _drain(self) -> None:
+        """Handle what has arrived (up to DRAIN_LIMIT messages); store its batches in one commit, then ack them."""
+        batches: list[tuple[bytes, TransitionBatch]] = []
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            batch = self._handle(frames)
+            if batch is not None:
+                batches.append(batch)
+        if not batches:
+            return
+        verdicts = self.store.store_batches([batch for _, batch in batches], time.monotonic_ns())
+        acks: dict[tuple[bytes, str, str], int] = {}
+        for (route, batch), verdict in zip(batches, verdicts):
+            stats = self.robots[batch.robot_id]
+            stats["batches"] += 1
+            stats["transitions"] += verdict.stored
+            stats["duplicates"] += verdict.duplicates
+            stats["out_of_order"] += verdict.out_of_order
+            through = self.store.held_through(batch.robot_id, batch.outbox_id)
+            if through is not None:
+                acks[(route, batch.robot_id, batch.outbox_id)] = through
+        for (route, robot_id, outbox_id), through in acks.items():
+            self.socket.send_multipart([route, encode(Ack(robot_id, outbox_id, through))])
+
+    def _handle(self, frames: list[zmq.Frame]) -> tuple[bytes, TransitionBatch] | None:
+        """Answer one message; a transition batch is returned (with its route) to be stored with the others."""
         if len(frames) != 2:
             return self._reject("framing", f"{len(frames)} frames")
         route, payload = frames
@@ -186,14 +246,8 @@ class IngestServer:
             return self._reject("identity", f"{sender!r} is not the robot whose key signed the connection")
         self.last_heard[sender] = time.monotonic()
         if isinstance(message, TransitionBatch):
-            new, duplicates = self.store.store(message, time.monotonic_ns())
-            stats = self.robots[sender]
-            stats["batches"] += 1
-            stats["transitions"] += new
-            stats["duplicates"] += duplicates
-            log_ids = message.columns["log_id"]
-            reply = Ack(sender, int(np.min(log_ids)), int(np.max(log_ids)))
-        elif isinstance(message, Heartbeat):
+            return route.bytes, message
+        if isinstance(message, Heartbeat):
             reply = Heartbeat("learner", time.monotonic_ns())
         elif isinstance(message, Status):
             self.statuses[sender] = message

@@ -30,8 +30,8 @@ class OnlineLearner:
     def __init__(self, store: IngestStore, out: str | Path, spec: RobotSpec, horizon: int = 3,
                  agent_overrides: dict | None = None, seed: int = 0, warmup: int = 1000,
                  updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
-                 replay_capacity: int = 1_000_000, on_row=None):
-        """on_row(robot_id, record) sees every transition as it enters replay (for episode returns)."""
+                 replay_capacity: int = 1_000_000, on_chunk=None):
+        """on_chunk(robot_id, chunk) sees every TransitionChunk as it enters replay (for episode returns)."""
         self.store, self.out, self.spec = store, Path(out), spec
         task = make_task(spec)
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
@@ -51,29 +51,29 @@ class OnlineLearner:
         self.transitions = self.updates = 0
         self.robots: dict[str, int] = {}
         self.candidates: list[Path] = []
-        self.on_row = on_row
+        self.on_chunk = on_chunk
         self.checkpoint_path = self.out / "checkpoints" / "learner.pt"
         if self.checkpoint_path.is_file():
             self._restore()
 
-    def ingest(self, limit: int = 5000, update_normalizer: bool = True) -> int:
-        """Move new rows from the store into replay; return how many."""
-        rows = self.store.read(after_seq=self.cursor, limit=limit)
-        if not rows:
-            return 0
-        for seq, robot_id, record in rows:
+    def ingest(self, limit: int = 5000, update_normalizer: bool = True, until_seq: int | None = None) -> int:
+        """Move about `limit` new rows (whole chunks, up to store seq until_seq) into replay; return how many."""
+        chunks = self.store.read(after_seq=self.cursor, limit_rows=limit, until_seq=until_seq)
+        for _, robot_id, chunk in chunks:
             robot = self.robots.setdefault(robot_id, len(self.robots))
-            unit_action = 2.0 * (record["action"] - self.low) / (self.high - self.low) - 1.0
-            self.replay.add(record["obs"], np.clip(unit_action, -1.0, 1.0), record["reward"], record["next_obs"],
-                            record["terminated"], robot * EPISODES_PER_ROBOT + record["episode"], record["step"])
-            if self.on_row is not None and update_normalizer:
-                self.on_row(robot_id, record)
-        if update_normalizer:
-            obs = np.stack([record["obs"] for _, _, record in rows])
-            self.agent.normalizer.update(torch.as_tensor(obs, device=self.device))
-        self.cursor = rows[-1][0]
-        self.transitions += len(rows)
-        return len(rows)
+            c = chunk.columns
+            unit_action = 2.0 * (c["action"] - self.low) / (self.high - self.low) - 1.0
+            self.replay.add_many(c["obs"], np.clip(unit_action, -1.0, 1.0), c["reward"], c["next_obs"], c["terminated"],
+                                 robot * EPISODES_PER_ROBOT + c["episode"], c["step"])
+            if update_normalizer:
+                self.agent.normalizer.update(torch.tensor(c["obs"], device=self.device))
+                if self.on_chunk is not None:
+                    self.on_chunk(robot_id, chunk)
+        rows = sum(len(chunk) for _, _, chunk in chunks)
+        if chunks:
+            self.cursor = chunks[-1][0]
+            self.transitions += rows
+        return rows
 
     def train(self, max_updates: int) -> int:
         """Run the updates owed (updates_per_transition per transition received), at most max_updates."""
@@ -120,8 +120,7 @@ class OnlineLearner:
         self.rng.bit_generator.state = payload["rng"]
         saved = payload["counters"]
         # Rebuild replay from the store: rows up to the checkpoint were already in the saved normaliser.
-        while self.cursor < saved["cursor"] and self.ingest(limit=min(5000, saved["cursor"] - self.cursor),
-                                                             update_normalizer=False):
+        while self.cursor < saved["cursor"] and self.ingest(update_normalizer=False, until_seq=saved["cursor"]):
             pass
         self.transitions, self.updates = saved["transitions"], saved["updates"]
         self.candidates = sorted((self.out / "candidates").glob("candidate-*.onnx"))

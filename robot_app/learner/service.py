@@ -11,6 +11,7 @@ from pathlib import Path
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.learner.online import OnlineLearner
 from robot_app.robot.spec import RobotSpec
+from robot_app.transport.messages import TransitionChunk
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,15 @@ class EpisodeReturns:
         self._open: dict[tuple[str, int], float] = {}
         self.finished: list[dict] = []
 
-    def add(self, robot_id: str, record: dict) -> None:
-        key = (robot_id, record["episode"])
-        self._open[key] = self._open.get(key, 0.0) + record["reward"]
-        if record["terminated"] or record["truncated"]:
-            self.finished.append({"robot_id": robot_id, "episode": record["episode"], "return": self._open.pop(key),
-                                  "policy": record["policy_version"]})
+    def add(self, robot_id: str, chunk: TransitionChunk) -> None:
+        c = chunk.columns
+        for episode, reward, ended, version in zip(c["episode"].tolist(), c["reward"].tolist(),
+                                                   (c["terminated"] | c["truncated"]).tolist(), chunk.row_policy_versions()):
+            key = (robot_id, episode)
+            self._open[key] = self._open.get(key, 0.0) + reward
+            if ended:
+                self.finished.append({"robot_id": robot_id, "episode": episode, "return": self._open.pop(key),
+                                      "policy": version})
 
 
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
@@ -39,7 +43,7 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
     server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
     server_thread.start()
     returns = EpisodeReturns()
-    learner = OnlineLearner(store, out, spec, on_row=returns.add, **learner_options)
+    learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options)
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,
              "pushing candidates straight to robots" if push_candidates else "candidates wait for the gate")
     started = time.monotonic()

@@ -7,12 +7,14 @@ under) and a detail naming the field and the value. Nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_MESSAGE_BYTES = 8 << 20
 MAX_BATCH = 4096
 ARRAY_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|b1", "|u1"})
@@ -33,18 +35,22 @@ def pack_array(array: np.ndarray) -> dict:
     return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
 
 
+_DTYPES = {name: np.dtype(name) for name in ARRAY_DTYPES}
+_ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
+
+
 def unpack_array(packed: Any, name: str) -> np.ndarray:
-    if not isinstance(packed, dict) or set(packed) != {"dtype", "shape", "data"}:
+    if not isinstance(packed, dict) or packed.keys() != _ARRAY_KEYS:
         raise MessageError("field", f"{name} is not an array record")
     dtype, shape, data = packed["dtype"], packed["shape"], packed["data"]
-    if dtype not in ARRAY_DTYPES:
+    if dtype not in _DTYPES:
         raise MessageError("field", f"{name} has dtype {dtype!r}, allowed {sorted(ARRAY_DTYPES)}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise MessageError("field", f"{name} has shape {shape!r}")
-    if not isinstance(data, bytes) or len(data) != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
+    if not isinstance(data, bytes) or len(data) != math.prod(shape) * _DTYPES[dtype].itemsize:
         raise MessageError("field", f"{name}: {len(data) if isinstance(data, bytes) else type(data).__name__} bytes "
                                     f"do not fill shape {shape} of {dtype}")
-    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+    return np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape)
 
 
 def _get(body: dict, name: str, kind: type | tuple[type, ...]):
@@ -79,12 +85,12 @@ class Heartbeat(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Ack(Message):
-    """The learner has durably stored the batch of `robot_id`'s outbox rows `from_id`..`up_to_id`."""
+    """Cumulative: the learner has durably stored every row of `robot_id`'s outbox `outbox_id` up to `up_to_seq`."""
 
     KIND: ClassVar[str] = "ack"
     robot_id: str
-    from_id: int
-    up_to_id: int
+    outbox_id: str
+    up_to_seq: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,54 +132,123 @@ class Status(Message):
     counters: dict
 
 
-# The columns of a transition batch: dtype and number of dimensions. Row i of every column is one transition.
+# The columns of a transition chunk: dtype and number of dimensions. Row i of every column is one transition.
 COLUMNS = {
-    "log_id": ("<i8", 1), "episode": ("<i8", 1), "step": ("<i8", 1),
+    "seq": ("<i8", 1), "episode": ("<i8", 1), "step": ("<i8", 1),
     "obs": ("<f4", 2), "action": ("<f4", 2), "reward": ("<f4", 1), "next_obs": ("<f4", 2),
     "terminated": ("|b1", 1), "truncated": ("|b1", 1), "policy_action": ("<f4", 2),
+    "policy": ("<i4", 1),  # index into the chunk's policy_versions
+    "interventions": ("<i8", 1),  # bit i set: intervention_names[i] acted on this row's command
     "obs_time_ns": ("<i8", 1), "command_time_ns": ("<i8", 1), "next_obs_time_ns": ("<i8", 1),
     "device_time_us": ("<i8", 1),
 }
+MAX_INTERVENTION_NAMES = 63
+
+
+def _unpack_map(data: bytes, what: str) -> dict:
+    try:
+        unpacked = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as error:  # msgpack raises several unrelated types for garbage
+        raise MessageError("decode", f"{what} is not msgpack: {type(error).__name__}: {error}") from None
+    if not isinstance(unpacked, dict):
+        raise MessageError("decode", f"{what} is not a map")
+    return unpacked
+
+
+def _names(body: dict, field: str, limit: int) -> list[str]:
+    names = _get(body, field, list)
+    if len(names) > limit or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise MessageError("field", f"{field} must be at most {limit} distinct strings")
+    return names
 
 
 @dataclasses.dataclass(frozen=True)
-class TransitionBatch(Message):
-    """Rows `log_id` of one robot's outbox, column by column, so a batch is a handful of buffers, not N records."""
+class TransitionChunk:
+    """Consecutive transitions of one robot, column by column, numbered by `seq` without gaps.
 
-    KIND: ClassVar[str] = "transitions"
-    robot_id: str
+    The unit of the whole path: the agent's outbox stores it packed, the wire carries those bytes, and the learner's
+    store keeps them as they came. A chunk is a handful of buffers, not N records: even the strings (policy versions,
+    intervention reasons) are small per-chunk vocabularies that integer columns point into."""
+
     columns: dict[str, np.ndarray]
-    policy_versions: list[str]  # one per row
-    interventions: list[list[str]]  # one list per row
+    policy_versions: list[str]
+    intervention_names: list[str]
 
     def __len__(self) -> int:
-        return len(self.columns["log_id"])
+        return len(self.columns["seq"])
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.columns["seq"][0])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.columns["seq"][-1])
+
+    def row_policy_versions(self) -> list[str]:
+        return [self.policy_versions[i] for i in self.columns["policy"].tolist()]
+
+    def row_interventions(self) -> list[list[str]]:
+        return [[name for bit, name in enumerate(self.intervention_names) if mask >> bit & 1]
+                for mask in self.columns["interventions"].tolist()]
 
     @classmethod
-    def from_rows(cls, robot_id: str, rows: list) -> "TransitionBatch":
-        """From (log_id, transition) pairs, as the agent's outbox yields them."""
-        if not rows:
-            raise ValueError("a transition batch needs at least one row")
-        columns = {"log_id": np.array([row_id for row_id, _ in rows], dtype="<i8")}
+    def from_transitions(cls, first_seq: int, transitions: list) -> "TransitionChunk":
+        """Number `transitions` (objects with the COLUMNS' attributes) from first_seq on."""
+        if not 0 < len(transitions) <= MAX_BATCH:
+            raise ValueError(f"a chunk holds 1 to {MAX_BATCH} transitions, not {len(transitions)}")
+        versions = list(dict.fromkeys(t.policy_version for t in transitions))
+        names = list(dict.fromkeys(name for t in transitions for name in t.interventions))
+        if len(names) > MAX_INTERVENTION_NAMES:
+            raise ValueError(f"more than {MAX_INTERVENTION_NAMES} intervention reasons in one chunk")
+        columns = {"seq": np.arange(first_seq, first_seq + len(transitions), dtype="<i8"),
+                   "policy": np.array([versions.index(t.policy_version) for t in transitions], "<i4"),
+                   "interventions": np.array([sum(1 << names.index(n) for n in set(t.interventions))
+                                              for t in transitions], "<i8")}
         for name, (dtype, _) in COLUMNS.items():
-            if name != "log_id":
-                columns[name] = np.array([getattr(t, name) for _, t in rows], dtype=dtype)
-        return cls(robot_id, columns, [t.policy_version for _, t in rows], [list(t.interventions) for _, t in rows])
-
-    def body(self) -> dict:
-        return {"robot_id": self.robot_id, "columns": {k: pack_array(v) for k, v in self.columns.items()},
-                "policy_versions": self.policy_versions, "interventions": self.interventions}
+            if name not in columns:
+                columns[name] = np.array([getattr(t, name) for t in transitions], dtype=dtype)
+        return cls(columns, versions, names)
 
     @classmethod
-    def from_body(cls, body: dict) -> "TransitionBatch":
-        robot_id = _get(body, "robot_id", str)
+    def concat(cls, chunks: list["TransitionChunk"]) -> "TransitionChunk":
+        """Consecutive chunks as one (the link merges small ones into one message)."""
+        if any(a.last_seq + 1 != b.first_seq for a, b in zip(chunks, chunks[1:])):
+            raise ValueError("only consecutive chunks can be joined")
+        versions = list(dict.fromkeys(v for c in chunks for v in c.policy_versions))
+        names = list(dict.fromkeys(n for c in chunks for n in c.intervention_names))
+        policy, interventions = [], []
+        for c in chunks:
+            policy.append(np.array([versions.index(v) for v in c.policy_versions], "<i4")[c.columns["policy"]])
+            masks = np.zeros(len(c), "<i8")
+            for bit, name in enumerate(c.intervention_names):
+                masks |= (c.columns["interventions"] >> bit & 1) << names.index(name)
+            interventions.append(masks)
+        columns = {name: np.concatenate([c.columns[name] for c in chunks]) for name in COLUMNS}
+        columns["policy"], columns["interventions"] = np.concatenate(policy), np.concatenate(interventions)
+        return cls(columns, versions, names)
+
+    def from_seq(self, seq: int) -> "TransitionChunk":
+        """The rows from `seq` on (the learner keeps only the part of a re-sent chunk that it lacks)."""
+        start = seq - self.first_seq
+        return TransitionChunk({name: column[start:] for name, column in self.columns.items()},
+                               self.policy_versions, self.intervention_names)
+
+    def pack(self) -> bytes:
+        return msgpack.packb({"columns": {k: pack_array(v) for k, v in self.columns.items()},
+                              "policy_versions": self.policy_versions, "intervention_names": self.intervention_names},
+                             use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "TransitionChunk":
+        body = _unpack_map(data, "chunk")
         packed = _get(body, "columns", dict)
         if set(packed) != set(COLUMNS):
             raise MessageError("field", f"columns {sorted(packed)} differ from the schema's {sorted(COLUMNS)}")
         columns = {name: unpack_array(packed[name], name) for name in COLUMNS}
-        rows = len(columns["log_id"])
-        if rows > MAX_BATCH:
-            raise MessageError("field", f"batch of {rows} rows exceeds MAX_BATCH={MAX_BATCH}")
+        rows = len(columns["seq"])
+        if not 0 < rows <= MAX_BATCH:
+            raise MessageError("field", f"chunk of {rows} rows; 1 to MAX_BATCH={MAX_BATCH} allowed")
         for name, (dtype, ndim) in COLUMNS.items():
             column = columns[name]
             if column.dtype.str != dtype or column.ndim != ndim or len(column) != rows:
@@ -181,15 +256,38 @@ class TransitionBatch(Message):
                                             f"{dtype} with {ndim} dims and {rows} rows")
         if columns["obs"].shape != columns["next_obs"].shape or columns["action"].shape != columns["policy_action"].shape:
             raise MessageError("field", "obs/next_obs or action/policy_action widths differ")
-        versions = _get(body, "policy_versions", list)
-        interventions = _get(body, "interventions", list)
-        if len(versions) != rows or not all(isinstance(v, str) for v in versions):
-            raise MessageError("field", "policy_versions must be one string per row")
-        if len(interventions) != rows or not all(
-            isinstance(row, list) and all(isinstance(r, str) for r in row) for row in interventions
-        ):
-            raise MessageError("field", "interventions must be one list of strings per row")
-        return cls(robot_id, columns, versions, interventions)
+        if rows > 1 and not (np.diff(columns["seq"]) == 1).all():
+            raise MessageError("field", "seq must count up by one, row by row")
+        versions = _names(body, "policy_versions", rows)
+        names = _names(body, "intervention_names", MAX_INTERVENTION_NAMES)
+        policy, masks = columns["policy"], columns["interventions"]
+        if policy.min() < 0 or policy.max() >= len(versions):
+            raise MessageError("field", f"policy indices must point into the {len(versions)} policy_versions")
+        if masks.min() < 0 or masks.max() >= 1 << len(names):
+            raise MessageError("field", f"interventions masks must use only the {len(names)} intervention_names")
+        return cls(columns, versions, names)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransitionBatch(Message):
+    """A packed TransitionChunk of `robot_id`'s outbox `outbox_id`. `acked_through`: the robot holds no row at or
+    below this seq, because a learner acknowledged them all (so a learner meeting this outbox first starts there)."""
+
+    KIND: ClassVar[str] = "transitions"
+    robot_id: str
+    outbox_id: str
+    acked_through: int
+    chunk: bytes
+
+    @functools.cached_property
+    def rows(self) -> TransitionChunk:
+        return TransitionChunk.unpack(self.chunk)
+
+    @classmethod
+    def from_body(cls, body: dict) -> "TransitionBatch":
+        batch = super().from_body(body)
+        batch.rows  # validated on receipt, like every other field
+        return batch
 
 
 KINDS: dict[str, type[Message]] = {
@@ -207,11 +305,8 @@ def encode(message: Message) -> bytes:
 def decode(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError("oversized", f"{len(data)} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
-    try:
-        envelope = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as error:  # msgpack raises several unrelated types for garbage
-        raise MessageError("decode", f"not msgpack: {type(error).__name__}: {error}") from None
-    if not isinstance(envelope, dict) or not {"v", "kind", "body"} <= set(envelope):
+    envelope = _unpack_map(data, "message")
+    if not {"v", "kind", "body"} <= set(envelope):
         raise MessageError("decode", "not an envelope with v, kind and body")
     if envelope["v"] != SCHEMA_VERSION:
         raise MessageError("version", f"schema v{envelope['v']!r}; this side speaks v{SCHEMA_VERSION}")

@@ -1,8 +1,10 @@
 """The robot's link to the learner: ships the transition log, and receives new policies.
 
-Shipping: a bounded window of batches is in flight, and rows are deleted from the log only once the learner acks them.
-A batch not acknowledged within the timeout is sent again from there (the learner drops what it already has), so an
-outage or a learner restart loses nothing.
+Shipping is go-back-N over the log's seqs: up to `window` batches are in flight (each the log's chunks, small
+consecutive ones merged up to `batch_rows`), the learner acks cumulatively (every seq up to N is stored), and the log
+deletes what was acked. If the oldest chunk in flight has no ack within the
+timeout, the link goes back to the first unacknowledged seq and sends again from there (the learner counts what it
+already has as duplicates), so an outage or a learner restart loses nothing.
 
 Policies: announcements arrive on a SUB socket that keeps only the newest (CONFLATE). The link fetches the artifact,
 checks its sha256 against the announcement, writes it atomically, loads and checks it against the robot, and hands it
@@ -24,10 +26,11 @@ from typing import Callable
 
 import zmq
 
-from robot_app.agent.transition_log import TransitionLog
+from robot_app.agent.transition_log import PendingChunk, TransitionLog
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
-    Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch, decode, encode,
+    Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
+    TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 class RobotLink:
     def __init__(self, transitions: TransitionLog, endpoint: str, robot_id: str,
-                 security_files: tuple[str, str] | None, batch_rows: int = 256, window: int = 4,
+                 security_files: tuple[str, str] | None, window: int = 8, batch_rows: int = 256,
                  ack_timeout_s: float = 2.0, heartbeat_s: float = 1.0, context: zmq.Context | None = None,
                  announcements: str | None = None, policy_dir: str | Path | None = None,
                  load_policy: Callable[[str], object] | None = None, on_policy: Callable[[object], None] | None = None,
@@ -44,7 +47,7 @@ class RobotLink:
         announcements: the learner's PUB endpoint; with it, policy_dir, load_policy (path -> checked policy) and
         on_policy (the agent's request_policy) receive new policies."""
         self.transitions, self.robot_id = transitions, robot_id
-        self.batch_rows, self.window, self.ack_timeout_s, self.heartbeat_s = batch_rows, window, ack_timeout_s, heartbeat_s
+        self.window, self.batch_rows, self.ack_timeout_s, self.heartbeat_s = window, batch_rows, ack_timeout_s, heartbeat_s
         context = context or zmq.Context.instance()
         self.socket = context.socket(zmq.DEALER)
         self.socket.routing_id = robot_id.encode()
@@ -69,8 +72,9 @@ class RobotLink:
         self.wanted: PolicyAnnouncement | None = None  # announced, not yet fetched and loaded
         self.loaded_versions: list[str] = []
         self.policy_errors = 0
-        self.in_flight: dict[tuple[int, int], float] = {}  # (first id, last id) -> when sent
-        self.cursor = 0  # the last outbox id sent
+        self.in_flight: list[tuple[int, float]] = []  # (last seq, when sent) of each chunk in flight, in seq order
+        self.acked_through = transitions.acked_through()
+        self.cursor = self.highest_sent = self.acked_through  # the last seq sent; the highest ever sent
         self.sent = self.acked = self.resends = 0
         self.learner_alive = False
         self._last_heard = 0.0
@@ -89,9 +93,9 @@ class RobotLink:
             while not self._stop.is_set():
                 now = time.monotonic()
                 self._fill_window(now)
-                ready = dict(poller.poll(50))
+                ready = dict(poller.poll(10))  # ms: also how soon new outbox rows go out
                 if self.socket in ready:
-                    self._receive(self.socket.recv())
+                    self._receive_all()
                 if self.announcements is not None and self.announcements in ready:
                     self._receive(self.announcements.recv())
                 if now >= next_heartbeat:
@@ -117,30 +121,61 @@ class RobotLink:
             return False
 
     def _fill_window(self, now: float) -> None:
-        while len(self.in_flight) < self.window:
-            rows = self.transitions.read(after_id=self.cursor, limit=self.batch_rows)
-            if not rows or not self._send(TransitionBatch.from_rows(self.robot_id, rows)):
-                return
-            self.in_flight[(rows[0][0], rows[-1][0])] = now
-            self.cursor = rows[-1][0]
-            self.sent += len(rows)
+        """Send what is pending, small consecutive chunks merged into batches of about batch_rows."""
+        free = self.window - len(self.in_flight)
+        if free <= 0:
+            return
+        group: list[PendingChunk] = []
+        for chunk in self.transitions.pending(after_seq=self.cursor, max_rows=free * self.batch_rows):
+            if group and (chunk.robot_id != group[0].robot_id or _rows(group) + _rows([chunk]) > self.batch_rows):
+                if not self._send_group(group, now) or len(self.in_flight) >= self.window:
+                    return
+                group = []
+            group.append(chunk)
+        if group:
+            self._send_group(group, now)
 
-    def _receive(self, data: bytes) -> None:
+    def _send_group(self, group: list[PendingChunk], now: float) -> bool:
+        packed = group[0].packed if len(group) == 1 else TransitionChunk.concat(
+            [TransitionChunk.unpack(c.packed) for c in group]).pack()
+        if not self._send(TransitionBatch(group[0].robot_id, self.transitions.outbox_id, self.acked_through, packed)):
+            return False
+        self.in_flight.append((group[-1].last_seq, now))
+        self.cursor = group[-1].last_seq
+        self.highest_sent = max(self.highest_sent, self.cursor)
+        self.sent += _rows(group)
+        return True
+
+    def _receive_all(self) -> None:
+        """Everything waiting (bounded by the socket's queue); the acks among it are applied in one transaction."""
+        acked_to = self.acked_through
+        while True:
+            try:
+                data = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            message = self._receive(data)
+            if isinstance(message, Ack) and message.outbox_id == self.transitions.outbox_id:
+                acked_to = max(acked_to, min(message.up_to_seq, self.highest_sent))
+        if acked_to > self.acked_through:
+            self.acked += self.transitions.acknowledge(acked_to)
+            self.acked_through, self.cursor = acked_to, max(self.cursor, acked_to)
+            self.in_flight = [(last, sent) for last, sent in self.in_flight if last > acked_to]
+
+    def _receive(self, data: bytes):
         try:
             message = decode(data)
         except MessageError as error:
             log.warning("dropped a message from the learner: %s", error)
-            return
+            return None
         self._last_heard = time.monotonic()
-        if isinstance(message, Ack) and message.robot_id == self.robot_id:
-            if self.in_flight.pop((message.from_id, message.up_to_id), None) is not None:
-                self.acked += self.transitions.acknowledge(message.from_id, message.up_to_id)
-        elif isinstance(message, PolicyAnnouncement) and self.on_policy is not None:
+        if isinstance(message, PolicyAnnouncement) and self.on_policy is not None:
             if message.version not in (self.running_version(), *self.loaded_versions[-1:]):
                 self.wanted = message
                 self._send(PolicyRequest(self.robot_id, message.version))
         elif isinstance(message, PolicyBlob) and self.wanted is not None and message.version == self.wanted.version:
             self._install(message)
+        return message
 
     def _install(self, blob: PolicyBlob) -> None:
         wanted, self.wanted = self.wanted, None
@@ -172,8 +207,12 @@ class RobotLink:
             self.learner_alive = alive
 
     def _check_timeouts(self, now: float) -> None:
-        if self.in_flight and now - min(self.in_flight.values()) > self.ack_timeout_s:
-            # Go back to the oldest unacknowledged batch and send again from there.
-            self.cursor = min(first for first, _ in self.in_flight) - 1
+        if self.in_flight and now - self.in_flight[0][1] > self.ack_timeout_s:
+            # Go back to the first unacknowledged seq and send again from there.
+            self.cursor = self.acked_through
             self.resends += len(self.in_flight)
             self.in_flight.clear()
+
+
+def _rows(chunks: list[PendingChunk]) -> int:
+    return chunks[-1].last_seq - chunks[0].first_seq + 1
