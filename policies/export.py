@@ -19,7 +19,7 @@ from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 
 log = logging.getLogger(__name__)
-PARITY_TOLERANCE = 1e-5
+PARITY_TOLERANCE = 1e-5  # in units of the action's half-range (float32 round-off scales with the bounds)
 
 
 class DeployedPolicy(nn.Module):
@@ -117,10 +117,11 @@ def export_onnx(
         expected = policy(obs).numpy()
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: obs.numpy()})[0]
-    error = float(np.max(np.abs(got - expected)))
+    error = float(np.max(np.abs(got - expected) / policy.half_range.numpy()))
     if not error < PARITY_TOLERANCE:
         tmp.unlink(missing_ok=True)
-        raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| = {error:.3g} >= {PARITY_TOLERANCE}")
+        raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| / half-range = {error:.3g} >= "
+                            f"{PARITY_TOLERANCE}")
     os.replace(tmp, path)
-    log.info("exported %s (parity max abs error %.3g, sha256 %s)", path, error, metadata.weights_sha256[:12])
+    log.info("exported %s (parity max error %.3g of the half-range, sha256 %s)", path, error, metadata.weights_sha256[:12])
     return metadata

@@ -65,3 +65,19 @@ def test_online_learning_exports_candidates_and_resumes(tmp_path):
     assert new > 0 and resumed.train(max_updates=10_000) == new
     for name, tensor in learner.agent.actor.state_dict().items():
         assert tensor.shape == resumed.agent.actor.state_dict()[name].shape
+
+
+def test_a_candidate_that_fails_export_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    from policies.artifact import ArtifactError
+
+    def broken_export(*args, **kwargs):
+        raise ArtifactError("ONNX parity check failed (simulated)")
+
+    monkeypatch.setattr("robot_app.learner.online.export_onnx", broken_export)
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    fill_store(store, "robot-1", 3, seed=0)
+    learner = make_learner(store, tmp_path / "learner")
+    received = learner.ingest()
+    done = learner.train(max_updates=10_000)
+    assert done == received - 200 >= 50 and learner.export_failures == done // 50 and learner.candidates == []
+    assert learner.checkpoint_path.is_file()  # the checkpoint is still taken

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from policies.artifact import ArtifactError
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.replay import ReplayBuffer
@@ -51,6 +52,7 @@ class OnlineLearner:
         self.transitions = self.updates = 0
         self.robots: dict[str, int] = {}
         self.candidates: list[Path] = []
+        self.export_failures = 0
         self.on_chunk = on_chunk
         self.checkpoint_path = self.out / "checkpoints" / "learner.pt"
         if self.checkpoint_path.is_file():
@@ -87,7 +89,11 @@ class OnlineLearner:
             done += 1
             if self.updates % self.candidate_every == 0:
                 self._check_finite(metrics)
-                self.export_candidate()
+                try:
+                    self.export_candidate()
+                except ArtifactError as error:  # a bad artifact is not shipped; training goes on
+                    self.export_failures += 1
+                    log.error("candidate at update %d not exported: %s", self.updates, error)
                 self.checkpoint()
         return done
 
