@@ -116,8 +116,19 @@ def _agent(args) -> int:
     obs_layout = make_task(spec).obs_layout
     limits = ([a.command_limit[0] for a in spec.actuators], [a.command_limit[1] for a in spec.actuators])
 
+    if args.learner and not (args.trusted_key or args.accept_unsigned):
+        raise _UsageError("a robot that takes policies from a learner needs --trusted-key (the gate's .sign_pub), "
+                          "or --accept-unsigned on a development box")
+    trusted_key = None
+    if args.trusted_key:
+        from policies.signing import load_trusted_key
+
+        trusted_key = load_trusted_key(args.trusted_key)
+    elif args.accept_unsigned:
+        logging.getLogger(__name__).warning("loading policies WITHOUT signature checks: development only")
+
     def checked_policy(name_or_path: str):
-        policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed)
+        policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed, trusted_key=trusted_key)
         return ExploringPolicy(policy, args.explore, *limits, seed=args.seed) if args.explore else policy
 
     policy = checked_policy(args.policy)
@@ -204,7 +215,10 @@ def _estop(args) -> int:
 
 
 def _keys(args) -> int:
-    from robot_app.transport.keys import generate_keys
+    if args.signing:
+        from policies.signing import generate_signing_keys as generate_keys
+    else:
+        from robot_app.transport.keys import generate_keys
 
     public, secret = generate_keys(args.dir, args.name)
     print(f"wrote {public} (public: give it to the peer) and {secret} (secret: keep it on this machine, mode 600)")
@@ -292,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--explore", type=float, default=0.0,
                        help="add Gaussian noise of this many half-ranges to every action (learning on the robot)")
     _add_link_arguments(agent)
+    agent.add_argument("--trusted-key", help="the gate's public signing key (.sign_pub): ONNX policies must carry "
+                                             "its signature in <file>.sig")
+    agent.add_argument("--accept-unsigned", action="store_true",
+                       help="load ONNX policies without signature checks, for a development box only")
     agent.add_argument("--learner", help="the learner's ingest endpoint, e.g. tcp://10.0.0.2:5555")
     agent.add_argument("--announcements", help="the learner's policy announcement endpoint")
     agent.add_argument("--seed", type=int, default=0)
@@ -319,9 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--horizon", type=int, default=3)
     demo.set_defaults(handler=_demo)
 
-    keys = sub.add_parser("keys", help="generate a CURVE key pair for the learner or a robot")
+    keys = sub.add_parser("keys", help="generate a CURVE key pair for the learner or a robot, or a signing pair")
     keys.add_argument("name", help="'learner', or the robot's id (the learner maps keys to robots by this name)")
     keys.add_argument("--dir", default="keys", help="where to write NAME.key and NAME.key_secret (default keys/)")
+    keys.add_argument("--signing", action="store_true",
+                      help="an Ed25519 policy-signing pair instead: NAME.sign_key (the gate's) and NAME.sign_pub "
+                           "(for robots' --trusted-key)")
     keys.set_defaults(handler=_keys)
 
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")

@@ -86,7 +86,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
             spawn(f"{robot_id}-agent", ["agent", "--port", port, "--robot-id", robot_id, "--policy", "random",
                                         "--explore", "0.3", "--learner", listen, "--announcements", announce,
                                         "--keys", str(keys), "--log", str(out / robot_id / "transitions.sqlite"),
-                                        "--status-every", "60", "--pace", str(pace_hz)], stdout=subprocess.DEVNULL)
+                                        "--status-every", "60", "--pace", str(pace_hz), "--accept-unsigned"],
+                  stdout=subprocess.DEVNULL)
         started = time.monotonic()
         while time.monotonic() - started < budget_s:
             time.sleep(min(15.0, max(0.0, budget_s - (time.monotonic() - started))))

@@ -27,7 +27,7 @@ def transition(episode, step, obs_dim=6):
 
 
 def test_scalar_messages_round_trip():
-    for message in (Heartbeat("learner", 123), Ack("r1", "outbox-1", 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20),
+    for message in (Heartbeat("learner", 123), Ack("r1", "outbox-1", 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20, "cd" * 64),
                     Status("r1", "v3", {"ticks": 5})):
         assert decode(encode(message)) == message
 

@@ -135,31 +135,51 @@ def export_policy(path, obs_layout):
 
 
 def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tmp_path):
+    import torch
+
+    from policies.signing import generate_signing_keys, load_signing_key, load_trusted_key, sign
     from robot_app.agent.policy_runner import load_policy
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
 
     spec = load_robot_spec("furuta")
     layout = make_task(spec).obs_layout
+    gate_public, gate_secret = generate_signing_keys(tmp_path / "gate", "gate")
+    _, stranger_secret = generate_signing_keys(tmp_path / "stranger", "stranger")
+    trusted = load_trusted_key(gate_public)
     store = IngestStore(tmp_path / "ingest.sqlite")
     server, server_thread = serve(store, keys)
     received, running = [], ["zero"]
     link = RobotLink(TransitionLog(tmp_path / "outbox.sqlite"), server.endpoint, "robot-1",
                      (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), heartbeat_s=0.2,
                      context=zmq.Context(), announcements=server.announce_endpoint, policy_dir=tmp_path / "policies",
-                     load_policy=lambda path: load_policy(path, spec, layout), on_policy=received.append,
-                     running_version=lambda: running[0])
+                     load_policy=lambda path: load_policy(path, spec, layout, trusted_key=trusted),
+                     on_policy=received.append, running_version=lambda: running[0])
     link_thread = start(link.run)
-    good = server.publish(export_policy(tmp_path / "good.onnx", layout))
+
+    def publish(name, obs_layout, key=gate_secret, data=None):
+        torch.manual_seed(sum(map(ord, name)) * 31 + len(name))  # different weights, different versions
+        path = export_policy(tmp_path / f"{name}.onnx", obs_layout)
+        return server.publish(path, sign(data or path.read_bytes(), load_signing_key(key)) if key else "")
+
+    good = publish("good", layout)
     wait_until(lambda: received, timeout_s=30)
     assert received[0].version == good.version
     assert (tmp_path / "policies" / f"policy-{good.version}.onnx").read_bytes() == (tmp_path / "good.onnx").read_bytes()
     running[0] = good.version
     wait_until(lambda: "robot-1" in server.statuses and server.statuses["robot-1"].policy_version == good.version,
                timeout_s=30)
-    server.publish(export_policy(tmp_path / "other_robot.onnx", [("joint_angles", 7)]))  # a policy for another robot
-    wait_until(lambda: link.policy_errors == 1, timeout_s=30)
-    assert len(received) == 1  # refused, never handed to the agent
+    refused = [
+        (lambda: publish("other_robot", [("joint_angles", 7)]), "observation layout"),  # signed, for another robot
+        (lambda: publish("unsigned", layout, key=None), "is unsigned"),
+        (lambda: publish("by_a_stranger", layout, key=stranger_secret), "does not verify"),
+        (lambda: publish("tampered", layout, data=b"the bytes the gate validated"), "does not verify"),
+    ]
+    for errors, (publish_bad, reason) in enumerate(refused, start=1):  # one at a time: announcements are latest-only
+        publish_bad()
+        wait_until(lambda: link.policy_errors >= errors, timeout_s=30)
+        assert reason in link.last_policy_error
+    assert [p.version for p in received] == [good.version]  # every one refused; the agent keeps its policy
     link.stop()
     server.stop()
     link_thread.join(timeout=10)

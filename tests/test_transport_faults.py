@@ -23,7 +23,7 @@ def test_kill_9_of_learner_and_agent_loses_nothing_and_duplicates_nothing(tmp_pa
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     port = device.stdout.readline().strip()
     agent_args = [*CLI, "agent", "--port", port, "--robot-id", "furuta-virtual-0", "--policy", "random", "--pace",
-                  "300", "--learner", listen, "--announcements", announce, "--keys", str(keys), "--log", str(outbox)]
+                  "300", "--accept-unsigned", "--learner", listen, "--announcements", announce, "--keys", str(keys), "--log", str(outbox)]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     learner = subprocess.Popen(learner_args, **quiet)
     agent = subprocess.Popen(agent_args, **quiet)
@@ -69,7 +69,7 @@ def test_a_paused_learner_leaves_the_robot_safe_its_outbox_bounded_and_everythin
                                "--audit-out", str(tmp_path / "audit.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     agent = subprocess.Popen([*CLI, "agent", "--port", device.stdout.readline().strip(), "--robot-id",
-                              "furuta-virtual-0", "--policy", "random", "--pace", "300", "--outbox-limit", str(limit),
+                              "furuta-virtual-0", "--policy", "random", "--pace", "300", "--outbox-limit", str(limit), "--accept-unsigned",
                               "--learner", listen, "--announcements", announce, "--keys", str(keys), "--log",
                               str(outbox)], **quiet)
     try:

@@ -118,14 +118,26 @@ class ExploringPolicy:
         return action + self._rng.standard_normal(action.shape).astype(np.float32) * self._scale
 
 
-def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0):
-    """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits."""
+SIGNATURE_SUFFIX = ".sig"  # beside an artifact: the gate's signature of its bytes, in hex
+
+
+def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, trusted_key=None):
+    """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits. With a trusted
+    key (an Ed25519 public key), the file must carry the gate's signature in <file>.sig, or it is refused."""
     low = [a.command_limit[0] for a in spec.actuators]
     high = [a.command_limit[1] for a in spec.actuators]
     if name_or_path == "zero":
         return ConstantPolicy([a.safe_command for a in spec.actuators])
     if name_or_path == "random":
         return RandomPolicy(low, high, seed)
+    if trusted_key is not None:
+        from policies.signing import verify
+
+        path, signature_file = Path(name_or_path), Path(name_or_path + SIGNATURE_SUFFIX)
+        if not path.is_file():
+            raise ArtifactError(f"no policy file at {path}")
+        signature = signature_file.read_text().strip() if signature_file.is_file() else ""
+        verify(path.read_bytes(), signature, trusted_key, str(path))
     policy = OnnxPolicy(name_or_path)
     policy.check_robot(obs_layout, [a.name for a in spec.actuators], low, high)
     return policy

@@ -18,11 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-import onnx
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from policies.artifact import PolicyMetadata
+from robot_app.learner.registry import read_metadata
 from robot_app.logs import first_and_doubling
 from robot_app.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
@@ -159,12 +158,12 @@ class IngestServer:
     def stop(self) -> None:
         self._stop.set()
 
-    def publish(self, artifact: str | Path) -> PolicyAnnouncement:
-        """Make `artifact` the policy robots should run; announced now and again every heartbeat (latest only)."""
+    def publish(self, artifact: str | Path, signature: str = "") -> PolicyAnnouncement:
+        """Make `artifact` the policy robots should run; announced now and again every heartbeat (latest only).
+        `signature`: the gate's, in hex; robots with a trusted key refuse an artifact without a valid one."""
         data = Path(artifact).read_bytes()
-        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
-        version = PolicyMetadata.from_props(props, str(artifact)).weights_sha256[:16]  # what robots report running
-        announcement = PolicyAnnouncement(version, hashlib.sha256(data).hexdigest(), len(data))
+        version = read_metadata(data, str(artifact)).weights_sha256[:16]  # what robots report running
+        announcement = PolicyAnnouncement(version, hashlib.sha256(data).hexdigest(), len(data), signature)
         with self._policy_lock:
             self._policy = (announcement, data)
         self._announce_now.set()

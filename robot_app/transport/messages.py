@@ -101,6 +101,7 @@ class PolicyAnnouncement(Message):
     version: str
     sha256: str
     size: int
+    signature: str  # the gate's Ed25519 signature of the artifact's bytes, hex; "" when unsigned
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@ timeout, the link goes back to the first unacknowledged seq and sends again from
 already has as duplicates), so an outage or a learner restart loses nothing.
 
 Policies: announcements arrive on a SUB socket that keeps only the newest (CONFLATE). The link fetches the artifact,
-checks its sha256 against the announcement, writes it atomically, loads and checks it against the robot, and hands it
-to the agent, which swaps it in at the next episode boundary. Status reports say which version is running.
+checks its sha256 against the announcement, writes it and its signature atomically, loads it (which verifies the
+signature against the robot's trusted key and checks the metadata against the robot), and hands it to the agent, which swaps it in at the next episode boundary. Status reports say which version is running.
 
 Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
 thread owns both sockets, and no call blocks without a timeout.
@@ -26,6 +26,7 @@ from typing import Callable
 
 import zmq
 
+from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.agent.transition_log import PendingChunk, TransitionLog
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
@@ -72,6 +73,8 @@ class RobotLink:
         self.wanted: PolicyAnnouncement | None = None  # announced, not yet fetched and loaded
         self.loaded_versions: list[str] = []
         self.policy_errors = 0
+        self.last_policy_error = ""
+        self.refused_versions: set[str] = set()
         self.in_flight: list[tuple[int, float]] = []  # (last seq, when sent) of each chunk in flight, in seq order
         self.acked_through = transitions.acked_through()
         self.cursor = self.highest_sent = self.acked_through  # the last seq sent; the highest ever sent
@@ -170,7 +173,7 @@ class RobotLink:
             return None
         self._last_heard = time.monotonic()
         if isinstance(message, PolicyAnnouncement) and self.on_policy is not None:
-            if message.version not in (self.running_version(), *self.loaded_versions[-1:]):
+            if message.version not in (self.running_version(), *self.loaded_versions[-1:], *self.refused_versions):
                 self.wanted = message
                 self._send(PolicyRequest(self.robot_id, message.version))
         elif isinstance(message, PolicyBlob) and self.wanted is not None and message.version == self.wanted.version:
@@ -181,24 +184,31 @@ class RobotLink:
         wanted, self.wanted = self.wanted, None
         digest = hashlib.sha256(blob.data).hexdigest()
         if digest != wanted.sha256 or len(blob.data) != wanted.size:
-            self.policy_errors += 1
-            log.error("policy %s refused: sha256 %s / %d bytes, announced %s / %d", blob.version, digest,
-                      len(blob.data), wanted.sha256, wanted.size)
+            self._refuse(blob.version, f"sha256 {digest} / {len(blob.data)} bytes, announced {wanted.sha256} / "
+                                       f"{wanted.size}")
             return
         path = self.policy_dir / f"policy-{blob.version}.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob.data)
-        os.replace(tmp, path)
+        for target, data in ((path.with_name(path.name + SIGNATURE_SUFFIX), wanted.signature.encode()),
+                             (path, blob.data)):
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
         try:
             policy = self.load_policy(str(path))
-        except ValueError as error:  # ArtifactError: a policy for another robot or a broken file
-            self.policy_errors += 1
-            log.error("policy %s refused: %s", blob.version, error)
+        except ValueError as error:  # ArtifactError: unsigned or badly signed, for another robot, or broken
+            self._refuse(blob.version, str(error))
             return
         self.loaded_versions.append(blob.version)
         log.info("policy %s verified and loaded; it takes over at the next episode boundary", blob.version)
         self.on_policy(policy)
+
+    def _refuse(self, version: str, reason: str) -> None:
+        """The agent keeps the policy it runs; the refusal is counted, logged and kept for status."""
+        self.policy_errors += 1
+        self.refused_versions.add(version)  # not fetched again, however often it is announced
+        self.last_policy_error = f"{version}: {reason}"
+        log.error("policy %s refused: %s", version, reason)
 
     def _check_liveness(self, now: float) -> None:
         alive = now - self._last_heard < 3 * self.heartbeat_s
