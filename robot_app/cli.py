@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -98,7 +101,6 @@ def _virtual_robot(args) -> int:
 
 
 def _agent(args) -> int:
-    import json
     import signal
 
     from calibration.encoders import load_calibration
@@ -191,11 +193,81 @@ def _learner(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     options = {"horizon": args.horizon, "warmup": args.warmup, "candidate_every": args.candidate_every,
                "seed": args.seed}
+    deployment = None
+    if args.registry:
+        from policies.signing import load_signing_key
+        from sim.gate import load_gate_config
+
+        deployment = {"registry": args.registry, "auto_deploy": args.auto_deploy,
+                      "signing_key": load_signing_key(args.signing_key) if args.signing_key else None,
+                      "gate_config": load_gate_config(args.gate_config, episodes=args.gate_episodes)}
+    elif args.signing_key or args.auto_deploy:
+        raise _UsageError("--signing-key and --auto-deploy need --registry")
     summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
                             _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
-                            stop, duration_s=args.duration)
+                            stop, duration_s=args.duration, deployment_options=deployment)
     print(f"learner stopped: {summary['transitions']} transitions, {summary['updates']} updates, "
           f"{summary['candidates']} candidates, rejected {summary['rejected']}")
+    return 0
+
+
+def _print_verdict(report: dict) -> None:
+    print(f"{report.get('version') or report['artifact']}: {'PASSED' if report['passed'] else 'REJECTED'}")
+    for reason in report["reasons"]:
+        print(f"  - {reason}")
+    metrics = report.get("metrics")
+    if metrics:
+        print(f"  return mean {metrics['return_mean']:.1f} (min {metrics['return_min']:.1f}, p10 "
+              f"{metrics['return_p10']:.1f}), success {metrics['success_rate']:.2f}, interventions "
+              f"{metrics['interventions']}, violations {metrics['wire_violations']} at the wire and "
+              f"{metrics['joint_violations']} at the joints; {len(report['episodes'])} episodes in "
+              f"{report['wall_s']:.1f} s on {report['workers']} workers")
+
+
+def _validate(args) -> int:
+    from sim.gate import load_gate_config, validate, write_report
+
+    config = load_gate_config(args.config, episodes=args.episodes, seed=args.seed, workers=args.workers)
+    report = validate(args.policy, args.robot, config, progress=sys.stderr.isatty())
+    folder = write_report(report, args.report or Path(args.policy).with_suffix(".validation"))
+    _print_verdict(report)
+    print(f"report: {folder}/report.md")
+    return 0 if report["passed"] else 1
+
+
+def _policies(args) -> int:
+    from robot_app.learner.registry import PolicyRegistry
+
+    registry = PolicyRegistry(args.registry)
+    actor = args.actor
+    if args.action == "list":
+        for p in registry.list():
+            print(f"{p.version}  {p.state:<10}  step {p.training_step:>8}  {p.updated_at}  {p.source_run}")
+    elif args.action == "add":
+        print(f"{registry.add_candidate(args.target, actor).version} added as a candidate")
+    elif args.action == "show":
+        record = registry.get(args.target)
+        print(json.dumps({k: v for k, v in dataclasses.asdict(record).items() if k != "report"}, indent=1))
+        if record.report:
+            print(f"report: {record.report.get('folder')}/report.md")
+        for move in registry.history(args.target):
+            print(f"  {move['at']}  {move['from_state'] or '-'} -> {move['to_state']}  by {move['actor']}: "
+                  f"{move['reason']}")
+    elif args.action == "validate":
+        from policies.signing import load_signing_key
+        from sim.gate import gate_candidate, load_gate_config
+
+        if not args.signing_key:
+            raise _UsageError("validate needs --signing-key (the gate's .sign_key from `robot-app keys gate --signing`)")
+        report = gate_candidate(registry, args.target, load_signing_key(args.signing_key),
+                                load_gate_config(args.config, episodes=args.episodes), args.robot, actor,
+                                progress=sys.stderr.isatty())
+        _print_verdict(report)
+        return 0 if report["passed"] else 1
+    elif args.action == "deploy":
+        print(f"{registry.deploy(args.target, actor).version} deployed; the learner pushes it to the robots")
+    elif args.action == "rollback":
+        print(f"rolled back to {registry.rollback(actor).version}; the learner pushes it to the robots")
     return 0
 
 
@@ -206,7 +278,6 @@ def _demo(args) -> int:
 
 
 def _estop(args) -> int:
-    import os
     import signal
 
     os.kill(args.pid, signal.SIGUSR2 if args.reset else signal.SIGUSR1)
@@ -321,7 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ingest endpoint")
     learner.add_argument("--announce", default="tcp://127.0.0.1:5556", help="policy announcement endpoint")
     learner.add_argument("--push-candidates", action="store_true",
-                         help="publish every candidate straight to the robots (until the deployment gate exists)")
+                         help="publish every candidate straight to the robots, unvalidated (development only)")
+    learner.add_argument("--registry", help="the policy registry folder: candidates enter it, and its deployed "
+                                            "policy is what the robots are offered")
+    learner.add_argument("--signing-key", help="run the sim-validation gate on each new candidate and sign what "
+                                               "passes (the gate's .sign_key)")
+    learner.add_argument("--gate-config", help="gate thresholds (default sim/gate.yaml)")
+    learner.add_argument("--gate-episodes", type=int, help="episodes per validation (default from the config)")
+    learner.add_argument("--auto-deploy", action="store_true",
+                         help="deploy each candidate the gate validates (off by default: an operator deploys)")
     learner.add_argument("--horizon", type=int, default=3)
     learner.add_argument("--warmup", type=int, default=1000, help="transitions before the first update")
     learner.add_argument("--candidate-every", type=int, default=500, help="updates between candidate exports")
@@ -329,6 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--seed", type=int, default=0)
     _add_link_arguments(learner)
     learner.set_defaults(handler=_learner)
+
+    validate = sub.add_parser("validate", help="run the sim-validation gate on an ONNX policy; exit 1 on rejection")
+    validate.add_argument("policy", help="an exported ONNX policy")
+    validate.add_argument("--robot", default="furuta")
+    validate.add_argument("--config", help="gate thresholds (default sim/gate.yaml)")
+    validate.add_argument("--episodes", type=int)
+    validate.add_argument("--seed", type=int)
+    validate.add_argument("--workers", type=int, help="parallel episodes (default: every core)")
+    validate.add_argument("--report", help="report folder (default: POLICY's name with .validation)")
+    validate.set_defaults(handler=_validate)
+
+    policies = sub.add_parser("policies", help="the policy registry: list, add, show, validate, deploy, rollback")
+    policies.add_argument("action", choices=["list", "add", "show", "validate", "deploy", "rollback"])
+    policies.add_argument("target", nargs="?", help="a version (show, validate, deploy) or an ONNX file (add)")
+    policies.add_argument("--registry", default="registry", help="the registry folder (default registry/)")
+    policies.add_argument("--actor", default=f"cli:{os.environ.get('USER', 'operator')}",
+                          help="who makes the move, for the history")
+    policies.add_argument("--signing-key", help="validate: the gate's secret signing key (.sign_key)")
+    policies.add_argument("--config", help="validate: gate thresholds (default sim/gate.yaml)")
+    policies.add_argument("--episodes", type=int, help="validate: episodes (default from the config)")
+    policies.add_argument("--robot", default="furuta")
+    policies.set_defaults(handler=_policies)
 
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
     demo.add_argument("--out", default="runs/demo")

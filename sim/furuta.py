@@ -34,6 +34,28 @@ class FurutaPhysics:
         self._stops = arm.hard_stop
         self.hard_stop_speeds: list[float] = []  # |arm velocity| at each arrival at a hard stop
         self._at_stop = False
+        self.max_abs_qpos = np.zeros(self.model.nq)  # per joint, sampled at the end of every step() call
+        self.max_abs_qvel = np.zeros(self.model.nv)
+
+    def randomise(self, params: dict[str, float]) -> None:
+        """Set physical parameters by the names of the spec's randomisation ranges (those that are physics)."""
+        model = self.model
+        for name, value in params.items():
+            joint, _, quantity = name.partition("_")
+            if quantity in ("damping", "friction"):
+                field = model.dof_damping if quantity == "damping" else model.dof_frictionloss
+                field[model.joint(joint).dofadr[0]] = value
+            elif quantity == "mass":  # the body keeps its shape: inertia scales with mass
+                body = model.body(joint)
+                model.body_inertia[body.id] *= value / model.body_mass[body.id]
+                model.body_mass[body.id] = value
+            elif name == "motor_gain":  # kt/Rm; the back-EMF term kt*km/Rm scales with it
+                model.actuator_biasprm[0, 2] *= value / model.actuator_gainprm[0, 0]
+                model.actuator_gainprm[0, 0] = value
+            elif name == "cable_stiffness":
+                model.jnt_stiffness[model.joint("arm").id] = value
+            else:
+                raise ValueError(f"randomisation {name!r} is not a physical parameter of {self.spec.mjcf}")
 
     @property
     def time_s(self) -> float:
@@ -60,6 +82,8 @@ class FurutaPhysics:
                 if at_stop and not self._at_stop:
                     self.hard_stop_speeds.append(float(speed))
                 self._at_stop = at_stop
+        np.maximum(self.max_abs_qpos, np.abs(self.data.qpos), out=self.max_abs_qpos)
+        np.maximum(self.max_abs_qvel, np.abs(self.data.qvel), out=self.max_abs_qvel)
 
     def counts(self) -> np.ndarray:
         return np.round(self.data.qpos[self._sensor_joint] * self._counts_per_rad).astype(np.int64)

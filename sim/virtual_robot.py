@@ -45,6 +45,17 @@ class Faults:
     estop_after_s: float | None = None  # then the device's own e-stop button is pressed
 
 
+@dataclasses.dataclass(frozen=True)
+class Variation:
+    """How this unit differs from the nominal robot (the gate draws these). Delays are simulated time, lockstep only."""
+
+    physics: dict = dataclasses.field(default_factory=dict)  # FurutaPhysics.randomise names -> values
+    latency_s: float = 0.0  # each command reaches the motor this long into its period ...
+    jitter_s: float = 0.0  # ... plus a uniform draw from [0, jitter_s)
+    sensor_noise_counts: float = 0.0  # std of Gaussian noise on every encoder reading, in counts
+    count_offsets: tuple[int, ...] = ()  # a calibration error: added to each encoder's counts
+
+
 @dataclasses.dataclass
 class DeviceAudit:
     """What the device saw. Limits are checked here, on the far side of the wire from the agent."""
@@ -55,6 +66,8 @@ class DeviceAudit:
     rate_violations: int = 0  # consecutive enabled commands further apart than rate_limit * period allows
     max_command_step: float = 0.0
     hard_stop_speeds: list[float] = dataclasses.field(default_factory=list)
+    max_abs_position: list[float] = dataclasses.field(default_factory=list)  # per joint, rad
+    max_abs_velocity: list[float] = dataclasses.field(default_factory=list)  # per joint, rad/s
     watchdog_trips: int = 0
     estops: int = 0
     bad_frames: int = 0
@@ -65,11 +78,14 @@ class DeviceAudit:
 
 class VirtualRobot:
     def __init__(self, spec: RobotSpec, lockstep: bool = False, faults: Faults = Faults(), seed: int = 0,
-                 robot_id: str = "furuta-virtual-0", initial_qpos=None):
-        self.spec, self.lockstep, self.faults = spec, lockstep, faults
+                 robot_id: str = "furuta-virtual-0", initial_qpos=None, variation: Variation = Variation()):
+        self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
+        if (variation.latency_s or variation.jitter_s) and not lockstep:
+            raise ValueError("simulated-time latency and jitter need lockstep; use Faults.latency_s in realtime")
         self.robot_id = robot_id
         self.physics = FurutaPhysics(spec)
-        rng = np.random.default_rng(seed)
+        self.physics.randomise(variation.physics)
+        rng = self._rng = np.random.default_rng(seed)
         self.physics.reset(qpos=initial_qpos if initial_qpos is not None else rng.uniform(-0.02, 0.02, 2))
         self._random = random.Random(seed)
         self._master, self._slave = os.openpty()
@@ -127,8 +143,9 @@ class VirtualRobot:
                 if schedule is None:
                     select.select([self._master], [], [], self._next_release_s(0.02))
                     for command in self._receive():
+                        before = self._applied()
                         self._apply(command)
-                        self.physics.step(self._applied(), self.spec.period_s)
+                        self._step_delayed(before)
                         self._send_sensor()
                 else:
                     schedule.wait()
@@ -141,8 +158,12 @@ class VirtualRobot:
                 if schedule is None:
                     self._check_watchdog()
                 self._flush_outbox()
+            if self.lockstep and self._stop.is_set():
+                self._act_on_pending()
         finally:
             self.audit.hard_stop_speeds = list(self.physics.hard_stop_speeds)
+            self.audit.max_abs_position = self.physics.max_abs_qpos.tolist()
+            self.audit.max_abs_velocity = self.physics.max_abs_qvel.tolist()
             self.audit.motor_enabled_at_exit = self._enabled and not self._estop and not self._watchdog_tripped
             self.audit.bad_frames = sum(v for k, v in self._decoder.counters.items() if k not in ("frames",))
             self.close()
@@ -229,6 +250,23 @@ class VirtualRobot:
         self._enabled = command.enable
         self._volts = np.clip(np.nan_to_num(volts), -AMPLIFIER_LIMIT_V, AMPLIFIER_LIMIT_V)
 
+    def _act_on_pending(self) -> None:
+        """Stopping in lockstep: the commands already sent (the agent's final safe stop) still take effect, so a run
+        ends in the same physical state however the stop request and the last command race."""
+        for command in self._receive():
+            before = self._applied()
+            self._apply(command)
+            self._step_delayed(before)
+
+    def _step_delayed(self, before: np.ndarray) -> None:
+        """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
+        period, variation, substep = self.spec.period_s, self.variation, self.physics.model.opt.timestep
+        delay = variation.latency_s + (self._rng.uniform(0, variation.jitter_s) if variation.jitter_s else 0.0)
+        delay = min(round(delay / substep), round(period / substep) - 1) * substep  # whole substeps, in the period
+        if delay > 0:
+            self.physics.step(before, delay)
+        self.physics.step(self._applied(), period - delay)
+
     def _applied(self) -> np.ndarray:
         if self._enabled and not self._estop and not self._watchdog_tripped:
             return self._volts
@@ -262,8 +300,16 @@ class VirtualRobot:
         if self.lockstep:
             status |= SensorStatus.LOCKSTEP
         frame = SensorFrame(round(self.physics.time_s * 1e6), int(status), self._ack_seq,
-                            tuple(int(c) for c in self.physics.counts()), tuple(float(v) for v in self._applied()))
+                            tuple(int(c) for c in self._counts()), tuple(float(v) for v in self._applied()))
         self._send(MessageType.SENSOR, frame.pack())
+
+    def _counts(self) -> np.ndarray:
+        counts = self.physics.counts()
+        if self.variation.count_offsets:
+            counts = counts + np.asarray(self.variation.count_offsets)
+        if self.variation.sensor_noise_counts:
+            counts = counts + np.round(self._rng.normal(0, self.variation.sensor_noise_counts, counts.shape))
+        return counts.astype(np.int64)
 
     # ---- the wire, with injected faults -----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ def candidates(tmp_path, registry, n):
 
 def validated(registry, version):
     registry.move(version, "validating", "gate", "started")
-    return registry.move(version, "validated", "gate", "passed", report={"verdict": "pass"})
+    return registry.move(version, "validated", "gate", "passed", report={"verdict": "pass"}, signature="ab" * 64)
 
 
 def test_only_validated_policies_deploy_and_a_rollback_restores_the_previous_one(tmp_path):

@@ -333,7 +333,8 @@ class Agent:
         out = {
             "robot_id": self.robot_id, "episodes": self.episodes_done, "transitions": self.transitions_recorded,
             "wall_s": wall_s, "cpu_share": cpu_s / wall_s if wall_s > 0 else 0.0,
-            "interventions": dict(self.supervisor.counts), "link": self.robot.link_counters,
+            "interventions": dict(self.supervisor.counts), "faults": dict(self.supervisor.latches),
+            "link": self.robot.link_counters,
             "link_losses": self.link_losses,
             "stop_reason": self._stop_reason,
         }

@@ -47,6 +47,7 @@ class PolicyRecord:
     created_at: str
     updated_at: str
     report: dict | None
+    signature: str  # the gate's Ed25519 signature of the artifact, hex; "" until validated
 
 
 def read_metadata(data: bytes, source: str) -> PolicyMetadata:
@@ -76,7 +77,7 @@ class PolicyRegistry:
                 "CREATE TABLE IF NOT EXISTS policies (version TEXT PRIMARY KEY, sha256 TEXT NOT NULL,"
                 " size INTEGER NOT NULL, path TEXT NOT NULL, source_run TEXT NOT NULL, training_step INTEGER NOT NULL,"
                 f" state TEXT NOT NULL CHECK (state IN {STATES}), created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
-                " report TEXT)"
+                " report TEXT, signature TEXT NOT NULL DEFAULT '')"
             )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, version TEXT NOT NULL"
@@ -93,7 +94,8 @@ class PolicyRegistry:
         row = self.store.db.execute("SELECT * FROM policies WHERE version = ?", (version,)).fetchone()
         if row is None:
             raise RegistryError(f"no policy {version!r} in {self.folder}; `robot-app policies list` shows them")
-        return PolicyRecord(*row[:-1], json.loads(row[-1]) if row[-1] else None)
+        *fields, report, signature = row
+        return PolicyRecord(*fields, json.loads(report) if report else None, signature)
 
     def list(self, state: str | None = None) -> list[PolicyRecord]:
         rows = self.store.db.execute("SELECT version FROM policies WHERE ? IS NULL OR state = ? ORDER BY created_at, "
@@ -130,7 +132,7 @@ class PolicyRegistry:
         now = _now()
         with self._write() as db:
             added = db.execute(
-                "INSERT OR IGNORE INTO policies VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, ?, NULL)",
+                "INSERT OR IGNORE INTO policies VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, ?, NULL, '')",
                 (version, hashlib.sha256(data).hexdigest(), len(data), str(path), meta.source_run, meta.training_step,
                  now, now)).rowcount
             if added:
@@ -138,10 +140,15 @@ class PolicyRegistry:
                            "(?, NULL, 'candidate', ?, ?, ?)", (version, actor, f"exported to {artifact}", now))
         return self.get(version)
 
-    def move(self, version: str, to_state: str, actor: str, reason: str, report: dict | None = None) -> PolicyRecord:
+    def move(self, version: str, to_state: str, actor: str, reason: str, report: dict | None = None,
+             signature: str = "") -> PolicyRecord:
         """Move one policy, checking the move against its current state, in one transaction with its history."""
+        if to_state == "validated" and not signature:
+            raise RegistryError(f"policy {version} cannot be validated without the gate's signature")
         with self._write() as db:
             self._move(db, version, to_state, actor, reason, report)
+            if signature:
+                db.execute("UPDATE policies SET signature = ? WHERE version = ?", (signature, version))
         return self.get(version)
 
     def deploy(self, version: str, actor: str, reason: str = "deployed") -> PolicyRecord:

@@ -34,9 +34,52 @@ class EpisodeReturns:
                                       "policy": version})
 
 
+class GatedDeployment:
+    """Between the learner's candidates and the robots: each candidate enters the registry; the sim-validation gate
+    runs on the newest waiting one (one at a time, in a thread) when a signing key is given; a validated one is
+    deployed only with auto_deploy; and whatever the registry says is deployed (by the gate or an operator's
+    `robot-app policies deploy`/`rollback`) is what the robots are offered, with its signature."""
+
+    def __init__(self, registry, server: IngestServer, robot: str, signing_key=None, gate_config=None,
+                 auto_deploy: bool = False):
+        self.registry, self.server, self.robot = registry, server, robot
+        self.signing_key, self.gate_config, self.auto_deploy = signing_key, gate_config, auto_deploy
+        self.waiting: str | None = None  # the newest candidate not yet validated; older ones are skipped
+        self.gate: threading.Thread | None = None
+        self.published: str | None = None
+
+    def offer(self, candidate: Path) -> None:
+        self.waiting = self.registry.add_candidate(candidate, "learner").version
+
+    def poll(self) -> None:
+        if self.signing_key is not None and self.waiting and not (self.gate and self.gate.is_alive()):
+            version, self.waiting = self.waiting, None
+            self.gate = threading.Thread(target=self._validate, args=(version,), name="gate", daemon=True)
+            self.gate.start()
+        deployed = self.registry.deployed()
+        if deployed is not None and deployed.version != self.published:
+            self.server.publish(deployed.path, deployed.signature)
+            self.published = deployed.version
+
+    def _validate(self, version: str) -> None:
+        from sim.gate import gate_candidate
+
+        try:
+            report = gate_candidate(self.registry, version, self.signing_key, self.gate_config, self.robot,
+                                    "learner:gate")
+        except Exception:  # the learner keeps training; the candidate went back to `candidate`
+            log.exception("the gate failed on %s", version)
+            return
+        log.info("gate: %s %s %s", version, "passed" if report["passed"] else "rejected", report["reasons"])
+        if report["passed"] and self.auto_deploy:
+            self.registry.deploy(version, "learner:auto-deploy")
+
+
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
                   security_files: tuple[str, str] | None, push_candidates: bool, learner_options: dict,
-                  stop: threading.Event, duration_s: float | None = None, progress_every_s: float = 10.0) -> dict:
+                  stop: threading.Event, duration_s: float | None = None, progress_every_s: float = 10.0,
+                  deployment_options: dict | None = None) -> dict:
+    """deployment_options: registry (a folder), signing_key, gate_config, auto_deploy (see GatedDeployment)."""
     out = Path(out)
     store = IngestStore(out / "ingest.sqlite")
     server = IngestServer(store, listen, security_files, announce_endpoint=announce)
@@ -44,18 +87,31 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
     server_thread.start()
     returns = EpisodeReturns()
     learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options)
+    deployment = None
+    if deployment_options:
+        from robot_app.learner.registry import PolicyRegistry
+
+        options = dict(deployment_options)
+        deployment = GatedDeployment(PolicyRegistry(options.pop("registry")), server, spec.name, **options)
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,
-             "pushing candidates straight to robots" if push_candidates else "candidates wait for the gate")
+             "pushing candidates straight to robots" if push_candidates else
+             "candidates go through the registry" if deployment else "candidates are only exported")
     started = time.monotonic()
     next_progress = started + progress_every_s
-    published = None
+    published = offered = None
     try:
         while not stop.is_set() and (duration_s is None or time.monotonic() - started < duration_s):
             if not learner.ingest(limit=500) + learner.train(max_updates=20):
                 time.sleep(0.02)  # nothing arrived and nothing is owed
-            if push_candidates and learner.candidates and learner.candidates[-1] != published:
-                published = learner.candidates[-1]
+            newest = learner.candidates[-1] if learner.candidates else None
+            if push_candidates and newest != published:
+                published = newest
                 server.publish(published)
+            if deployment is not None:
+                if newest != offered:
+                    offered = newest
+                    deployment.offer(newest)
+                deployment.poll()
             if time.monotonic() >= next_progress:
                 next_progress += progress_every_s
                 _progress(out, time.monotonic() - started, learner, server, returns)

@@ -1,0 +1,295 @@
+"""The sim-validation gate: an ONNX artifact runs through the robot's own agent code against randomised virtual robots.
+
+Each episode is the real path: the agent runtime, the policy runner and the safety supervisor drive a lockstep virtual
+robot over a pty, through the serial protocol. The virtual robot differs from the nominal one as drawn from the robot
+spec's randomisation ranges: masses, friction, damping, motor gain, cable stiffness, sensor noise, control latency and
+jitter (in simulated time), and an encoder calibration error. Episodes run in parallel on every core, each from its
+recorded seed, so a report is reproducible. The verdict checks the config's thresholds; any limit violation, at the
+wire or at a joint, rejects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from robot_app.robot.spec import RobotSpec, load_robot_spec, read_yaml_mapping
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).parent / "gate.yaml"
+DEVICE_PARAMS = ("sensor_latency_s", "control_jitter_s", "sensor_noise_counts", "calibration_offset_counts")
+
+
+class GateConfig(BaseModel):
+    """How many episodes, from which seed, and what a policy must reach. Limit violations must always be 0."""
+
+    model_config = ConfigDict(extra="forbid")
+    episodes: int = Field(16, ge=1)
+    seed: int = 0
+    workers: int | None = Field(None, ge=1)  # None: every core
+    min_return_mean: float
+    min_return_p10: float
+    min_success_rate: float = Field(ge=0, le=1)
+    success_reward: float  # an episode succeeds if its last quarter averages at least this reward per step
+    max_intervention_rate: float = Field(ge=0)  # supervisor interventions per step, all reasons together
+    max_command_step_mean: float = Field(gt=0)  # action smoothness: mean |change of the command| per step, native units
+
+
+def load_gate_config(path: str | Path | None = None, **overrides) -> GateConfig:
+    data = read_yaml_mapping(Path(path) if path else DEFAULT_CONFIG, "gate config")
+    try:
+        return GateConfig(**(data | {k: v for k, v in overrides.items() if v is not None}))
+    except ValueError as error:
+        raise ValueError(f"gate config {path or DEFAULT_CONFIG}: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodePlan:
+    index: int
+    seed: int
+    draws: dict[str, float]  # one value per randomisation range of the spec
+
+
+def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan]:
+    """The randomisation of every episode, drawn uniformly from the spec's ranges, from one seed."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for index in range(episodes):
+        draws = {name: float(rng.uniform(low, high)) for name, (low, high) in sorted(spec.randomisation.items())}
+        plans.append(EpisodePlan(index, int(rng.integers(2**31)), draws))
+    return plans
+
+
+class EpisodeRecorder:
+    """Stands in for the agent's transition log: keeps the episode's transitions in memory."""
+
+    def __init__(self):
+        self.rows = []
+
+    def append(self, transition) -> None:
+        self.rows.append(transition)
+
+    def next_episode(self, robot_id: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
+    """One randomised episode through the agent runtime, measured. Runs in a worker process."""
+    from calibration.encoders import load_calibration
+    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.runtime import Agent
+    from robot_app.hardware.serial_robot import SerialRobot
+    from robot_app.robot.task import make_task
+    from sim.virtual_robot import Variation, VirtualRobot
+
+    spec = load_robot_spec(robot)
+    draws = dict(plan.draws)
+    device = {name: draws.pop(name, 0.0) for name in DEVICE_PARAMS}
+    rng = np.random.default_rng(plan.seed)
+    offset = device["calibration_offset_counts"]
+    variation = Variation(physics=draws, latency_s=device["sensor_latency_s"], jitter_s=device["control_jitter_s"],
+                          sensor_noise_counts=device["sensor_noise_counts"],
+                          count_offsets=tuple(int(round(v)) for v in rng.uniform(-abs(offset), abs(offset),
+                                                                                  len(spec.sensors))))
+    virtual = VirtualRobot(spec, lockstep=True, seed=plan.seed, robot_id=f"{spec.name}-gate-{plan.index}",
+                           variation=variation)
+    audit = {}
+    serving = threading.Thread(target=lambda: audit.update(dataclasses.asdict(virtual.serve())), daemon=True)
+    serving.start()
+    recorder = EpisodeRecorder()
+    policy = load_policy(artifact, spec, make_task(spec).obs_layout)
+    agent = Agent(SerialRobot(virtual.port), spec, load_calibration(spec.name), policy, recorder, status_every_s=1e9)
+    started = time.perf_counter()
+    summary = agent.run(episodes=1)
+    virtual.stop()
+    serving.join(timeout=10)
+    return _measure(spec, plan, variation, recorder.rows, summary, audit, time.perf_counter() - started)
+
+
+def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict, audit: dict, seconds: float) -> dict:
+    rewards = np.array([t.reward for t in rows])
+    commands = np.array([t.action for t in rows]).reshape(len(rows), -1)
+    tail = rewards[-max(1, len(rewards) // 4):]
+    joints = [joint for joint in spec.joints]
+    over_speed = [speed for speed in audit["hard_stop_speeds"]
+                  if speed > spec.joint("arm").max_hard_stop_speed]
+    velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
+    return {
+        "index": plan.index, "seed": plan.seed, "draws": plan.draws, "count_offsets": list(variation.count_offsets),
+        "steps": len(rows), "return": float(rewards.sum()), "tail_reward": float(tail.mean()) if len(rows) else 0.0,
+        "interventions": dict(summary["interventions"]), "faults": dict(summary["faults"]),
+        "wire_violations": audit["limit_violations"] + audit["rate_violations"],
+        "joint_violations": len(over_speed) + len(velocity_over),
+        "hard_stop_speeds": audit["hard_stop_speeds"], "velocity_over_limit": velocity_over,
+        "max_abs_position": dict(zip([j.name for j in joints], audit["max_abs_position"])),
+        "max_abs_velocity": dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
+        "command_step_mean": float(np.abs(np.diff(commands, axis=0)).mean()) if len(rows) > 1 else 0.0,
+        "policy_p99_us": summary["policy_p99_us"], "tick_overruns": summary.get("overruns"),
+        "stop_reason": summary["stop_reason"], "seconds": seconds,
+        "trace": {"obs": [t.obs.tolist() for t in rows], "command": commands.tolist(), "reward": rewards.tolist()},
+    }
+
+
+def _episode_job(job):
+    return run_episode(*job)
+
+
+def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
+             progress: bool = False) -> dict:
+    """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
+    from policies.artifact import ArtifactError
+    from robot_app.agent.policy_runner import load_policy
+    from robot_app.robot.task import make_task
+
+    config = config or load_gate_config()
+    spec = load_robot_spec(robot)
+    report = {"artifact": str(artifact), "robot": robot, "config": config.model_dump(), "created": time.time()}
+    try:
+        version = load_policy(str(artifact), spec, make_task(spec).obs_layout).version  # fits this robot at all?
+    except ArtifactError as error:
+        return report | {"version": None, "passed": False, "reasons": [f"artifact: {error}"], "episodes": []}
+    plans = plan_episodes(spec, config.episodes, config.seed)
+    workers = min(config.workers or os.cpu_count() or 1, len(plans))
+    jobs = [(str(artifact), robot, plan) for plan in plans]
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.imap_unordered(_episode_job, jobs)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(jobs), desc="validating", unit="episode")
+        episodes = sorted(results, key=lambda e: e["index"])
+    report |= {"version": version, "workers": workers, "wall_s": time.perf_counter() - started, "episodes": episodes}
+    return report | judge(episodes, config)
+
+
+def judge(episodes: list[dict], config: GateConfig) -> dict:
+    returns = np.array([e["return"] for e in episodes])
+    steps = sum(e["steps"] for e in episodes)
+    interventions, faults = _sum_counts(e["interventions"] for e in episodes), _sum_counts(e["faults"] for e in episodes)
+    metrics = {
+        "return_mean": float(returns.mean()), "return_min": float(returns.min()),
+        "return_p10": float(np.percentile(returns, 10)), "return_p50": float(np.percentile(returns, 50)),
+        "return_p90": float(np.percentile(returns, 90)),
+        "success_rate": float(np.mean([e["tail_reward"] >= config.success_reward for e in episodes])),
+        "interventions": interventions, "intervention_rate": sum(interventions.values()) / max(steps, 1),
+        "faults": faults,
+        "wire_violations": sum(e["wire_violations"] for e in episodes),
+        "joint_violations": sum(e["joint_violations"] for e in episodes),
+        "max_abs_position": {name: max(e["max_abs_position"][name] for e in episodes)
+                             for name in episodes[0]["max_abs_position"]},
+        "max_abs_velocity": {name: max(e["max_abs_velocity"][name] for e in episodes)
+                             for name in episodes[0]["max_abs_velocity"]},
+        "command_step_mean": float(np.mean([e["command_step_mean"] for e in episodes])),
+        "tick_overruns": sum(e["tick_overruns"] or 0 for e in episodes),
+        "policy_p99_us_max": max(e["policy_p99_us"] for e in episodes),
+    }
+    checks = [
+        (metrics["wire_violations"] == 0, f"{metrics['wire_violations']} commands outside the limits at the wire"),
+        (metrics["joint_violations"] == 0, f"{metrics['joint_violations']} joint limit violations (hard-stop impacts "
+                                           "too fast, or speeds over a joint's limit)"),
+        (not faults, f"the supervisor latched a safe stop: {faults}"),
+        (metrics["return_mean"] >= config.min_return_mean,
+         f"mean return {metrics['return_mean']:.1f} < {config.min_return_mean}"),
+        (metrics["return_p10"] >= config.min_return_p10,
+         f"10th-percentile return {metrics['return_p10']:.1f} < {config.min_return_p10}"),
+        (metrics["success_rate"] >= config.min_success_rate,
+         f"success rate {metrics['success_rate']:.2f} < {config.min_success_rate}"),
+        (metrics["intervention_rate"] <= config.max_intervention_rate,
+         f"{metrics['intervention_rate']:.3f} supervisor interventions per step > {config.max_intervention_rate} "
+         f"({metrics['interventions']})"),
+        (metrics["command_step_mean"] <= config.max_command_step_mean,
+         f"rough commands: mean step {metrics['command_step_mean']:.3f} > {config.max_command_step_mean}"),
+    ]
+    reasons = [reason for ok, reason in checks if not ok]
+    return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
+
+
+def _sum_counts(counters) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counter in counters:
+        for reason, count in counter.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
+
+
+def write_report(report: dict, folder: str | Path) -> Path:
+    """report.json (episodes without their traces), report.md, returns.png and traces.png in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    episodes = report.get("episodes", [])
+    slim = report | {"episodes": [{k: v for k, v in e.items() if k != "trace"} for e in episodes]}
+    (folder / "report.json").write_text(json.dumps(slim, indent=1))
+    lines = [f"# Sim validation of {report.get('version') or report['artifact']}: "
+             f"{'PASSED' if report['passed'] else 'REJECTED'}", ""]
+    lines += [f"- {reason}" for reason in report["reasons"]] or ["- every check passed"]
+    if "metrics" in report:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value if not isinstance(value, float) else round(value, 4)} |"
+                  for name, value in report["metrics"].items()]
+        lines += ["", f"{len(episodes)} episodes on {report['workers']} workers in {report['wall_s']:.1f} s, "
+                      f"seed {report['config']['seed']}. Plots: returns.png, traces.png."]
+        _plots(episodes, folder)
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _plots(episodes: list[dict], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.bar([e["index"] for e in episodes], [e["return"] for e in episodes])
+    axis.set(xlabel="episode", ylabel="return", title="returns under randomisation")
+    figure.tight_layout()
+    figure.savefig(folder / "returns.png", dpi=80)
+    plt.close(figure)
+    figure, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for episode in episodes:
+        obs = np.array(episode["trace"]["obs"])
+        if len(obs):
+            axes[0].plot(np.arctan2(obs[:, 1], obs[:, 0]), lw=0.7)  # the layout starts with arm cos, sin
+            axes[1].plot(np.arctan2(obs[:, 3], obs[:, 2]), lw=0.7)  # then pendulum cos, sin
+    axes[0].set(ylabel="arm (rad)")
+    axes[1].set(ylabel="pendulum (rad)", xlabel="step")
+    figure.tight_layout()
+    figure.savefig(folder / "traces.png", dpi=80)
+    plt.close(figure)
+
+
+def gate_candidate(registry, version: str, signing_key, config: GateConfig | None = None, robot: str = "furuta",
+                   actor: str = "gate", progress: bool = False) -> dict:
+    """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
+    validation that does not finish returns the policy to candidate."""
+    from policies.signing import sign
+    from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
+
+    record = registry.move(version, "validating", actor, "sim validation started")
+    try:
+        report = validate(record.path, robot, config, progress)
+    except BaseException:
+        registry.move(version, "candidate", actor, "sim validation did not finish")
+        raise
+    folder = write_report(report, registry.folder / "reports" / version)
+    stored = json.loads((folder / "report.json").read_text()) | {"folder": str(folder)}
+    if not report["passed"]:
+        registry.move(version, "rejected", actor, "; ".join(report["reasons"]), report=stored)
+        return report
+    signature = sign(Path(record.path).read_bytes(), signing_key)
+    Path(record.path + SIGNATURE_SUFFIX).write_text(signature)
+    registry.move(version, "validated", actor, "passed sim validation", report=stored, signature=signature)
+    return report

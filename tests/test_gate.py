@@ -1,0 +1,106 @@
+"""The sim-validation gate: a trained policy passes, bad ones are rejected for the right reasons, reports reproduce,
+and a registry candidate comes out validated and signed (or rejected) with its report."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from policies.artifact import ArtifactError
+from policies.signing import generate_signing_keys, load_signing_key, load_trusted_key
+from robot_app.agent.policy_runner import load_policy
+from robot_app.learner.registry import PolicyRegistry, RegistryError
+from robot_app.robot.spec import load_robot_spec
+from robot_app.robot.task import make_task
+from sim.gate import gate_candidate, load_gate_config, validate, write_report
+from tests.test_transport import export_policy
+
+TRAINED = Path(__file__).parent / "fixtures" / "furuta_swingup.onnx"  # robot-app train --env furuta:swingup, exported
+SPEC = load_robot_spec("furuta")
+LAYOUT = make_task(SPEC).obs_layout
+
+
+def config(episodes=2):
+    return load_gate_config(episodes=episodes, workers=2, seed=7)
+
+
+def timeless(report):
+    """The report without wall-clock figures, which no seed fixes."""
+    drop = {"seconds", "policy_p99_us"}
+    episodes = [{k: v for k, v in e.items() if k not in drop} for e in report["episodes"]]
+    metrics = {k: v for k, v in report["metrics"].items() if k != "policy_p99_us_max"}
+    return episodes, metrics, report["reasons"]
+
+
+def test_a_trained_policy_passes_and_its_report_reproduces(tmp_path):
+    first = validate(TRAINED, config=config(4))
+    assert first["passed"], first["reasons"]
+    assert first["metrics"]["wire_violations"] == first["metrics"]["joint_violations"] == 0
+    assert len({json.dumps(e["draws"]) for e in first["episodes"]}) == 4  # every episode its own robot
+    folder = write_report(first, tmp_path / "report")
+    assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "returns.png", "traces.png"}
+    assert "PASSED" in (folder / "report.md").read_text()
+    assert timeless(validate(TRAINED, config=config(4))) == timeless(first)
+
+
+def _bang_bang(path):
+    torch.manual_seed(0)
+    export_policy(path, LAYOUT)
+    model = onnx.load(path)
+    for init in model.graph.initializer:  # every weight x1000: tanh saturates, the command slams between the limits
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1000.0, init.name))
+    onnx.save(model, path)
+
+
+def _nan(path):
+    torch.manual_seed(0)
+    export_policy(path, LAYOUT)
+    model = onnx.load(path)
+    for init in model.graph.initializer:  # NaN weights: every action comes out NaN
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), init.name))
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda path: export_policy(path, LAYOUT), "mean return"),  # untrained: random weights
+    (_bang_bang, "rough commands"),
+    (_nan, "latched a safe stop: {'non_finite_action'"),
+    (lambda path: export_policy(path, [("joint_angles", 7)]), "artifact: .* observation layout"),
+])
+def test_bad_policies_are_rejected_with_the_right_reasons(tmp_path, make, reason):
+    path = tmp_path / "policy.onnx"
+    make(path)
+    report = validate(path, config=config())
+    assert not report["passed"]
+    matches = [r for r in report["reasons"] if re.search(reason, r)]
+    assert matches, report["reasons"]
+
+
+def test_a_registry_candidate_is_validated_signed_and_the_agent_refuses_it_altered(tmp_path):
+    public, secret = generate_signing_keys(tmp_path / "keys", "gate")
+    registry = PolicyRegistry(tmp_path / "registry")
+    good = registry.add_candidate(TRAINED, "learner").version
+    torch.manual_seed(3)
+    bad = registry.add_candidate(export_policy(tmp_path / "untrained.onnx", LAYOUT), "learner").version
+    assert gate_candidate(registry, good, load_signing_key(secret), config())["passed"]
+    assert not gate_candidate(registry, bad, load_signing_key(secret), config())["passed"]
+    record = registry.get(good)
+    assert record.state == "validated" and record.report["passed"] and record.signature
+    assert registry.get(bad).state == "rejected" and "mean return" in registry.history(bad)[-1]["reason"]
+    with pytest.raises(RegistryError, match="is rejected"):
+        registry.deploy(bad, "operator")
+    trusted = load_trusted_key(public)
+    assert load_policy(record.path, SPEC, LAYOUT, trusted_key=trusted).version == good  # signed: loads
+    data = bytearray(Path(record.path).read_bytes())
+    data[-1] ^= 1
+    Path(record.path).write_bytes(bytes(data))  # one bit changed on disk after signing
+    with pytest.raises(ArtifactError, match="does not verify"):
+        load_policy(record.path, SPEC, LAYOUT, trusted_key=trusted)
+    registry.close()
