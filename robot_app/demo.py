@@ -1,7 +1,8 @@
 """`robot-app demo`: the whole stack on one machine, as separate processes over tcp on 127.0.0.1.
 
-A learner (ingest, online SAC-SVG(H), candidates pushed straight to robots), and for each robot a lockstep virtual
-Furuta on a pty and an agent that drives it through pyserial and ships its transitions over CURVE-secured ZeroMQ.
+A learner (ingest, online SAC-SVG(H); each candidate goes through the policy registry and the sim-validation gate, and
+only what passes is signed and deployed), and for each robot a lockstep virtual Furuta on a pty and an agent that
+drives it through pyserial, ships its transitions over CURVE-secured ZeroMQ, and loads only gate-signed policies.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from policies.signing import generate_signing_keys
 from robot_app.transport.keys import generate_keys
 
 CLI = [sys.executable, "-m", "robot_app.cli"]
@@ -38,6 +40,7 @@ def _fresh_folder(out: Path) -> None:
 def _keys(out: Path, robot_ids: list[str]) -> Path:
     keys = out / "keys"
     generate_keys(keys, "learner")
+    generate_signing_keys(keys, "gate")
     for robot_id in robot_ids:
         public, _ = generate_keys(keys, robot_id)
         (keys / "allowed").mkdir(exist_ok=True)
@@ -54,8 +57,9 @@ def _last_progress(path: Path) -> dict | None:
 
 
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: int = 3,
-             transitions_per_s: float = 30.0) -> int:
-    """transitions_per_s: the robots' combined lockstep pace, near what one learner core can update on."""
+             transitions_per_s: float = 30.0, gate_episodes: int = 4) -> int:
+    """transitions_per_s: the robots' combined lockstep pace, near what one learner core can update on.
+    gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed."""
     out = Path(out)
     _fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
@@ -76,7 +80,9 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
     print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}), {minutes:g} min; logs in {logs}")
     try:
         spawn("learner", ["learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce,
-                          "--keys", str(keys), "--push-candidates", "--horizon", str(horizon)])
+                          "--keys", str(keys), "--horizon", str(horizon), "--registry", str(out / "registry"),
+                          "--signing-key", str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes),
+                          "--auto-deploy"])
         for i, robot_id in enumerate(robot_ids):
             device = spawn(f"{robot_id}-device", ["virtual-robot", "--lockstep", "--robot-id", robot_id,
                                                   "--seed", str(i)], stdout=subprocess.PIPE, text=True)
@@ -86,7 +92,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
             spawn(f"{robot_id}-agent", ["agent", "--port", port, "--robot-id", robot_id, "--policy", "random",
                                         "--explore", "0.3", "--learner", listen, "--announcements", announce,
                                         "--keys", str(keys), "--log", str(out / robot_id / "transitions.sqlite"),
-                                        "--status-every", "60", "--pace", str(pace_hz), "--accept-unsigned"],
+                                        "--status-every", "60", "--pace", str(pace_hz),
+                                        "--trusted-key", str(keys / "gate.sign_pub")],
                   stdout=subprocess.DEVNULL)
         started = time.monotonic()
         while time.monotonic() - started < budget_s:
@@ -98,7 +105,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
             if row:
                 print(f"  {row['elapsed_s']:6.0f} s  transitions {row['transitions']:7d}  updates {row['updates']:6d}  "
                       f"candidates {row['candidates']:3d}  episodes {row['episodes']:4d}  "
-                      f"return (last 10 episodes) {row['recent_return']}", flush=True)
+                      f"return (last 10 episodes) {row['recent_return']}  gate {_gate_line(row['gate'])}", flush=True)
     finally:
         for name, proc in reversed(processes):  # agents first (a safe stop each), then devices, then the learner
             if proc.poll() is None:
@@ -108,6 +115,14 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
                 except subprocess.TimeoutExpired:
                     proc.kill()
     return _report(out)
+
+
+def _gate_line(gate: dict | None) -> str:
+    if not gate:
+        return "-"
+    states = gate["states"]
+    return (f"{states.get('validated', 0) + states.get('deployed', 0) + states.get('retired', 0)} passed "
+            f"{states.get('rejected', 0)} rejected, deployed {gate['deployed'] or 'none yet'}")
 
 
 def _report(out: Path) -> int:

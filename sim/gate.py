@@ -263,9 +263,9 @@ def _plots(episodes: list[dict], folder: Path) -> None:
         obs = np.array(episode["trace"]["obs"])
         if len(obs):
             axes[0].plot(np.arctan2(obs[:, 1], obs[:, 0]), lw=0.7)  # the layout starts with arm cos, sin
-            axes[1].plot(np.arctan2(obs[:, 3], obs[:, 2]), lw=0.7)  # then pendulum cos, sin
+            axes[1].plot(np.abs(np.arctan2(obs[:, 3], obs[:, 2])), lw=0.7)  # then pendulum cos, sin (0 = upright)
     axes[0].set(ylabel="arm (rad)")
-    axes[1].set(ylabel="pendulum (rad)", xlabel="step")
+    axes[1].set(ylabel="pendulum from upright (rad)", xlabel="step", ylim=(0, np.pi))
     figure.tight_layout()
     figure.savefig(folder / "traces.png", dpi=80)
     plt.close(figure)

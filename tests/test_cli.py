@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,11 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["agent", "--port", "/dev/null", "--robot", "quadruped", "--policy", "zero"], "unknown robot 'quadruped'"),
         (["virtual-robot", "--rate", "-50"], "control_rate_hz: Input should be greater than 0"),
         (["agent", "--port", "/dev/null", "--policy", "zero", "--cpus", "99"], "cannot pin to CPUs [99]"),
+        (["agent", "--port", "/dev/null", "--policy", "zero", "--robot-id", "r", "--learner", "tcp://127.0.0.1:9",
+          "--insecure-local-dev"], "needs --trusted-key"),
+        (["policies", "deploy", "nope", "--registry", "{tmp}/registry"], "no policy 'nope'"),
+        (["policies", "add", "{tmp}/garbage.onnx", "--registry", "{tmp}/registry"], "not an ONNX model"),
+        (["learner", "--out", "{tmp}/l", "--auto-deploy", "--insecure-local-dev"], "need --registry"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):
@@ -68,3 +74,26 @@ def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, messag
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "furuta_swingup.onnx"
+    registry = ["--registry", tmp_path / "registry"]
+    assert robot_app("keys", "gate", "--signing", "--dir", tmp_path / "keys").returncode == 0
+    added = robot_app("policies", "add", fixture, *registry)
+    assert added.returncode == 0, added.stderr
+    version = added.stdout.split()[0]
+    refused = robot_app("policies", "deploy", version, *registry)
+    assert refused.returncode == 2 and "only a validated policy can be deployed" in refused.stderr
+    validated = robot_app("policies", "validate", version, "--episodes", "2", "--signing-key",
+                          tmp_path / "keys" / "gate.sign_key", *registry)
+    assert validated.returncode == 0, validated.stderr
+    assert f"{version}: PASSED" in validated.stdout
+    assert robot_app("policies", "deploy", version, *registry).returncode == 0
+    listing = robot_app("policies", "list", *registry).stdout
+    assert version in listing and "deployed" in listing
+    shown = robot_app("policies", "show", version, *registry).stdout
+    assert "validating -> validated" in shown and "validated -> deployed" in shown and "report.md" in shown
+
+    standalone = robot_app("validate", tmp_path / "missing.onnx", "--episodes", "1")
+    assert standalone.returncode == 1 and "REJECTED" in standalone.stdout and "no policy file" in standalone.stdout

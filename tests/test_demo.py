@@ -2,6 +2,7 @@
 
 from robot_app.demo import run_demo
 from robot_app.learner.ingest import IngestStore
+from robot_app.learner.registry import PolicyRegistry
 from tests.conftest import outbox_state, stored_keys
 
 
@@ -15,4 +16,11 @@ def test_the_demo_streams_every_transition_once_through_the_whole_stack(tmp_path
         assert len(keys) > 100
         assert len(keys | still_held) == ever  # delivered or still in the outbox: nothing lost
     assert store.count() == sum(len(k) for k in received.values())  # and nothing stored twice
+    ran = {version for _, _, chunk in store.read(limit_rows=1 << 40) for version in chunk.policy_versions}
     store.close()
+    registry = PolicyRegistry(out / "registry")
+    candidates = sorted((out / "learner" / "candidates").glob("*.onnx"))
+    assert len(registry.list()) == len(candidates)  # every candidate entered the registry ...
+    deployed = {move["version"] for move in registry.history() if move["to_state"] == "deployed"}
+    assert ran <= {"random"} | deployed  # ... and robots ran only what the gate validated and signed
+    registry.close()

@@ -61,6 +61,13 @@ class GatedDeployment:
             self.server.publish(deployed.path, deployed.signature)
             self.published = deployed.version
 
+    def summary(self) -> dict:
+        """Policies by registry state, and the deployed version (for progress rows)."""
+        states: dict[str, int] = {}
+        for policy in self.registry.list():
+            states[policy.state] = states.get(policy.state, 0) + 1
+        return {"states": states, "deployed": self.published}
+
     def _validate(self, version: str) -> None:
         from sim.gate import gate_candidate
 
@@ -114,7 +121,7 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
                 deployment.poll()
             if time.monotonic() >= next_progress:
                 next_progress += progress_every_s
-                _progress(out, time.monotonic() - started, learner, server, returns)
+                _progress(out, time.monotonic() - started, learner, server, returns, deployment)
     finally:
         server.stop()
         server_thread.join(timeout=10)
@@ -124,14 +131,15 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
             "episodes": returns.finished, "rejected": dict(server.rejected)}
 
 
-def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestServer, returns: EpisodeReturns):
+def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestServer, returns: EpisodeReturns,
+              deployment: GatedDeployment | None):
     recent = [e["return"] for e in returns.finished[-10:]]
     row = {"elapsed_s": round(elapsed, 1), "transitions": learner.transitions, "updates": learner.updates,
            "candidates": len(learner.candidates), "episodes": len(returns.finished),
            "recent_return": round(sum(recent) / len(recent), 1) if recent else None,
            "robots": {robot: dict(stats) for robot, stats in server.robots.items()},
            "running": {robot: status.policy_version for robot, status in server.statuses.items()},
-           "rejected": dict(server.rejected)}
+           "rejected": dict(server.rejected), "gate": deployment.summary() if deployment else None}
     with open(out / "progress.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     log.info("t=%.0fs transitions=%d updates=%d candidates=%d episodes=%d return(last 10)=%s", elapsed,

@@ -1,0 +1,67 @@
+"""Sim-validation gate throughput: episodes per minute through the real agent path, against raw MuJoCo stepping of the
+same episodes (same randomised physics, same commands, replayed) in the same run, both on every core.
+
+    .venv/bin/python bench/gate.py [--episodes 32] [--policy tests/fixtures/furuta_swingup.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "gate.json"
+
+
+def _raw_episode(job) -> int:
+    """Step FurutaPhysics with the episode's physics draws through its recorded commands; return the steps."""
+    from robot_app.robot.spec import load_robot_spec
+    from sim.furuta import FurutaPhysics
+    from sim.gate import DEVICE_PARAMS
+
+    draws, commands = job
+    spec = load_robot_spec("furuta")
+    physics = FurutaPhysics(spec)
+    physics.randomise({k: v for k, v in draws.items() if k not in DEVICE_PARAMS})
+    physics.reset()
+    for command in commands:
+        physics.step(command, spec.period_s)
+    return len(commands)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--policy", default=str(Path(__file__).parents[1] / "tests" / "fixtures" / "furuta_swingup.onnx"))
+    args = parser.parse_args()
+    from sim.gate import load_gate_config, validate
+
+    workers = os.cpu_count() or 1
+    config = load_gate_config(episodes=args.episodes, workers=workers)
+    started = time.perf_counter()
+    report = validate(args.policy, config=config)
+    gate_s = time.perf_counter() - started
+    jobs = [(e["draws"], e["trace"]["command"]) for e in report["episodes"]]
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        steps = sum(pool.map(_raw_episode, jobs))
+    raw_s = time.perf_counter() - started
+    per_episode = sum(e["seconds"] for e in report["episodes"]) / len(report["episodes"])
+    results = {
+        "machine": f"{platform.node()} {workers} cpus", "date": time.strftime("%Y-%m-%d"), "policy": args.policy,
+        "episodes": args.episodes, "steps": steps, "workers": workers, "passed": report["passed"],
+        "gate_s": gate_s, "gate_episodes_per_min": 60 * args.episodes / gate_s,
+        "gate_episode_s_in_worker": per_episode,
+        "raw_s": raw_s, "raw_episodes_per_min": 60 * args.episodes / raw_s, "gate_over_raw": gate_s / raw_s,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
