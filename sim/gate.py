@@ -122,8 +122,8 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict,
     rewards = np.array([t.reward for t in rows])
     commands = np.array([t.action for t in rows]).reshape(len(rows), -1)
     tail = rewards[-max(1, len(rewards) // 4):]
-    joints = [joint for joint in spec.joints]
-    over_speed = [speed for speed in audit["hard_stop_speeds"]
+    joints = spec.joints
+    over_speed = [speed for speed in audit["hard_stop_speeds"]  # the virtual robot watches the arm's stops
                   if speed > spec.joint("arm").max_hard_stop_speed]
     velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
     return {
