@@ -104,3 +104,31 @@ def test_a_registry_candidate_is_validated_signed_and_the_agent_refuses_it_alter
     with pytest.raises(ArtifactError, match="does not verify"):
         load_policy(record.path, SPEC, LAYOUT, trusted_key=trusted)
     registry.close()
+
+
+def test_the_learner_offers_robots_only_what_the_gate_signed_and_the_registry_deployed(tmp_path):
+    from policies.signing import verify
+    from robot_app.learner.service import GatedDeployment
+
+    class Server:  # stands in for IngestServer.publish
+        published = []
+
+        def publish(self, path, signature):
+            self.published.append((Path(path).read_bytes(), signature))
+
+    _, secret = generate_signing_keys(tmp_path / "keys", "gate")
+    registry, server = PolicyRegistry(tmp_path / "registry"), Server()
+    deployment = GatedDeployment(registry, server, "furuta", load_signing_key(secret), config(), auto_deploy=False,
+                                 check_every_s=0.0)
+    deployment.offer(TRAINED)
+    deployment.poll()  # starts the gate on it
+    deployment.gate.join(timeout=120)
+    deployment.poll()
+    (version,) = [policy.version for policy in registry.list("validated")]
+    assert server.published == []  # validated, but nobody deployed it: nothing is offered
+    registry.deploy(version, "operator")  # what `robot-app policies deploy` does
+    deployment.poll()
+    (data, signature), = server.published
+    verify(data, signature, load_trusted_key(tmp_path / "keys" / "gate.sign_pub"), "offered")
+    assert deployment.summary() == {"states": {"deployed": 1}, "deployed": version}
+    registry.close()

@@ -41,12 +41,15 @@ class GatedDeployment:
     `robot-app policies deploy`/`rollback`) is what the robots are offered, with its signature."""
 
     def __init__(self, registry, server: IngestServer, robot: str, signing_key=None, gate_config=None,
-                 auto_deploy: bool = False):
+                 auto_deploy: bool = False, check_every_s: float = 1.0):
+        """check_every_s: how often the registry is asked what is deployed (an operator's deploy reaches the robots
+        that soon)."""
         self.registry, self.server, self.robot = registry, server, robot
         self.signing_key, self.gate_config, self.auto_deploy = signing_key, gate_config, auto_deploy
         self.waiting: str | None = None  # the newest candidate not yet validated; older ones are skipped
         self.gate: threading.Thread | None = None
         self.published: str | None = None
+        self.check_every_s, self._next_check = check_every_s, 0.0
 
     def offer(self, candidate: Path) -> None:
         self.waiting = self.registry.add_candidate(candidate, "learner").version
@@ -56,6 +59,9 @@ class GatedDeployment:
             version, self.waiting = self.waiting, None
             self.gate = threading.Thread(target=self._validate, args=(version,), name="gate", daemon=True)
             self.gate.start()
+        if time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.check_every_s
         deployed = self.registry.deployed()
         if deployed is not None and deployed.version != self.published:
             self.server.publish(deployed.path, deployed.signature)
@@ -74,12 +80,11 @@ class GatedDeployment:
         try:
             report = gate_candidate(self.registry, version, self.signing_key, self.gate_config, self.robot,
                                     "learner:gate")
-        except Exception:  # the learner keeps training; the candidate went back to `candidate`
-            log.exception("the gate failed on %s", version)
-            return
-        log.info("gate: %s %s %s", version, "passed" if report["passed"] else "rejected", report["reasons"])
-        if report["passed"] and self.auto_deploy:
-            self.registry.deploy(version, "learner:auto-deploy")
+            log.info("gate: %s %s %s", version, "passed" if report["passed"] else "rejected", report["reasons"])
+            if report["passed"] and self.auto_deploy:
+                self.registry.deploy(version, "learner:auto-deploy")
+        except Exception:  # the learner keeps training (a gate that did not finish put the candidate back)
+            log.exception("the gate or the deploy failed on %s", version)
 
 
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
