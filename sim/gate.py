@@ -42,6 +42,7 @@ class GateConfig(BaseModel):
     success_reward: float  # an episode succeeds if its last quarter averages at least this reward per step
     max_intervention_rate: float = Field(ge=0)  # supervisor interventions per step, all reasons together
     max_command_step_mean: float = Field(gt=0)  # action smoothness: mean |change of the command| per step, native units
+    max_tick_overrun_rate: float = Field(ge=0)  # steps answered more than a control period after their sensor frame
 
 
 def load_gate_config(path: str | Path | None = None, **overrides) -> GateConfig:
@@ -136,7 +137,7 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict,
         "max_abs_position": dict(zip([j.name for j in joints], audit["max_abs_position"])),
         "max_abs_velocity": dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
         "command_step_mean": float(np.abs(np.diff(commands, axis=0)).mean()) if len(rows) > 1 else 0.0,
-        "policy_p99_us": summary["policy_p99_us"], "tick_overruns": summary.get("overruns"),
+        "policy_p99_us": summary["policy_p99_us"], "tick_overruns": summary["overruns"],
         "stop_reason": summary["stop_reason"], "seconds": seconds,
         "trace": {"obs": [t.obs.tolist() for t in rows], "command": commands.tolist(), "reward": rewards.tolist()},
     }
@@ -193,7 +194,7 @@ def judge(episodes: list[dict], config: GateConfig) -> dict:
         "max_abs_velocity": {name: max(e["max_abs_velocity"][name] for e in episodes)
                              for name in episodes[0]["max_abs_velocity"]},
         "command_step_mean": float(np.mean([e["command_step_mean"] for e in episodes])),
-        "tick_overruns": sum(e["tick_overruns"] or 0 for e in episodes),
+        "tick_overruns": sum(e["tick_overruns"] for e in episodes),
         "policy_p99_us_max": max(e["policy_p99_us"] for e in episodes),
     }
     checks = [
@@ -210,6 +211,8 @@ def judge(episodes: list[dict], config: GateConfig) -> dict:
         (metrics["intervention_rate"] <= config.max_intervention_rate,
          f"{metrics['intervention_rate']:.3f} supervisor interventions per step > {config.max_intervention_rate} "
          f"({metrics['interventions']})"),
+        (metrics["tick_overruns"] <= config.max_tick_overrun_rate * steps,
+         f"{metrics['tick_overruns']} of {steps} steps answered later than a control period"),
         (metrics["command_step_mean"] <= config.max_command_step_mean,
          f"rough commands: mean step {metrics['command_step_mean']:.3f} > {config.max_command_step_mean}"),
     ]

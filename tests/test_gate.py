@@ -26,14 +26,15 @@ LAYOUT = make_task(SPEC).obs_layout
 
 
 def config(episodes=2):
-    return load_gate_config(episodes=episodes, workers=2, seed=7)
+    """Few episodes; and no verdict on wall-clock timing (tick overruns), which a loaded test machine could trip."""
+    return load_gate_config(episodes=episodes, workers=2, seed=7, max_tick_overrun_rate=1.0)
 
 
 def timeless(report):
     """The report without wall-clock figures, which no seed fixes."""
-    drop = {"seconds", "policy_p99_us"}
+    drop = {"seconds", "policy_p99_us", "tick_overruns"}
     episodes = [{k: v for k, v in e.items() if k not in drop} for e in report["episodes"]]
-    metrics = {k: v for k, v in report["metrics"].items() if k != "policy_p99_us_max"}
+    metrics = {k: v for k, v in report["metrics"].items() if k not in ("policy_p99_us_max", "tick_overruns")}
     return episodes, metrics, report["reasons"]
 
 

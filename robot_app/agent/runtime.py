@@ -7,6 +7,7 @@ Between episodes a reset phase brings the robot back to rest; policy swaps and f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -65,6 +66,7 @@ class Agent:
         self.transitions_recorded = 0
         self.link_losses = 0
         self.policy_latency = LatencyWindow()
+        self.late_responses = 0  # lockstep: commands sent more than a control period after their sensor frame
         self._ticks_since_gc = 0
         self._stop_reason: str | None = None
         self._estop_request: str | None = None
@@ -97,43 +99,36 @@ class Agent:
     def run(self, episodes: int | None = None, duration_s: float | None = None) -> dict:
         tighten_timer_slack()
         started, cpu_started = time.monotonic(), time.process_time()
-        try:
-            self._connect()
-        except BaseException:
-            if self.transitions is not None:
-                self.transitions.close()
-            raise
-        deadline = None if duration_s is None else started + duration_s
-        next_status = started + self.status_every_s
-        # The cyclic garbage collector would pause a tick at a random moment; run it between ticks instead.
-        gc_was_enabled = gc.isenabled()
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        try:
-            while self._stop_reason is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.request_stop("duration reached")
-                    break
-                try:
-                    self._tick(episodes)
-                except LinkLost as error:
-                    log.error("link lost: %s", error)
-                    self.link_losses += 1
-                    self._close_open_step()
-                    self._phase, self._phase_ticks, self._last_seq = "reset", 0, None
-                    self.supervisor.latch_fault("link_lost")
-                    self._reconnect(deadline)
-                if self._gc_due():
-                    gc.collect(1)
-                if time.monotonic() >= next_status:
-                    next_status += self.status_every_s
-                    log.info("%s", self.status_line(self._phase))
-        finally:
-            gc.unfreeze()
-            if gc_was_enabled:
-                gc.enable()
-            self._shutdown()
+        with _collector_between_ticks():
+            try:
+                self._connect()
+            except BaseException:
+                if self.transitions is not None:
+                    self.transitions.close()
+                raise
+            deadline = None if duration_s is None else started + duration_s
+            next_status = started + self.status_every_s
+            try:
+                while self._stop_reason is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.request_stop("duration reached")
+                        break
+                    try:
+                        self._tick(episodes)
+                    except LinkLost as error:
+                        log.error("link lost: %s", error)
+                        self.link_losses += 1
+                        self._close_open_step()
+                        self._phase, self._phase_ticks, self._last_seq = "reset", 0, None
+                        self.supervisor.latch_fault("link_lost")
+                        self._reconnect(deadline)
+                    if self._gc_due():
+                        gc.collect(1)
+                    if time.monotonic() >= next_status:
+                        next_status += self.status_every_s
+                        log.info("%s", self.status_line(self._phase))
+            finally:
+                self._shutdown()
         summary = self.summary(time.monotonic() - started, time.process_time() - cpu_started)
         log.info("stopped (%s): %s", self._stop_reason, self.status_line("stopped"))
         return summary
@@ -182,6 +177,8 @@ class Agent:
             self.policy_latency.add(time.perf_counter_ns() - started)
             verdict = self.supervisor.check(policy_action, state, age)
             self.robot.send_command(verdict.command, verdict.enable)
+            if self.schedule is None and time.monotonic_ns() - reading.received_ns > self.spec.period_s * 1e9:
+                self.late_responses += 1  # on a real robot at this rate, a missed deadline
             self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
                                    reading.received_ns, time.monotonic_ns(), reading.frame.device_time_us)
             self._step += 1
@@ -343,7 +340,26 @@ class Agent:
             windows |= {"jitter": self.schedule.jitter, "tick_work": self.schedule.work}
             out |= {"ticks": self.schedule.ticks, "overruns": self.schedule.overruns,
                     "skipped_periods": self.schedule.skipped}
+        else:  # lockstep has no deadlines; a response slower than a period would have missed one
+            out["overruns"] = self.late_responses
         for name, window in windows.items():
             p50, p99 = window.quantiles_us(0.5, 0.99)
             out |= {f"{name}_p50_us": p50, f"{name}_p99_us": p99, f"{name}_max_us": window.max_ns / 1e3}
         return out
+
+
+@contextlib.contextmanager
+def _collector_between_ticks():
+    """The cyclic garbage collector would pause a tick at a random moment, so the loop runs it between ticks
+    (`_gc_due`) instead. The full collection comes before the handshake, so the device's first frame does not wait
+    behind it."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
