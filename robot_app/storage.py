@@ -1,7 +1,9 @@
-"""SQLite files that must survive kill -9 and power loss: WAL, synchronous=FULL, one connection per thread."""
+"""Files that must survive kill -9 and power loss: SQLite (WAL, synchronous=FULL, one connection per thread), and
+whole files written atomically."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -58,3 +60,15 @@ class DurableSQLite:
                 db.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader or a crash sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -280,6 +280,7 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
     validation that does not finish returns the policy to candidate."""
     from policies.signing import sign
     from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
+    from robot_app.storage import write_atomic
 
     record = registry.move(version, "validating", actor, "sim validation started")
     try:
@@ -293,6 +294,6 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
         registry.move(version, "rejected", actor, "; ".join(report["reasons"]), report=stored)
         return report
     signature = sign(Path(record.path).read_bytes(), signing_key)
-    Path(record.path + SIGNATURE_SUFFIX).write_text(signature)
+    write_atomic(record.path + SIGNATURE_SUFFIX, signature.encode())
     registry.move(version, "validated", actor, "passed sim validation", report=stored, signature=signature)
     return report

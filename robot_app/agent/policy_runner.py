@@ -14,19 +14,20 @@ from robot_app.robot.spec import RobotSpec
 class OnnxPolicy:
     """One policy artifact, loaded for single-threaded low-latency inference."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, data: bytes | None = None):
+        """data: the file's bytes, when the caller has already read (and verified) them: exactly those are run."""
         import onnxruntime
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ArtifactError(f"no policy file at {self.path}")
+        if data is None:
+            if not self.path.is_file():
+                raise ArtifactError(f"no policy file at {self.path}")
+            data = self.path.read_bytes()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         try:
-            self._session = onnxruntime.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files
             raise ArtifactError(f"{self.path}: not a loadable ONNX model: {error}") from None
         props = self._session.get_modelmeta().custom_metadata_map
@@ -130,14 +131,16 @@ def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, t
         return ConstantPolicy([a.safe_command for a in spec.actuators])
     if name_or_path == "random":
         return RandomPolicy(low, high, seed)
+    data = None
     if trusted_key is not None:
         from policies.signing import verify
 
         path, signature_file = Path(name_or_path), Path(name_or_path + SIGNATURE_SUFFIX)
         if not path.is_file():
             raise ArtifactError(f"no policy file at {path}")
+        data = path.read_bytes()  # read once: the bytes verified are the bytes run
         signature = signature_file.read_text().strip() if signature_file.is_file() else ""
-        verify(path.read_bytes(), signature, trusted_key, str(path))
-    policy = OnnxPolicy(name_or_path)
+        verify(data, signature, trusted_key, str(path))
+    policy = OnnxPolicy(name_or_path, data)
     policy.check_robot(obs_layout, [a.name for a in spec.actuators], low, high)
     return policy

@@ -74,7 +74,7 @@ class IngestStore:
         for batch in batches:
             key, chunk = (batch.robot_id, batch.outbox_id), batch.rows
             through = held.get(key, self.held_through(*key))
-            expected = max(through if through is not None else batch.acked_through, batch.acked_through) + 1
+            expected = max(batch.acked_through, batch.acked_through if through is None else through) + 1
             if chunk.last_seq < expected:
                 verdicts.append(Stored(duplicates=len(chunk)))
             elif chunk.first_seq > expected:  # a gap: an earlier batch was lost, and the robot will go back for it

@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
-from policies.artifact import METADATA_KEY, ArtifactError, PolicyMetadata
-from robot_app.storage import DurableSQLite
+from policies.artifact import ArtifactError, PolicyMetadata
+from robot_app.storage import DurableSQLite, write_atomic
 
 SCHEMA_VERSION = 1
 STATES = ("candidate", "validating", "validated", "rejected", "deployed", "retired")
@@ -58,9 +57,12 @@ def read_metadata(data: bytes, source: str) -> PolicyMetadata:
         props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
     except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
         raise ArtifactError(f"{source}: not an ONNX model: {error}") from None
-    if METADATA_KEY not in props:
-        raise ArtifactError(f"{source}: no '{METADATA_KEY}' metadata; was it exported by robot-app export?")
     return PolicyMetadata.from_props(props, source)
+
+
+def _record(row: tuple) -> PolicyRecord:
+    *fields, report, signature = row
+    return PolicyRecord(*fields, json.loads(report) if report else None, signature)
 
 
 def _now() -> str:
@@ -94,13 +96,11 @@ class PolicyRegistry:
         row = self.store.db.execute("SELECT * FROM policies WHERE version = ?", (version,)).fetchone()
         if row is None:
             raise RegistryError(f"no policy {version!r} in {self.folder}; `robot-app policies list` shows them")
-        *fields, report, signature = row
-        return PolicyRecord(*fields, json.loads(report) if report else None, signature)
+        return _record(row)
 
     def list(self, state: str | None = None) -> list[PolicyRecord]:
-        rows = self.store.db.execute("SELECT version FROM policies WHERE ? IS NULL OR state = ? ORDER BY created_at, "
-                                     "rowid", (state, state)).fetchall()
-        return [self.get(version) for (version,) in rows]
+        return [_record(row) for row in self.store.db.execute(
+            "SELECT * FROM policies WHERE ? IS NULL OR state = ? ORDER BY created_at, rowid", (state, state))]
 
     def history(self, version: str | None = None) -> list[dict]:
         rows = self.store.db.execute(
@@ -122,13 +122,7 @@ class PolicyRegistry:
         version = meta.weights_sha256[:16]  # what the agent reports running
         path = self.folder / "artifacts" / f"{version}.onnx"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, data)
         now = _now()
         with self._write() as db:
             added = db.execute(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import zmq
 
 from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.agent.transition_log import PendingChunk, TransitionLog
+from robot_app.storage import write_atomic
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
     Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
@@ -188,12 +188,8 @@ class RobotLink:
                                        f"{wanted.size}")
             return
         path = self.policy_dir / f"policy-{blob.version}.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for target, data in ((path.with_name(path.name + SIGNATURE_SUFFIX), wanted.signature.encode()),
-                             (path, blob.data)):
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+        write_atomic(path.with_name(path.name + SIGNATURE_SUFFIX), wanted.signature.encode())
+        write_atomic(path, blob.data)
         try:
             policy = self.load_policy(str(path))
         except ValueError as error:  # ArtifactError: unsigned or badly signed, for another robot, or broken
