@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import time
@@ -38,7 +37,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--policy", default=str(Path(__file__).parents[1] / "tests" / "fixtures" / "furuta_swingup.onnx"))
     args = parser.parse_args()
-    from sim.gate import load_gate_config, validate
+    from sim.gate import core_pool, load_gate_config, validate
 
     workers = os.cpu_count() or 1
     config = load_gate_config(episodes=args.episodes, workers=workers)
@@ -47,7 +46,7 @@ def main() -> None:
     gate_s = time.perf_counter() - started
     jobs = [(e["draws"], e["trace"]["command"]) for e in report["episodes"]]
     started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with core_pool(workers) as pool:
         steps = sum(pool.map(_raw_episode, jobs))
     raw_s = time.perf_counter() - started
     per_episode = sum(e["seconds"] for e in report["episodes"]) / len(report["episodes"])

@@ -35,14 +35,15 @@ class RobotCalibration(BaseModel):
 
 
 class EncoderMap:
-    """Vectorised counts <-> calibrated joint angles for a fixed order of encoders."""
+    """Counts <-> calibrated joint angles for a fixed order of encoders."""
 
     def __init__(self, encoders: list[EncoderCalibration]):
-        self.offset = np.array([e.offset_counts for e in encoders], dtype=np.float64)
-        self.gain = np.array([e.direction * e.scale for e in encoders], dtype=np.float64)
+        self.offset = tuple(float(e.offset_counts) for e in encoders)
+        self.gain = tuple(float(e.direction * e.scale) for e in encoders)
 
-    def angles(self, counts) -> np.ndarray:
-        return (np.asarray(counts, dtype=np.float64) - self.offset) * self.gain
+    def angles(self, counts) -> tuple[float, ...]:
+        """One frame's angles, in plain floats: the read path runs this every tick on a few values."""
+        return tuple((count - offset) * gain for count, offset, gain in zip(counts, self.offset, self.gain, strict=True))
 
     def counts(self, angles) -> np.ndarray:
         """The raw counts a device reports at these joint angles (the virtual robot's encoders)."""

@@ -114,7 +114,7 @@ class FurutaEnv:
         self._steps = 0
 
     def _observe(self):
-        return self.pipeline.update(self.physics.counts(), self.physics.time_s)
+        return self.pipeline.update(self.physics.counts().tolist(), self.physics.time_s)
 
     def reset(self) -> np.ndarray:
         # Hanging near rest, as the agent's reset phase leaves the real robot.

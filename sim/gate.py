@@ -10,6 +10,7 @@ wire or at a joint, rejects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -147,6 +148,27 @@ def _episode_job(job):
     return run_episode(*job)
 
 
+@contextlib.contextmanager
+def core_pool(workers: int):
+    """A process pool whose workers each keep to one core, while there are cores enough. An episode's agent and
+    device threads hand every step to each other; on one core they share its caches instead of bouncing between two
+    (measured: an episode 0.47 -> 0.32 s)."""
+    context = multiprocessing.get_context("spawn")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if workers > len(cores):
+        with context.Pool(workers) as pool:
+            yield pool
+        return
+    with context.Pool(workers, _keep_to_one_core, (cores, context.Value("i", 0))) as pool:
+        yield pool
+
+
+def _keep_to_one_core(cores: list[int], started) -> None:
+    with started.get_lock():
+        index, started.value = started.value, started.value + 1
+    os.sched_setaffinity(0, {cores[index % len(cores)]})
+
+
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
              progress: bool = False) -> dict:
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
@@ -165,7 +187,7 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
     workers = min(config.workers or os.cpu_count() or 1, len(plans))
     jobs = [(str(artifact), robot, plan) for plan in plans]
     started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with core_pool(workers) as pool:
         results = pool.imap_unordered(_episode_job, jobs)
         if progress:
             from tqdm import tqdm

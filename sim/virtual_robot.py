@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import select
@@ -31,6 +32,9 @@ from sim.furuta import FurutaPhysics
 
 log = logging.getLogger(__name__)
 AMPLIFIER_LIMIT_V = 15.0
+_MOTOR_ENABLED, _WATCHDOG_TRIPPED, _ESTOP_LATCHED, _LOCKSTEP = (
+    int(flag) for flag in (SensorStatus.MOTOR_ENABLED, SensorStatus.WATCHDOG_TRIPPED, SensorStatus.ESTOP_LATCHED,
+                           SensorStatus.LOCKSTEP))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +100,18 @@ class VirtualRobot:
         self._seq = 0
         self._session = False
         self._enabled = False
-        self._volts = np.zeros(len(spec.actuators))
+        # The per-command path works on plain floats: numpy's per-call cost dwarfs arithmetic on a few values.
+        self._off = (0.0,) * len(spec.actuators)
+        self._volts = self._off
         self._last_command_ns: int | None = None
         self._watchdog_tripped = False
         self._estop = False
         self._ack_seq = 0
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._previous_enabled_command: np.ndarray | None = None
-        self._max_step = np.array([a.rate_limit * spec.period_s for a in spec.actuators])
-        self._low = np.array([a.command_limit[0] for a in spec.actuators])
-        self._high = np.array([a.command_limit[1] for a in spec.actuators])
+        self._previous_enabled_command: tuple[float, ...] | None = None
+        self._max_step = tuple(a.rate_limit * spec.period_s * (1 + 1e-6) + 1e-6 for a in spec.actuators)
+        self._limits = tuple(a.command_limit for a in spec.actuators)
+        self._count_offsets = np.asarray(variation.count_offsets, dtype=np.int64)
         self.audit = DeviceAudit()
         self.counters: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
@@ -231,24 +237,27 @@ class VirtualRobot:
             self._send_sensor()
 
     def _apply(self, command: Command) -> None:
-        volts = np.asarray(command.volts, dtype=np.float64)
-        audit = self.audit
+        volts, enable, audit = command.volts, command.enable, self.audit
         audit.commands += 1
-        audit.last_command, audit.last_enabled = volts.tolist(), command.enable
-        if np.all(np.isfinite(volts)):
-            audit.max_abs_command = max(audit.max_abs_command, float(np.max(np.abs(volts))))
-        if command.enable and not (np.all(np.isfinite(volts)) and np.all((volts >= self._low) & (volts <= self._high))):
+        audit.last_command, audit.last_enabled = list(volts), enable
+        finite = all(map(math.isfinite, volts))
+        if finite:
+            audit.max_abs_command = max(audit.max_abs_command, *map(abs, volts))
+        if enable and not (finite and all(low <= v <= high for v, (low, high) in zip(volts, self._limits))):
             audit.limit_violations += 1
-        if command.enable and self._previous_enabled_command is not None:
-            step = np.abs(volts - self._previous_enabled_command)
-            audit.max_command_step = max(audit.max_command_step, float(np.max(step)))
-            if np.any(step > self._max_step * (1 + 1e-6) + 1e-6):
+        previous = self._previous_enabled_command
+        if enable and previous is not None:
+            steps = [abs(v - p) for v, p in zip(volts, previous)]
+            audit.max_command_step = max(audit.max_command_step, *steps)
+            if any(step > allowed for step, allowed in zip(steps, self._max_step)):
                 audit.rate_violations += 1
-        self._previous_enabled_command = volts if command.enable else None
+        self._previous_enabled_command = volts if enable else None
         self._last_command_ns = time.monotonic_ns()
         self._watchdog_tripped = False
-        self._enabled = command.enable
-        self._volts = np.clip(np.nan_to_num(volts), -AMPLIFIER_LIMIT_V, AMPLIFIER_LIMIT_V)
+        self._enabled = enable
+        # The amplifier: NaN drives nothing, anything else saturates at its rails.
+        self._volts = tuple(0.0 if math.isnan(v) else min(max(v, -AMPLIFIER_LIMIT_V), AMPLIFIER_LIMIT_V)
+                            for v in volts)
 
     def _act_on_pending(self) -> None:
         """Stopping in lockstep: the commands already sent (the agent's final safe stop) still take effect, so a run
@@ -258,7 +267,7 @@ class VirtualRobot:
             self._apply(command)
             self._step_delayed(before)
 
-    def _step_delayed(self, before: np.ndarray) -> None:
+    def _step_delayed(self, before: tuple[float, ...]) -> None:
         """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
         period, variation, substep = self.spec.period_s, self.variation, self.physics.model.opt.timestep
         delay = variation.latency_s + (self._rng.uniform(0, variation.jitter_s) if variation.jitter_s else 0.0)
@@ -267,10 +276,10 @@ class VirtualRobot:
             self.physics.step(before, delay)
         self.physics.step(self._applied(), period - delay)
 
-    def _applied(self) -> np.ndarray:
+    def _applied(self) -> tuple[float, ...]:
         if self._enabled and not self._estop and not self._watchdog_tripped:
             return self._volts
-        return np.zeros_like(self._volts)
+        return self._off
 
     def _check_watchdog(self) -> None:
         if not self._enabled or self._watchdog_tripped or self._last_command_ns is None:
@@ -290,26 +299,24 @@ class VirtualRobot:
         self._previous_enabled_command = None
 
     def _send_sensor(self) -> None:
-        status = SensorStatus(0)
+        status = _LOCKSTEP if self.lockstep else 0
         if self._enabled and not self._estop and not self._watchdog_tripped:
-            status |= SensorStatus.MOTOR_ENABLED
+            status |= _MOTOR_ENABLED
         if self._watchdog_tripped:
-            status |= SensorStatus.WATCHDOG_TRIPPED
+            status |= _WATCHDOG_TRIPPED
         if self._estop:
-            status |= SensorStatus.ESTOP_LATCHED
-        if self.lockstep:
-            status |= SensorStatus.LOCKSTEP
-        frame = SensorFrame(round(self.physics.time_s * 1e6), int(status), self._ack_seq,
-                            tuple(int(c) for c in self._counts()), tuple(float(v) for v in self._applied()))
+            status |= _ESTOP_LATCHED
+        frame = SensorFrame(round(self.physics.time_s * 1e6), status, self._ack_seq, tuple(self._counts().tolist()),
+                            self._applied())
         self._send(MessageType.SENSOR, frame.pack())
 
     def _counts(self) -> np.ndarray:
         counts = self.physics.counts()
         if self.variation.count_offsets:
-            counts = counts + np.asarray(self.variation.count_offsets)
+            counts += self._count_offsets
         if self.variation.sensor_noise_counts:
-            counts = counts + np.round(self._rng.normal(0, self.variation.sensor_noise_counts, counts.shape))
-        return counts.astype(np.int64)
+            counts += np.round(self._rng.normal(0, self.variation.sensor_noise_counts, counts.shape)).astype(np.int64)
+        return counts
 
     # ---- the wire, with injected faults -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 
 import numpy as np
 
@@ -28,26 +29,29 @@ class Verdict:
 
 
 class SafetySupervisor:
+    """Works on plain floats, one per actuator: at a few values, numpy's per-call cost would dominate every tick."""
+
     def __init__(self, spec: RobotSpec, joint_order: list[str], period_s: float):
         """joint_order names the joint of each entry of JointState.position, e.g. ['arm', 'pendulum']."""
         self.spec = spec
         acts = spec.actuators
-        self.low = np.array([a.command_limit[0] for a in acts])
-        self.high = np.array([a.command_limit[1] for a in acts])
-        self.safe = np.array([a.safe_command for a in acts])
-        self.max_step = np.array([a.rate_limit * period_s for a in acts])
+        self.low = tuple(float(a.command_limit[0]) for a in acts)
+        self.high = tuple(float(a.command_limit[1]) for a in acts)
+        self._safe = tuple(float(a.safe_command) for a in acts)
+        self.safe = np.array(self._safe)
+        self.max_step = tuple(a.rate_limit * period_s for a in acts)
         self.joints = [spec.joint(a.joint) for a in acts]
         self.joint_index = [joint_order.index(a.joint) for a in acts]
         # A command is held one period, and the velocity it is judged on lags by the filter's time constant.
         self.hold_s = period_s + 1.0 / spec.velocity_cutoff_rad_s
-        self.ramp_s = np.array([(a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts])
+        self.ramp_s = tuple((a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts)
         self.watchdog_s = spec.watchdog_timeout_s
         self.estop_reason: str | None = None
         self.fault: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # ticks on which each intervention acted
         self.latches: collections.Counter[str] = collections.Counter()  # times each fault latched
         self.starts: collections.Counter[str] = collections.Counter()  # times each intervention began
-        self._last = self.safe.copy()
+        self._last = self._safe
         self._active: set[str] = set()
 
     # ---- latches ------------------------------------------------------------------------------------------------
@@ -84,57 +88,58 @@ class SafetySupervisor:
     def check(self, action, state: JointState | None, sensor_age_s: float) -> Verdict:
         reasons: list[str] = []
         if self.estop_reason is not None:
-            self._last = self.safe.copy()
-            return self._verdict(self.safe.copy(), False, ["estop"])
+            self._last = self._safe
+            return self._verdict(self._safe, False, ["estop"])
         if state is None or sensor_age_s > self.watchdog_s:
             self.latch_fault("stale_sensors")
-            command = self.safe.copy()  # no trustworthy state to brake with
+            command = self._safe  # no trustworthy state to brake with
         else:
-            action = np.asarray(action, dtype=np.float64).reshape(self.safe.shape)
-            if not np.all(np.isfinite(action)):
+            action = tuple(np.asarray(action, dtype=np.float64).reshape(len(self._safe)).tolist())
+            if not all(map(math.isfinite, action)):
                 self.latch_fault("non_finite_action")
             if self.fault is not None:
                 reasons.append("safe_stop")
                 command = self._brake_to_rest(state)
             else:
-                command = np.clip(action, self.low, self.high)
-                if not np.array_equal(command, action):
+                command = tuple(min(max(v, low), high) for v, low, high in zip(action, self.low, self.high))
+                if command != action:
                     reasons.append("clamped")
             command = self._guard_joints(command, state, reasons)
         if self.fault is not None:
             reasons.append(self.fault)
-        stepped = np.clip(command, self._last - self.max_step, self._last + self.max_step)
-        if not np.array_equal(stepped, command):
+        stepped = tuple(min(max(c, last - step), last + step) for c, last, step in zip(command, self._last,
+                                                                                        self.max_step))
+        if stepped != command:
             reasons.append("rate_limited")
         self._last = stepped
         return self._verdict(stepped, True, reasons)
 
     def release_motor(self) -> Verdict:
         """The final command at shutdown: the safe value with the driver off."""
-        self._last = self.safe.copy()
+        self._last = self._safe
         return Verdict(self.safe.copy(), False, ("shutdown",))
 
-    def _brake_to_rest(self, state: JointState) -> np.ndarray:
-        velocity = np.array([state.velocity[i] for i in self.joint_index])
-        return np.clip(self.safe - velocity * (self.high - self.low), self.low, self.high)
+    def _brake_to_rest(self, state: JointState) -> tuple[float, ...]:
+        return tuple(min(max(safe - state.velocity[i] * (high - low), low), high)
+                     for safe, low, high, i in zip(self._safe, self.low, self.high, self.joint_index))
 
-    def _guard_joints(self, command: np.ndarray, state: JointState, reasons: list[str]) -> np.ndarray:
+    def _guard_joints(self, command: tuple[float, ...], state: JointState, reasons: list[str]) -> tuple[float, ...]:
         """Predict where each actuated joint could stop, given this command, and brake if that is past its limit.
 
         The command acts for one period plus the velocity filter's lag; then reversing it takes the rate-limit ramp
         (coasting, conservatively); then the joint brakes at its spec's conservative deceleration.
         """
-        command = command.copy()
+        command = list(command)
         for k, (joint, i) in enumerate(zip(self.joints, self.joint_index)):
-            position, velocity = state.position[i], state.velocity[i]
-            if abs(velocity) > joint.velocity_limit and np.sign(command[k] - self.safe[k]) == np.sign(velocity):
-                command[k] = self.safe[k]
+            position, velocity = float(state.position[i]), float(state.velocity[i])
+            safe, low, high = self._safe[k], self.low[k], self.high[k]
+            if abs(velocity) > joint.velocity_limit and _sign(command[k] - safe) == _sign(velocity):
+                command[k] = safe
                 reasons.append("overspeed")
             if joint.position_limit is None:
                 continue
-            push = (command[k] - self.safe[k]) / (self.high[k] - self.low[k]) * 2.0  # -1..1 of full command
-            for sign, limit, away in ((1.0, joint.position_limit[1], self.low[k]),
-                                      (-1.0, -joint.position_limit[0], self.high[k])):
+            push = (command[k] - safe) / (high - low) * 2.0  # -1..1 of full command
+            for sign, limit, away in ((1.0, joint.position_limit[1], low), (-1.0, -joint.position_limit[0], high)):
                 p, v, a = sign * position, sign * velocity, sign * push * joint.max_acceleration
                 held = self.hold_s
                 v1 = max(0.0, v + a * held)
@@ -144,12 +149,12 @@ class SafetySupervisor:
                 if v > 0:
                     command[k] = away
                     reasons.append("braking")
-                elif sign * (command[k] - self.safe[k]) > 0:
-                    command[k] = self.safe[k]
+                elif sign * (command[k] - safe) > 0:
+                    command[k] = safe
                     reasons.append("hold_at_limit")
-        return command
+        return tuple(command)
 
-    def _verdict(self, command: np.ndarray, enable: bool, reasons: list[str]) -> Verdict:
+    def _verdict(self, command: tuple[float, ...], enable: bool, reasons: list[str]) -> Verdict:
         reasons = list(dict.fromkeys(reasons))
         for reason in reasons:
             self.counts[reason] += 1
@@ -159,4 +164,8 @@ class SafetySupervisor:
                     log.info("safety intervention: %s (started %d times, active on %d ticks so far)", reason,
                              self.starts[reason], self.counts[reason])
         self._active = set(reasons)
-        return Verdict(command, enable, tuple(reasons))
+        return Verdict(np.array(command), enable, tuple(reasons))
+
+
+def _sign(x: float) -> int:
+    return 1 if x > 0 else -1 if x < 0 else 0

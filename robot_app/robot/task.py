@@ -15,13 +15,15 @@ from robot_app.robot.spec import RobotSpec
 class JointState:
     """Calibrated joint angles and filtered velocities, in the spec's sensor order, at a device time."""
 
-    position: np.ndarray
-    velocity: np.ndarray
+    position: tuple[float, ...]
+    velocity: tuple[float, ...]
     time_s: float
 
 
 class SensorPipeline:
-    """Raw encoder counts -> calibrated angles -> velocities by a first-order low-passed finite difference."""
+    """Raw encoder counts -> calibrated angles -> velocities by a first-order low-passed finite difference.
+
+    Plain floats throughout: the agent runs this every tick on a handful of values."""
 
     def __init__(self, encoders: EncoderMap, cutoff_rad_s: float):
         self.encoders = encoders
@@ -35,13 +37,13 @@ class SensorPipeline:
         position = self.encoders.angles(counts)
         last = self.state
         if last is None:
-            velocity = np.zeros_like(position)
+            velocity = (0.0,) * len(position)
         else:
             dt = time_s - last.time_s
             if dt <= 0:  # the same frame again: nothing new to differentiate
                 return last
             blend = 1.0 - math.exp(-self.cutoff * dt)
-            velocity = last.velocity + blend * ((position - last.position) / dt - last.velocity)
+            velocity = tuple(v + blend * ((p - p0) / dt - v) for p, p0, v in zip(position, last.position, last.velocity))
         self.state = JointState(position, velocity, time_s)
         return self.state
 
