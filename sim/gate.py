@@ -96,6 +96,7 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     from robot_app.robot.task import make_task
     from sim.virtual_robot import Variation, VirtualRobot
 
+    started = time.perf_counter()
     spec = load_robot_spec(robot)
     draws = dict(plan.draws)
     device = {name: draws.pop(name, 0.0) for name in DEVICE_PARAMS}
@@ -113,7 +114,6 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     recorder = EpisodeRecorder()
     policy = load_policy(artifact, spec, make_task(spec).obs_layout)
     agent = Agent(SerialRobot(virtual.port), spec, load_calibration(spec.name), policy, recorder, status_every_s=1e9)
-    started = time.perf_counter()
     summary = agent.run(episodes=1)
     virtual.stop()
     serving.join(timeout=10)

@@ -114,10 +114,13 @@ def load_robot_spec(name_or_path: str | Path) -> RobotSpec:
     return RobotSpec.model_validate(read_yaml_mapping(path, "robot spec"))
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: 10x faster
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
     """A YAML file that must hold a mapping; a clear ValueError naming `what` and the path otherwise."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read {what} {path}: {error}") from None
     if not isinstance(data, dict):
