@@ -165,9 +165,13 @@ class TransitionLog:
         return int(last) if first is None else first - 1
 
     def held(self) -> int:
-        """How many transitions wait for delivery (seqs have no gaps, so this is cheap at any size)."""
-        first, last = self.store.db.execute("SELECT MIN(first_seq), MAX(last_seq) FROM chunks").fetchone()
-        return 0 if first is None else last - first + 1
+        """How many transitions wait for delivery. Seqs have no gaps, so the first and the last chunk tell, each found
+        through the primary key: the agent asks this every tick between episodes, at any size of the log."""
+        first = self.store.db.execute("SELECT first_seq FROM chunks ORDER BY first_seq LIMIT 1").fetchone()
+        if first is None:
+            return 0
+        (last,) = self.store.db.execute("SELECT last_seq FROM chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
+        return last - first[0] + 1
 
     def read(self, after_seq: int = 0) -> list[tuple[str, TransitionChunk]]:
         """Everything held after `after_seq`, unpacked: (robot_id, chunk). For tests and tools."""
