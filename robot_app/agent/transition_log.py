@@ -151,11 +151,11 @@ class TransitionLog:
 
     def acknowledge(self, up_to_seq: int) -> int:
         """Delete every chunk up to `up_to_seq`, which the learner has stored; return how many rows went."""
-        db = self.store.db
+        db, acked = self.store.db, "first_seq <= :seq AND last_seq <= :seq"  # first_seq bounds it: a key range
         with db:
-            (rows,) = db.execute("SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM chunks WHERE last_seq <= ?",
-                                 (up_to_seq,)).fetchone()
-            db.execute("DELETE FROM chunks WHERE last_seq <= ?", (up_to_seq,))
+            (rows,) = db.execute(f"SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM chunks WHERE {acked}",
+                                 {"seq": up_to_seq}).fetchone()
+            db.execute(f"DELETE FROM chunks WHERE {acked}", {"seq": up_to_seq})
         return rows
 
     def acked_through(self) -> int:
