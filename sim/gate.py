@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import gc
 import json
 import logging
 import multiprocessing
@@ -145,7 +147,22 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict,
 
 
 def _episode_job(job):
+    _freeze_worker_heap()
     return run_episode(*job)
+
+
+@functools.cache
+def _freeze_worker_heap() -> None:
+    """A pool worker runs many episodes. What its imports built lives as long as it does, so it is frozen once, and
+    the agent's full collection before each handshake scans only that episode's objects (30 ms -> about 1 ms)."""
+    import onnxruntime  # noqa: F401  (what run_episode uses, loaded before the freeze)
+
+    import robot_app.agent.policy_runner  # noqa: F401
+    import robot_app.agent.runtime  # noqa: F401
+    import sim.virtual_robot  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.contextmanager

@@ -351,15 +351,14 @@ class Agent:
 @contextlib.contextmanager
 def _collector_between_ticks():
     """The cyclic garbage collector would pause a tick at a random moment, so the loop runs it between ticks
-    (`_gc_due`) instead. The full collection comes before the handshake, so the device's first frame does not wait
-    behind it."""
+    (`_gc_due`, the young generations only) instead. The full collection comes before the handshake, so the device's
+    first frame does not wait behind it. A caller that runs many agents may gc.freeze() its long-lived heap first; that
+    collection then skips it."""
     was_enabled = gc.isenabled()
     gc.collect()
-    gc.freeze()
     gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
         if was_enabled:
             gc.enable()
