@@ -183,7 +183,7 @@ def core_pool(workers: int):
 def _keep_to_one_core(cores: list[int], started) -> None:
     with started.get_lock():
         index, started.value = started.value, started.value + 1
-    os.sched_setaffinity(0, {cores[index % len(cores)]})
+    os.sched_setaffinity(0, {cores[index]})  # core_pool starts no more workers than there are cores
 
 
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
