@@ -28,6 +28,7 @@ from robot_app.hardware.protocol import (
     SensorStatus, encode_frame, parse,
 )
 from robot_app.robot.spec import RobotSpec
+from robot_app.storage import write_atomic
 from sim.furuta import FurutaPhysics
 
 log = logging.getLogger(__name__)
@@ -356,7 +357,4 @@ class VirtualRobot:
 
 
 def write_audit(audit: DeviceAudit, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(audit), indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(dataclasses.asdict(audit), indent=1).encode())

@@ -177,10 +177,11 @@ class Agent:
             self.policy_latency.add(time.perf_counter_ns() - started)
             verdict = self.supervisor.check(policy_action, state, age)
             self.robot.send_command(verdict.command, verdict.enable)
-            if self.schedule is None and time.monotonic_ns() - reading.received_ns > self.spec.period_s * 1e9:
+            sent_ns = time.monotonic_ns()
+            if self.schedule is None and sent_ns - reading.received_ns > self.spec.period_s * 1e9:
                 self.late_responses += 1  # on a real robot at this rate, a missed deadline
             self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
-                                   reading.received_ns, time.monotonic_ns(), reading.frame.device_time_us)
+                                   reading.received_ns, sent_ns, reading.frame.device_time_us)
             self._step += 1
         else:
             target = self.task.reset_command(state) if state is not None else self.supervisor.safe

@@ -2,13 +2,14 @@
 
 Shipping is go-back-N over the log's seqs: up to `window` batches are in flight (each the log's chunks, small
 consecutive ones merged up to `batch_rows`), the learner acks cumulatively (every seq up to N is stored), and the log
-deletes what was acked. If the oldest chunk in flight has no ack within the
-timeout, the link goes back to the first unacknowledged seq and sends again from there (the learner counts what it
-already has as duplicates), so an outage or a learner restart loses nothing.
+deletes what was acked. If the oldest chunk in flight has no ack within the timeout, the link goes back to the first
+unacknowledged seq and sends again from there (the learner counts what it already has as duplicates), so an outage or
+a learner restart loses nothing.
 
 Policies: announcements arrive on a SUB socket that keeps only the newest (CONFLATE). The link fetches the artifact,
 checks its sha256 against the announcement, writes it and its signature atomically, loads it (which verifies the
-signature against the robot's trusted key and checks the metadata against the robot), and hands it to the agent, which swaps it in at the next episode boundary. Status reports say which version is running.
+signature against the robot's trusted key and checks the metadata against the robot), and hands it to the agent, which
+swaps it in at the next episode boundary. Status reports say which version is running.
 
 Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
 thread owns both sockets, and no call blocks without a timeout.
