@@ -4,6 +4,8 @@
    which validates, commits to its ingest store (SQLite, synchronous=FULL) and acks; the robot deletes what was acked.
    Raw: the same encoded batches, PUSH to PULL, nothing else. Both in fresh processes in the same run, for chunks of
    256 rows (a backlog written at full speed) and of 10 rows (what a 500 Hz agent commits every 20 ms).
+   Disk ceiling, in the same run: the link's batch bytes appended to a file, one fdatasync per full window of them
+   (the most the learner commits at once): an upper bound for any receiver that makes what it acks durable.
 2. Latency. A robot process logs transitions at 500 Hz through the agent's TransitionLog and ships them; the learner
    process moves them from its store into an OnlineLearner's replay. Latency is replay insertion time minus the
    transition's creation time (both CLOCK_MONOTONIC on one host).
@@ -152,6 +154,28 @@ def measure_raw(n: int, chunk_rows: int) -> dict:
             "per_s": messages * chunk_rows / seconds}
 
 
+def measure_disk_ceiling(n: int, tmp: Path, batch_rows: int = 256, window: int = 8) -> dict:
+    """Transitions/s that this disk can make durable: the bytes of a full window of the link's batches (the most the
+    learner commits in one round) appended to a file, one fdatasync each. SQLite's WAL writes every byte twice."""
+    from robot_app.transport.messages import TransitionBatch, TransitionChunk, encode
+
+    chunk = TransitionChunk.from_transitions(1, [_transition(0, i) for i in range(batch_rows)]).pack()
+    block = encode(TransitionBatch(ROBOT, "0" * 32, 0, chunk)) * window
+    syncs = max(1, n // (batch_rows * window))
+    fd = os.open(tmp / "ceiling.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        start = time.perf_counter()
+        for _ in range(syncs):
+            os.write(fd, block)
+            os.fdatasync(fd)
+        seconds = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(tmp / "ceiling.bin")
+    return {"transitions": syncs * window * batch_rows, "bytes_per_sync": len(block), "seconds": seconds,
+            "per_s": syncs * window * batch_rows / seconds, "mb_per_s": syncs * len(block) / seconds / 1e6}
+
+
 def _producer(outbox_path: str, endpoint: str, keys: str, seconds: float, rate_hz: float) -> None:
     from robot_app.agent.transition_log import TransitionLog
 
@@ -272,10 +296,13 @@ def main() -> None:
     args = parser.parse_args()
     results = {"machine": f"{platform.node()} {os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d"),
                "throughput": []}
+    results["disk_ceiling"] = measure_disk_ceiling(args.transitions, Path(tempfile.mkdtemp()))
+    print(json.dumps(results["disk_ceiling"]), flush=True)
     for chunk_rows in (256, 10):
         n = args.transitions if chunk_rows == 256 else args.transitions // 4
         ours, raw = measure_ours(n, chunk_rows, Path(tempfile.mkdtemp())), measure_raw(n, chunk_rows)
-        results["throughput"].append({"ours": ours, "raw_pyzmq_push_pull": raw, "ratio": ours["per_s"] / raw["per_s"]})
+        results["throughput"].append({"ours": ours, "raw_pyzmq_push_pull": raw, "ratio": ours["per_s"] / raw["per_s"],
+                                      "disk_ceiling_over_raw": results["disk_ceiling"]["per_s"] / raw["per_s"]})
         print(json.dumps(results["throughput"][-1]), flush=True)
     results["latency"] = measure_latency(Path(tempfile.mkdtemp()), args.seconds)
     print(json.dumps(results["latency"]), flush=True)
