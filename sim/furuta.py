@@ -27,7 +27,7 @@ class FurutaPhysics:
         self.model = mujoco.MjModel.from_xml_path(str(ASSETS / spec.mjcf))
         self.data = mujoco.MjData(self.model)
         self._sensor_joint = [self.model.joint(s.joint).qposadr[0] for s in spec.sensors]
-        self._counts_per_rad = np.array([s.counts_per_rev / (2 * math.pi) for s in spec.sensors])
+        self._counts_per_rad = tuple(s.counts_per_rev / (2 * math.pi) for s in spec.sensors)
         arm = spec.joint("arm")
         self._arm_qpos = self.model.joint("arm").qposadr[0]
         self._arm_dof = self.model.joint("arm").dofadr[0]
@@ -85,8 +85,9 @@ class FurutaPhysics:
         np.maximum(self.max_abs_qpos, np.abs(self.data.qpos), out=self.max_abs_qpos)
         np.maximum(self.max_abs_qvel, np.abs(self.data.qvel), out=self.max_abs_qvel)
 
-    def counts(self) -> np.ndarray:
-        return np.round(self.data.qpos[self._sensor_joint] * self._counts_per_rad).astype(np.int64)
+    def counts(self) -> list[int]:
+        qpos = self.data.qpos  # plain ints: the virtual robot sends them every period, and numpy costs more per call
+        return [round(float(qpos[j]) * c) for j, c in zip(self._sensor_joint, self._counts_per_rad)]
 
 
 class FurutaEnv:
@@ -114,7 +115,7 @@ class FurutaEnv:
         self._steps = 0
 
     def _observe(self):
-        return self.pipeline.update(self.physics.counts().tolist(), self.physics.time_s)
+        return self.pipeline.update(self.physics.counts(), self.physics.time_s)
 
     def reset(self) -> np.ndarray:
         # Hanging near rest, as the agent's reset phase leaves the real robot.

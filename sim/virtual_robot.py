@@ -87,6 +87,9 @@ class VirtualRobot:
         self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
         if (variation.latency_s or variation.jitter_s) and not lockstep:
             raise ValueError("simulated-time latency and jitter need lockstep; use Faults.latency_s in realtime")
+        if variation.count_offsets and len(variation.count_offsets) != len(spec.sensors):
+            raise ValueError(f"count_offsets {variation.count_offsets} has {len(variation.count_offsets)} entries; "
+                             f"the robot has {len(spec.sensors)} encoders")
         self.robot_id = robot_id
         self.physics = FurutaPhysics(spec)
         self.physics.randomise(variation.physics)
@@ -112,7 +115,6 @@ class VirtualRobot:
         self._previous_enabled_command: tuple[float, ...] | None = None
         self._max_step = tuple(a.rate_limit * spec.period_s * (1 + 1e-6) + 1e-6 for a in spec.actuators)
         self._limits = tuple(a.command_limit for a in spec.actuators)
-        self._count_offsets = np.asarray(variation.count_offsets, dtype=np.int64)
         self.audit = DeviceAudit()
         self.counters: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
@@ -307,16 +309,17 @@ class VirtualRobot:
             status |= _WATCHDOG_TRIPPED
         if self._estop:
             status |= _ESTOP_LATCHED
-        frame = SensorFrame(round(self.physics.time_s * 1e6), status, self._ack_seq, tuple(self._counts().tolist()),
+        frame = SensorFrame(round(self.physics.time_s * 1e6), status, self._ack_seq, tuple(self._counts()),
                             self._applied())
         self._send(MessageType.SENSOR, frame.pack())
 
-    def _counts(self) -> np.ndarray:
-        counts = self.physics.counts()
-        if self.variation.count_offsets:
-            counts += self._count_offsets
-        if self.variation.sensor_noise_counts:
-            counts += np.round(self._rng.normal(0, self.variation.sensor_noise_counts, counts.shape)).astype(np.int64)
+    def _counts(self) -> list[int]:
+        counts, variation = self.physics.counts(), self.variation
+        if variation.count_offsets:
+            counts = [c + offset for c, offset in zip(counts, variation.count_offsets)]
+        if variation.sensor_noise_counts:
+            noise = self._rng.normal(0, variation.sensor_noise_counts, len(counts)).tolist()
+            counts = [c + round(n) for c, n in zip(counts, noise)]
         return counts
 
     # ---- the wire, with injected faults -----------------------------------------------------------------------------

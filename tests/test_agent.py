@@ -146,6 +146,21 @@ def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):
     assert summary["stop_reason"] == "duration reached"
 
 
+def test_a_device_that_stops_reading_never_blocks_a_send(tmp_path):
+    frames = 5000  # about 100 kB: several times what the pty buffers (about 20 kB here)
+    with virtual_robot(tmp_path, "--hang-after", "0.3") as robot:
+        host = SerialRobot(robot.port)
+        host.connect()
+        time.sleep(0.5)
+        sender = threading.Thread(target=lambda: [host.send_command([0.0]) for _ in range(frames)], daemon=True)
+        sender.start()
+        sender.join(timeout=30)
+        blocked = sender.is_alive()
+        host.close()
+    assert not blocked, "send_command blocked on a device that stopped reading"
+    assert 0 < host.counters["tx_short"] < frames  # the frames that did not fit were counted as lost
+
+
 def test_firmware_watchdog_cuts_the_motor_when_the_host_goes_silent(tmp_path):
     with virtual_robot(tmp_path) as robot:
         host = SerialRobot(robot.port)

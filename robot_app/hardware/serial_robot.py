@@ -162,7 +162,11 @@ class SerialRobot:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         frame = encode_frame(message_type, self._seq, payload)
         try:
-            written = self._serial.write(frame)
+            # One non-blocking write on pyserial's descriptor. pyserial's own write (write_timeout=0) retries EAGAIN
+            # without end, so a device that stopped reading would hang the loop once the port's buffer filled.
+            written = os.write(self._serial.fileno(), frame)
+        except BlockingIOError:
+            written = 0
         except (serial.SerialException, OSError) as error:
             self.close()
             raise LinkLost(f"{self.port}: {error}") from None
