@@ -51,7 +51,7 @@ def main() -> None:
     jobs = [(e["draws"], e["trace"]["command"]) for e in report["episodes"]]
     started = time.perf_counter()
     with core_pool(workers) as pool:
-        raw = pool.map(_raw_episode, jobs)
+        raw = list(pool.map(_raw_episode, jobs))
     raw_s = time.perf_counter() - started
     steps = sum(n for n, _ in raw)
     gate_episode_s = float(np.mean([e["seconds"] for e in report["episodes"]]))

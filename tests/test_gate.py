@@ -1,7 +1,9 @@
 """The sim-validation gate: a trained policy passes, bad ones are rejected for the right reasons, reports reproduce,
 and a registry candidate comes out validated and signed (or rejected) with its report."""
 
+import concurrent.futures
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from robot_app.agent.policy_runner import load_policy
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 from robot_app.robot.spec import load_robot_spec
 from robot_app.robot.task import make_task
-from sim.gate import gate_candidate, load_gate_config, validate, write_report
+from sim.gate import core_pool, gate_candidate, load_gate_config, validate, write_report
 from tests.test_transport import export_policy
 
 TRAINED = Path(__file__).parent / "fixtures" / "furuta_swingup.onnx"  # robot-app train --env furuta:swingup, exported
@@ -138,3 +140,9 @@ def test_the_learner_offers_robots_only_what_the_gate_signed_and_the_registry_de
     verify(data, signature, load_trusted_key(tmp_path / "keys" / "gate.sign_pub"), "offered")
     assert deployment.summary() == {"states": {"deployed": 1}, "deployed": version}
     registry.close()
+
+
+def test_a_worker_that_dies_breaks_the_pool_instead_of_hanging_the_gate():
+    with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        with core_pool(1) as pool:
+            pool.submit(os._exit, 9).result(timeout=60)  # as a segfault or the OOM killer would end it
