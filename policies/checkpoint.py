@@ -7,20 +7,15 @@ from pathlib import Path
 
 import torch
 
+from policies.files import write_atomic
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not hold what it should."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:

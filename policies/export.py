@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from policies.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactError, PolicyMetadata
+from policies.files import write_atomic
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 
@@ -73,11 +74,9 @@ def export_onnx(
     seed: int = 0,
 ) -> PolicyMetadata:
     """Write `path` atomically, with metadata; raise ArtifactError if torch and onnxruntime disagree by >= 1e-5."""
-    import onnx
     import onnxruntime
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = PolicyMetadata(
         env=env,
         obs_layout=[(name, int(width)) for name, width in obs_layout],
@@ -106,8 +105,7 @@ def export_onnx(
         )
     proto = program.model_proto
     proto.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp))
+    data = proto.SerializeToString()
 
     # Parity on inputs spread like real observations: the normaliser's statistics, widened.
     generator = torch.Generator().manual_seed(seed)
@@ -115,13 +113,12 @@ def export_onnx(
     obs = policy.normalizer.mean + 3.0 * std * torch.randn(parity_samples, metadata.obs_dim, generator=generator)
     with torch.no_grad():
         expected = policy(obs).numpy()
-    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: obs.numpy()})[0]
     error = float(np.max(np.abs(got - expected) / policy.half_range.numpy()))
     if not error < PARITY_TOLERANCE:
-        tmp.unlink(missing_ok=True)
         raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| / half-range = {error:.3g} >= "
                             f"{PARITY_TOLERANCE}")
-    os.replace(tmp, path)
+    write_atomic(path, data)  # only an artifact that passed parity is ever written
     log.info("exported %s (parity max error %.3g of the half-range, sha256 %s)", path, error, metadata.weights_sha256[:12])
     return metadata

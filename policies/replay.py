@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from policies.files import write_atomic
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "episode", "step")
 
@@ -103,14 +104,7 @@ class ReplayBuffer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically write the filled part as .npz (no pickle)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **self.state_dict())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: np.savez(f, **self.state_dict()))
 
     def load(self, path: str | os.PathLike) -> None:
         with np.load(path, allow_pickle=False) as data:

@@ -1,12 +1,13 @@
 """Files that must survive kill -9 and power loss: SQLite (WAL, synchronous=FULL, one connection per thread), and
-whole files written atomically."""
+whole files written atomically (policies.files, shared with the learning library)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from pathlib import Path
+
+from policies.files import write_atomic  # noqa: F401  (one writer for both sides)
 
 
 class DurableSQLite:
@@ -60,15 +61,3 @@ class DurableSQLite:
                 db.close()
             self._all.clear()
         self._local = threading.local()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader or a crash sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
