@@ -1,13 +1,11 @@
 """Files that must survive kill -9 and power loss: SQLite (WAL, synchronous=FULL, one connection per thread), and
-whole files written atomically (policies.files, shared with the learning library)."""
+whole files are written by policies.files.write_atomic, which the learning library shares."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 from pathlib import Path
-
-from policies.files import write_atomic  # noqa: F401  (one writer for both sides)
 
 
 class DurableSQLite:

@@ -324,9 +324,9 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
                    actor: str = "gate", progress: bool = False) -> dict:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
+    from policies.files import write_atomic
     from policies.signing import sign
     from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
-    from robot_app.storage import write_atomic
 
     record = registry.move(version, "validating", actor, "sim validation started")
     try:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.files import write_atomic
 from robot_app.agent.schedule import DeadlineSchedule, tighten_timer_slack
 from robot_app.hardware.protocol import (
     PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
     SensorStatus, encode_frame, parse,
 )
 from robot_app.robot.spec import RobotSpec
-from robot_app.storage import write_atomic
 from sim.furuta import FurutaPhysics
 
 log = logging.getLogger(__name__)

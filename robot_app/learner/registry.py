@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from policies.artifact import ArtifactError, PolicyMetadata
-from robot_app.storage import DurableSQLite, write_atomic
+from policies.files import write_atomic
+from robot_app.storage import DurableSQLite
 
 SCHEMA_VERSION = 1
 STATES = ("candidate", "validating", "validated", "rejected", "deployed", "retired")
