@@ -1,5 +1,5 @@
-"""Files that must survive kill -9 and power loss: SQLite (WAL, synchronous=FULL, one connection per thread), and
-whole files are written by policies.files.write_atomic, which the learning library shares."""
+"""SQLite files that must survive kill -9 and power loss: WAL, synchronous=FULL, one connection per thread.
+(Whole files go through policies.files.write_atomic.)"""
 
 from __future__ import annotations
 
