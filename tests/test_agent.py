@@ -148,10 +148,10 @@ def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):
 
 def test_a_device_that_stops_reading_never_blocks_a_send(tmp_path):
     frames = 5000  # about 100 kB: several times what the pty buffers (about 20 kB here)
-    with virtual_robot(tmp_path, "--hang-after", "0.3") as robot:
+    with virtual_robot(tmp_path, "--hang-after", "2.0") as robot:  # time enough to connect on a slow machine
         host = SerialRobot(robot.port)
         host.connect()
-        time.sleep(0.5)
+        time.sleep(2.5)  # the device has stopped reading
         sender = threading.Thread(target=lambda: [host.send_command([0.0]) for _ in range(frames)], daemon=True)
         sender.start()
         sender.join(timeout=30)
