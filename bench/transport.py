@@ -129,14 +129,19 @@ def _raw_pull(endpoint: str, messages: int, ready) -> None:
         socket.recv()
 
 
+def _batch_bytes(rows: int) -> bytes:
+    """One encoded TransitionBatch of `rows` transitions: the bytes the link puts on the wire."""
+    from robot_app.transport.messages import TransitionBatch, TransitionChunk, encode
+
+    chunk = TransitionChunk.from_transitions(1, [_transition(0, i) for i in range(rows)]).pack()
+    return encode(TransitionBatch(ROBOT, "0" * 32, 0, chunk))
+
+
 def measure_raw(n: int, chunk_rows: int) -> dict:
     """The same bytes ours puts on the wire per chunk, PUSH to PULL, plaintext, no acks, no storage."""
     import zmq
 
-    from robot_app.transport.messages import TransitionBatch, TransitionChunk, encode
-
-    chunk = TransitionChunk.from_transitions(1, [_transition(0, i) for i in range(chunk_rows)]).pack()
-    payload = encode(TransitionBatch(ROBOT, "0" * 32, 0, chunk))
+    payload = _batch_bytes(chunk_rows)
     messages = n // chunk_rows
     endpoint = _endpoint()
     ready = mp.Event()
@@ -157,10 +162,7 @@ def measure_raw(n: int, chunk_rows: int) -> dict:
 def measure_disk_ceiling(n: int, tmp: Path, batch_rows: int = 256, window: int = 8) -> dict:
     """Transitions/s that this disk can make durable: the bytes of a full window of the link's batches (the most the
     learner commits in one round) appended to a file, one fdatasync each. SQLite's WAL writes every byte twice."""
-    from robot_app.transport.messages import TransitionBatch, TransitionChunk, encode
-
-    chunk = TransitionChunk.from_transitions(1, [_transition(0, i) for i in range(batch_rows)]).pack()
-    block = encode(TransitionBatch(ROBOT, "0" * 32, 0, chunk)) * window
+    block = _batch_bytes(batch_rows) * window
     syncs = max(1, n // (batch_rows * window))
     fd = os.open(tmp / "ceiling.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
