@@ -237,6 +237,39 @@ def test_estop_from_the_cli_then_sigterm_brings_a_safe_stop(tmp_path):
     assert_device_saw_only_safe_commands(audit)
 
 
+def test_a_transition_log_that_stops_writing_still_gets_the_safe_stop_onto_the_wire(tmp_path):
+    """The disk fails, then a stop is asked for: recording the last transition fails, but only after the safe command
+    with the motor disabled has gone out."""
+    import sqlite3
+
+    from tests.conftest import wait_until
+
+    log = TransitionLog(tmp_path / "t.sqlite", flush_interval_s=0.005, retry_s=0.05)
+
+    def disk_failed(batch):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def policy(obs):
+        policy.calls += 1
+        if policy.calls == 10:
+            log._commit = disk_failed
+            wait_until(lambda: log._error is not None, timeout_s=10)  # the writer gave up on steps 0-8
+            agent.request_stop("operator")  # this step's transition is recorded at shutdown, and that fails
+        return np.array([0.5])
+
+    policy.calls = 0
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), FnPolicy(policy, "v"), log,
+                      status_every_s=60)
+        with pytest.raises(OSError, match="the transition log stopped writing"):
+            agent.run(episodes=1)
+        audit = robot.stop()
+    assert policy.calls == 10
+    assert audit["last_command"] == [0.0] and audit["last_enabled"] is False
+    assert audit["motor_enabled_at_exit"] is False
+    assert_device_saw_only_safe_commands(audit)
+
+
 def test_corrupted_and_dropped_frames_are_counted_and_survived(tmp_path):
     with virtual_robot(tmp_path, "--corrupt-rate", "0.003", "--drop-rate", "0.05", "--seed", "1") as robot:
         summary = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random")).run(duration_s=2.0)

@@ -1,6 +1,7 @@
 """Transport messages: round trips, and every kind of bad input rejected with a reason, never unpickled."""
 
 import dataclasses
+import sqlite3
 
 import msgpack
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robot_app.agent.transition_log import Transition, TransitionLog
+from tests.conftest import wait_until
 from robot_app.transport.messages import (
     MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
     TransitionChunk, decode, encode,
@@ -166,4 +168,44 @@ def test_the_outbox_size_is_found_through_the_key_not_by_reading_every_chunk(tmp
     assert log.held() == 30_000
     db.set_progress_handler(None, 0)
     assert len(steps) < 10, f"held() ran {len(steps) * 100}+ SQLite instructions: a table scan"
+    log.close()
+
+
+def test_a_commit_that_fails_for_a_while_is_retried_and_loses_nothing(tmp_path):
+    log = TransitionLog(tmp_path / "t.sqlite", flush_interval_s=0.005)
+    commit, failures = log._commit, []
+
+    def locked_three_times(batch):
+        if len(failures) < 3:
+            failures.append(len(batch))
+            raise sqlite3.OperationalError("database is locked")
+        commit(batch)
+
+    log._commit = locked_three_times
+    for step in range(50):  # the control loop keeps appending while the writer retries
+        log.append(transition(0, step))
+    log.close()
+    log = TransitionLog(tmp_path / "t.sqlite")
+    rows = [(seq, step) for _, c in log.read() for seq, step in zip(c.columns["seq"], c.columns["step"])]
+    log.close()
+    assert len(failures) == 3 and rows == [(i + 1, i) for i in range(50)]
+
+
+def test_a_log_that_cannot_write_gives_up_saying_how_much_and_keeps_what_it_committed(tmp_path):
+    log = TransitionLog(tmp_path / "t.sqlite", flush_interval_s=0.005, retry_s=0.1)
+    log.append(transition(0, 0))
+    wait_until(lambda: log.held() == 1)
+
+    def disk_failed(batch):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    log._commit = disk_failed
+    log.append(transition(0, 1))
+    log.append(transition(0, 2))
+    wait_until(lambda: log._error is not None, timeout_s=10)
+    with pytest.raises(OSError, match=r"stopped writing \(disk I/O error\); at least 2 transitions were not written"):
+        log.append(transition(0, 3))
+    log.close()
+    log = TransitionLog(tmp_path / "t.sqlite")
+    assert [c.columns["step"].tolist() for _, c in log.read()] == [[0]]
     log.close()

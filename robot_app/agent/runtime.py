@@ -300,18 +300,21 @@ class Agent:
         return terminated or truncated
 
     def _shutdown(self) -> None:
-        """Safe stop: close the open transition, send the safe command with the driver off, close the log."""
+        """Safe stop: send the safe command with the driver off, then record the open transition and close the log.
+        The command goes first, so that nothing (a transition log that stopped writing) can keep it off the wire."""
         try:
-            self._close_open_step()
             verdict = self.supervisor.release_motor()
             self.robot.send_command(verdict.command, enable=False)
             log.info("safe stop: sent %s with the motor disabled", verdict.command.tolist())
         except LinkLost as error:
             log.error("could not send the safe stop: %s (the firmware watchdog will cut the motor)", error)
         finally:
-            self.robot.close()
-            if self.transitions is not None:
-                self.transitions.close()
+            try:
+                self._close_open_step()
+            finally:
+                self.robot.close()
+                if self.transitions is not None:
+                    self.transitions.close()
 
     # ---- reporting ------------------------------------------------------------------------------------------------
 

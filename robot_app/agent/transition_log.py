@@ -59,7 +59,9 @@ class PendingChunk:
 class TransitionLog:
     """Append from the control loop; a background thread commits. Reopening continues where the last run stopped."""
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 0.02, chunk_rows: int = 256):
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.02, chunk_rows: int = 256, retry_s: float = 10.0):
+        """retry_s: how long a commit that fails in a way that may pass (busy, locked, I/O, disk full) is retried,
+        holding its transitions, before the log gives up and the agent stops safely."""
         self.store = DurableSQLite(path, "transition log")
         self.path = self.store.path
         self.store.check_schema(SCHEMA_VERSION)
@@ -72,8 +74,8 @@ class TransitionLog:
         self.outbox_id = self.store.meta("outbox_id")
         self._last_seq = int(self.store.meta("last_seq"))
         self._queue: queue.Queue[Transition | None] = queue.Queue()
-        self._flush_interval, self._chunk_rows = flush_interval_s, chunk_rows
-        self._error: BaseException | None = None
+        self._flush_interval, self._chunk_rows, self._retry_s = flush_interval_s, chunk_rows, retry_s
+        self._error: OSError | None = None
         self._writer = threading.Thread(target=self._write_forever, name="transition-log", daemon=True)
         self._writer.start()
 
@@ -84,7 +86,7 @@ class TransitionLog:
 
     def append(self, transition: Transition) -> None:
         if self._error is not None:
-            raise OSError(f"{self.path}: the transition log stopped writing: {self._error}")
+            raise self._error
         self._queue.put(transition)
 
     def _write_forever(self) -> None:
@@ -101,13 +103,37 @@ class TransitionLog:
                     closing = True
                 else:
                     batch.append(item)
-            if batch:
-                try:
-                    self._commit(batch)
-                except sqlite3.Error as error:
-                    log.error("transition log write failed: %s", error)
-                    self._error = error
-                    return
+            if batch and not self._commit_retrying(batch):
+                return
+
+    def _commit_retrying(self, batch: list[Transition]) -> bool:
+        """Commit `batch`, retrying with backoff for retry_s while the error is one that may pass; the control loop
+        keeps appending meanwhile. A failed transaction rolls back whole, so a retry writes the same seqs. False: the
+        log gave up, and says how many transitions it could not write."""
+        give_up_at, delay, retried = time.monotonic() + self._retry_s, 0.01, 0
+        while True:
+            try:
+                self._commit(batch)
+            except sqlite3.OperationalError as error:  # busy or locked, I/O error, disk full
+                if time.monotonic() + delay < give_up_at:
+                    if not retried:
+                        log.warning("transition log write failed (%s): retrying for up to %g s", error, self._retry_s)
+                    retried += 1
+                    time.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+                    continue
+                failure: sqlite3.Error = error
+            except sqlite3.Error as error:  # corrupt file, constraint: retrying cannot help
+                failure = error
+            else:
+                if retried:
+                    log.warning("transition log write succeeded after %d retries", retried)
+                return True
+            unwritten = len(batch) + self._queue.qsize()
+            self._error = OSError(f"{self.path}: the transition log stopped writing ({failure}); at least {unwritten} "
+                                  "transitions were not written, everything committed before is kept")
+            log.error("%s", self._error)
+            return False
 
     def _commit(self, batch: list[Transition]) -> None:
         """One transaction: the chunks (one robot each, at most chunk_rows), the last seq and the last episodes."""
