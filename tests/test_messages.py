@@ -2,6 +2,7 @@
 
 import dataclasses
 import sqlite3
+import types
 
 import msgpack
 import numpy as np
@@ -168,6 +169,34 @@ def test_the_outbox_size_is_found_through_the_key_not_by_reading_every_chunk(tmp
     assert log.held() == 30_000
     db.set_progress_handler(None, 0)
     assert len(steps) < 10, f"held() ran {len(steps) * 100}+ SQLite instructions: a table scan"
+    log.close()
+
+
+def test_the_outbox_size_is_read_from_one_snapshot_while_acks_delete_chunks(tmp_path):
+    """The link's thread deletes acknowledged chunks while the agent asks held(). A delete landing between two separate
+    reads once crashed the agent in `make run` (the first chunk found, then no last one)."""
+    log = TransitionLog(tmp_path / "t.sqlite", flush_interval_s=0.005)
+    for step in range(3):
+        log.append(transition(0, step))
+    wait_until(lambda: log.acked_through() == 0 and log.held() == 3)
+
+    class AckBetweenStatements:  # the agent's connection, with the link's delete landing after each statement
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, *args):
+            cursor = self.db.execute(*args)
+            link = sqlite3.connect(log.path)  # another connection, as the link's thread has
+            with link:
+                link.execute("DELETE FROM chunks")
+            link.close()
+            return cursor
+
+    store = log.store
+    log.store = types.SimpleNamespace(db=AckBetweenStatements(store.db))
+    assert log.held() == 3  # what the snapshot held when it was read
+    log.store = store
+    assert log.held() == 0
     log.close()
 
 

@@ -212,3 +212,19 @@ def test_the_store_takes_each_outbox_in_seq_order_and_counts_duplicates_and_gaps
     steps = [c.columns["step"].tolist() for _, _, c in store.read()]
     assert steps[-1] == [31, 32, 33, 34, 35] and store.held_through("robot-1", "a") == 35
     store.close()
+
+
+def test_the_link_stops_quietly_when_the_agent_closes_its_log(tmp_path):
+    """The agent closes its transition log on the way out while the link's thread may be mid-query."""
+    errors = []
+    hook, threading.excepthook = threading.excepthook, errors.append
+    try:
+        log = TransitionLog(tmp_path / "outbox.sqlite")
+        link = RobotLink(log, "tcp://127.0.0.1:9", "robot-1", None, context=zmq.Context())  # no learner there
+        thread = start(link.run)
+        time.sleep(0.1)
+        log.close()
+        thread.join(timeout=10)
+    finally:
+        threading.excepthook = hook
+    assert not thread.is_alive() and errors == []

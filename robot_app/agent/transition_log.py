@@ -76,6 +76,7 @@ class TransitionLog:
         self._queue: queue.Queue[Transition | None] = queue.Queue()
         self._flush_interval, self._chunk_rows, self._retry_s = flush_interval_s, chunk_rows, retry_s
         self._error: OSError | None = None
+        self.closed = False  # the link's thread stops shipping once the agent has closed the log
         self._writer = threading.Thread(target=self._write_forever, name="transition-log", daemon=True)
         self._writer.start()
 
@@ -159,6 +160,7 @@ class TransitionLog:
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=30)
+        self.closed = True
         self.store.close()
 
     def __enter__(self) -> "TransitionLog":
@@ -192,12 +194,11 @@ class TransitionLog:
 
     def held(self) -> int:
         """How many transitions wait for delivery. Seqs have no gaps, so the first and the last chunk tell, each found
-        through the primary key: the agent asks this every tick between episodes, at any size of the log."""
-        first = self.store.db.execute("SELECT first_seq FROM chunks ORDER BY first_seq LIMIT 1").fetchone()
-        if first is None:
-            return 0
-        (last,) = self.store.db.execute("SELECT last_seq FROM chunks ORDER BY first_seq DESC LIMIT 1").fetchone()
-        return last - first[0] + 1
+        through the primary key: the agent asks this every tick between episodes, at any size of the log. Both come
+        from one statement, so one snapshot: the link's thread deletes acknowledged chunks concurrently."""
+        first, last = self.store.db.execute("SELECT (SELECT first_seq FROM chunks ORDER BY first_seq LIMIT 1),"
+                                            " (SELECT last_seq FROM chunks ORDER BY first_seq DESC LIMIT 1)").fetchone()
+        return 0 if first is None else last - first + 1
 
     def read(self, after_seq: int = 0) -> list[tuple[str, TransitionChunk]]:
         """Everything held after `after_seq`, unpacked: (robot_id, chunk). For tests and tools."""
