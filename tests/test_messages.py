@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robot_app.agent.transition_log import Transition, TransitionLog
-from tests.conftest import wait_until
 from robot_app.transport.messages import (
     MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
     TransitionChunk, decode, encode,
 )
+from tests.conftest import wait_until
 
 
 def transition(episode, step, obs_dim=6):
