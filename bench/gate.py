@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering: MuJoCo then skips loading GLFW in every worker
 RESULTS = Path(__file__).parent / "results" / "gate.json"
 
 

@@ -93,8 +93,14 @@ class VirtualRobot:
         self.robot_id = robot_id
         self.physics = FurutaPhysics(spec)
         self.physics.randomise(variation.physics)
-        rng = self._rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
         self.physics.reset(qpos=initial_qpos if initial_qpos is not None else rng.uniform(-0.02, 0.02, 2))
+        # Per-period draws come from numpy in blocks: one call per 1024 periods instead of one per period.
+        self._jitter_s = _drawn_in_blocks(lambda n: rng.uniform(0, variation.jitter_s, n))
+        self._noise_counts = _drawn_in_blocks(lambda n: rng.normal(0, variation.sensor_noise_counts,
+                                                                    (n, len(spec.sensors))))
+        self._substep_s = self.physics.model.opt.timestep
+        self._max_delay_substeps = round(spec.period_s / self._substep_s) - 1  # the command lands inside its period
         self._random = random.Random(seed)
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # binary-clean: no echo, no newline translation
@@ -272,12 +278,12 @@ class VirtualRobot:
 
     def _step_delayed(self, before: tuple[float, ...]) -> None:
         """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
-        period, variation, substep = self.spec.period_s, self.variation, self.physics.model.opt.timestep
-        delay = variation.latency_s + (self._rng.uniform(0, variation.jitter_s) if variation.jitter_s else 0.0)
-        delay = min(round(delay / substep), round(period / substep) - 1) * substep  # whole substeps, in the period
+        variation, substep = self.variation, self._substep_s
+        delay = variation.latency_s + (next(self._jitter_s) if variation.jitter_s else 0.0)
+        delay = min(round(delay / substep), self._max_delay_substeps) * substep  # whole substeps, in the period
         if delay > 0:
             self.physics.step(before, delay)
-        self.physics.step(self._applied(), period - delay)
+        self.physics.step(self._applied(), self.spec.period_s - delay)
 
     def _applied(self) -> tuple[float, ...]:
         if self._enabled and not self._estop and not self._watchdog_tripped:
@@ -318,8 +324,7 @@ class VirtualRobot:
         if variation.count_offsets:
             counts = [c + offset for c, offset in zip(counts, variation.count_offsets)]
         if variation.sensor_noise_counts:
-            noise = self._rng.normal(0, variation.sensor_noise_counts, len(counts)).tolist()
-            counts = [c + round(n) for c, n in zip(counts, noise)]
+            counts = [c + round(n) for c, n in zip(counts, next(self._noise_counts))]
         return counts
 
     # ---- the wire, with injected faults -----------------------------------------------------------------------------
@@ -331,14 +336,22 @@ class VirtualRobot:
         if self.faults.drop_rate and self._random.random() < self.faults.drop_rate:
             self.counters["dropped"] += 1
             return
-        data = bytearray(encode_frame(message_type, seq, payload))
+        data = encode_frame(message_type, seq, payload)
         if self.faults.corrupt_rate:
-            for i in range(len(data)):
-                if self._random.random() < self.faults.corrupt_rate:
-                    data[i] ^= 1 << self._random.randrange(8)
-                    self.counters["corrupted_bytes"] += 1
-        self._outbox.append((time.monotonic_ns() + round(self.faults.latency_s * 1e9), bytes(data)))
-        self._flush_outbox()
+            data = self._corrupt(data)
+        if self.faults.latency_s or self._outbox:  # a delayed frame waits its time; later ones queue behind it
+            self._outbox.append((time.monotonic_ns() + round(self.faults.latency_s * 1e9), data))
+            self._flush_outbox()
+        else:
+            self._write(data)
+
+    def _corrupt(self, frame: bytes) -> bytes:
+        data = bytearray(frame)
+        for i in range(len(data)):
+            if self._random.random() < self.faults.corrupt_rate:
+                data[i] ^= 1 << self._random.randrange(8)
+                self.counters["corrupted_bytes"] += 1
+        return bytes(data)
 
     def _next_release_s(self, default: float) -> float:
         if not self._outbox:
@@ -348,15 +361,21 @@ class VirtualRobot:
     def _flush_outbox(self) -> None:
         now = time.monotonic_ns()
         while self._outbox and self._outbox[0][0] <= now:
-            _, data = self._outbox.popleft()
-            try:
-                written = os.write(self._master, data)
-            except BlockingIOError:  # no host is draining the port: the frame is lost, as on a real UART
-                written = 0
-            except OSError:
-                written = 0
-            if written != len(data):
-                self.counters["tx_overflow"] += 1
+            self._write(self._outbox.popleft()[1])
+
+    def _write(self, data: bytes) -> None:
+        try:
+            written = os.write(self._master, data)
+        except OSError:  # EAGAIN: no host drains the port; EIO: none has it open. The frame is lost, as on a UART
+            written = 0
+        if written != len(data):
+            self.counters["tx_overflow"] += 1
+
+
+def _drawn_in_blocks(draw, block: int = 1024):
+    """Endless draws, from `draw(block)` (one numpy call) a block at a time, handed out as plain Python values."""
+    while True:
+        yield from draw(block).tolist()
 
 
 def write_audit(audit: DeviceAudit, path: str | Path) -> None:

@@ -75,7 +75,7 @@ class FrameDecoder:
         self._buffer += data
         frames: list[Frame] = []
         buffer = self._buffer
-        while True:
+        while buffer:
             start = buffer.find(SYNC)
             if start < 0:
                 keep = 1 if buffer.endswith(SYNC[:1]) else 0
@@ -243,10 +243,12 @@ PAYLOADS = {
     MessageType.ESTOP: EStop,
     MessageType.FAULT: Fault,
 }
+_UNPACK = {int(message_type): payload.unpack for message_type, payload in PAYLOADS.items()}  # keyed by plain int
+_HEARTBEAT = int(MessageType.HEARTBEAT)
 
 
 def parse(frame: Frame):
     """The typed payload of a frame (None for HEARTBEAT). Raises ProtocolError if the payload is malformed."""
-    if frame.type == MessageType.HEARTBEAT:
+    if frame.type == _HEARTBEAT:
         return None
-    return PAYLOADS[MessageType(frame.type)].unpack(frame.payload)
+    return _UNPACK[frame.type](frame.payload)

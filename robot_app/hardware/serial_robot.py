@@ -175,7 +175,7 @@ class SerialRobot:
         return self._seq
 
     def send_command(self, volts, enable: bool = True) -> int:
-        return self._send(MessageType.COMMAND, Command(enable, tuple(float(v) for v in volts)).pack())
+        return self._send(MessageType.COMMAND, Command(enable, tuple(map(float, volts))).pack())
 
     def send_estop(self, engage: bool, reason: str = "") -> int:
         return self._send(MessageType.ESTOP, EStop(engage, reason).pack())
