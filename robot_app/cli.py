@@ -146,7 +146,7 @@ def _agent(args) -> int:
     agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
                   status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
                   outbox_limit=args.outbox_limit)
-    link = None
+    link = link_thread = None
     if args.learner:
         import threading
 
@@ -156,16 +156,19 @@ def _agent(args) -> int:
         link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
                          policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
                          on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
-        threading.Thread(target=link.run, name="robot-link", daemon=True).start()
+        link_thread = threading.Thread(target=link.run, name="robot-link", daemon=True)
+        link_thread.start()
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop("SIGINT"))
     signal.signal(signal.SIGUSR1, lambda *_: agent.request_estop("signal SIGUSR1"))
     signal.signal(signal.SIGUSR2, lambda *_: agent.request_estop_reset())
     try:
         summary = agent.run(episodes=args.episodes, duration_s=args.duration)
-    finally:
+    finally:  # the link reads the log, so it stops first; then the log commits what it holds and closes
         if link is not None:
             link.stop()
+            link_thread.join(timeout=10)
+        transitions.close()
     if args.summary_out:
         Path(args.summary_out).write_text(json.dumps(summary, indent=1))
     print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "

@@ -64,10 +64,8 @@ class FnPolicy:
         return self.fn(obs)
 
 
-def make_agent(port, policy, log_path=None, rate=None):
-    spec = SPEC.with_rate(rate)
-    return Agent(SerialRobot(port), spec, load_calibration("furuta"), policy,
-                 TransitionLog(log_path) if log_path else None, status_every_s=60)
+def make_agent(port, policy, log=None, rate=None):
+    return Agent(SerialRobot(port), SPEC.with_rate(rate), load_calibration("furuta"), policy, log, status_every_s=60)
 
 
 def logged(log):
@@ -85,9 +83,10 @@ def assert_device_saw_only_safe_commands(audit):
 
 def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):
     log_path = tmp_path / "t.sqlite"
-    with virtual_robot(tmp_path, "--lockstep") as robot:
-        summary = make_agent(robot.port, ConstantPolicy([0.0]), log_path).run(episodes=2)
+    with virtual_robot(tmp_path, "--lockstep") as robot, TransitionLog(log_path) as log:
+        summary = make_agent(robot.port, ConstantPolicy([0.0]), log).run(episodes=2)
         audit = robot.stop()
+        assert not log.closed  # the log is the caller's: a link may still be shipping from it
     assert summary["episodes"] == 2 and summary["transitions"] == 2 * SPEC.episode_steps
     log = TransitionLog(log_path)
     robots, rows, versions = logged(log)
@@ -253,12 +252,12 @@ def test_a_transition_log_that_stops_writing_still_gets_the_safe_stop_onto_the_w
         policy.calls += 1
         if policy.calls == 10:
             log._commit = disk_failed
-            wait_until(lambda: log._error is not None, timeout_s=10)  # the writer gave up on steps 0-8
+            wait_until(lambda: log.error is not None, timeout_s=10)  # the writer gave up on steps 0-8
             agent.request_stop("operator")  # this step's transition is recorded at shutdown, and that fails
         return np.array([0.5])
 
     policy.calls = 0
-    with virtual_robot(tmp_path, "--lockstep") as robot:
+    with virtual_robot(tmp_path, "--lockstep") as robot, log:
         agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), FnPolicy(policy, "v"), log,
                       status_every_s=60)
         with pytest.raises(OSError, match="the transition log stopped writing"):
@@ -296,8 +295,8 @@ def test_a_new_policy_takes_over_only_at_an_episode_boundary(tmp_path):
         agent.request_policy(ConstantPolicy([0.0]))  # asked for mid-episode, every tick
         return np.array([0.5])
 
-    with virtual_robot(tmp_path, "--lockstep") as robot:
-        agent = make_agent(robot.port, FnPolicy(first, "first"), log_path)
+    with virtual_robot(tmp_path, "--lockstep") as robot, TransitionLog(log_path) as log:
+        agent = make_agent(robot.port, FnPolicy(first, "first"), log)
         agent.run(episodes=2)
     log = TransitionLog(log_path)
     _, rows, versions = logged(log)
@@ -351,9 +350,9 @@ def test_a_lost_estop_frame_is_caught_by_the_device_status_bit(tmp_path):
 
 def test_a_full_outbox_holds_the_robot_at_rest_instead_of_losing_data(tmp_path):
     log_path = tmp_path / "t.sqlite"
-    with virtual_robot(tmp_path, "--lockstep") as robot:
-        agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]),
-                      TransitionLog(log_path), status_every_s=60, outbox_limit=300, lockstep_pace_hz=2000)
+    with virtual_robot(tmp_path, "--lockstep") as robot, TransitionLog(log_path) as log:
+        agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]), log,
+                      status_every_s=60, outbox_limit=300, lockstep_pace_hz=2000)
         summary = agent.run(duration_s=3.0)
     log = TransitionLog(log_path)
     held = log.held()

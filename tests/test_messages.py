@@ -231,7 +231,7 @@ def test_a_log_that_cannot_write_gives_up_saying_how_much_and_keeps_what_it_comm
     log._commit = disk_failed
     log.append(transition(0, 1))
     log.append(transition(0, 2))
-    wait_until(lambda: log._error is not None, timeout_s=10)
+    wait_until(lambda: log.error is not None, timeout_s=10)
     with pytest.raises(OSError, match=r"stopped writing \(disk I/O error\); at least 2 transitions were not written"):
         log.append(transition(0, 3))
     log.close()

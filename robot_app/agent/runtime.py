@@ -44,6 +44,8 @@ class _OpenStep:
 
 
 class Agent:
+    """One robot's control loop. The transition log is the caller's: the agent appends to it and never closes it."""
+
     def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
                  transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
@@ -102,12 +104,7 @@ class Agent:
         tighten_timer_slack()
         started, cpu_started = time.monotonic(), time.process_time()
         with _collector_between_ticks():
-            try:
-                self._connect()
-            except BaseException:
-                if self.transitions is not None:
-                    self.transitions.close()
-                raise
+            self._connect()
             deadline = None if duration_s is None else started + duration_s
             next_status = started + self.status_every_s
             try:
@@ -308,8 +305,9 @@ class Agent:
         return self._state_obs
 
     def _shutdown(self) -> None:
-        """Safe stop: send the safe command with the driver off, then record the open transition and close the log.
-        The command goes first, so that nothing (a transition log that stopped writing) can keep it off the wire."""
+        """Safe stop: send the safe command with the driver off, then record the open transition and let go of the
+        port. The command goes first, so that nothing (a transition log that stopped writing) can keep it off the wire.
+        The transition log stays open: whoever opened it closes it, once nothing else reads it."""
         try:
             verdict = self.supervisor.release_motor()
             self.robot.send_command(verdict.command, enable=False)
@@ -321,8 +319,6 @@ class Agent:
                 self._close_open_step()
             finally:
                 self.robot.close()
-                if self.transitions is not None:
-                    self.transitions.close()
 
     # ---- reporting ------------------------------------------------------------------------------------------------
 

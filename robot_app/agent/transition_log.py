@@ -76,7 +76,7 @@ class TransitionLog:
         self._queue: queue.Queue[Transition | None] = queue.Queue()
         self._flush_interval, self._chunk_rows, self._retry_s = flush_interval_s, chunk_rows, retry_s
         self._error: OSError | None = None
-        self.closed = False  # the link's thread stops shipping once the agent has closed the log
+        self.closed = False  # a link still shipping from this log stops once it is closed
         self._writer = threading.Thread(target=self._write_forever, name="transition-log", daemon=True)
         self._writer.start()
 
@@ -89,6 +89,11 @@ class TransitionLog:
         if self._error is not None:
             raise self._error
         self._queue.put(transition)
+
+    @property
+    def error(self) -> OSError | None:
+        """Why the log stopped writing, once it has given up (append raises it from then on); None while it writes."""
+        return self._error
 
     def _write_forever(self) -> None:
         """Commit what arrived every flush interval (one fsync per interval, not per tick), until close()."""
