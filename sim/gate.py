@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from robot_app.robot.spec import RobotSpec, load_robot_spec, read_yaml_mapping
+from robot_app.robot.task import make_task
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "gate.yaml"
@@ -96,7 +97,6 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     from robot_app.agent.policy_runner import load_policy
     from robot_app.agent.runtime import Agent
     from robot_app.hardware.serial_robot import SerialRobot
-    from robot_app.robot.task import make_task
     from sim.virtual_robot import Variation, VirtualRobot
 
     started = time.perf_counter()
@@ -195,7 +195,6 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
     from policies.artifact import ArtifactError
     from robot_app.agent.policy_runner import load_policy
-    from robot_app.robot.task import make_task
 
     config = config or load_gate_config()
     spec = load_robot_spec(robot)
@@ -290,12 +289,14 @@ def write_report(report: dict, folder: str | Path) -> Path:
                   for name, value in report["metrics"].items()]
         lines += ["", f"{len(episodes)} episodes on {report['workers']} workers in {report['wall_s']:.1f} s, "
                       f"seed {report['config']['seed']}. Plots: returns.png, traces.png."]
-        _plots(episodes, folder)
+        _plots(episodes, folder, make_task(load_robot_spec(report["robot"])).obs_layout)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def _plots(episodes: list[dict], folder: Path) -> None:
+def _plots(episodes: list[dict], folder: Path, obs_layout) -> None:
+    """returns.png, and traces.png: per joint angle the observation carries as a (cos, sin) pair, its distance from
+    the joint's zero (for the Furuta pendulum, from upright)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,14 +308,18 @@ def _plots(episodes: list[dict], folder: Path) -> None:
     figure.tight_layout()
     figure.savefig(folder / "returns.png", dpi=80)
     plt.close(figure)
-    figure, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    for episode in episodes:
-        obs = np.array(episode["trace"]["obs"])
-        if len(obs):
-            axes[0].plot(np.arctan2(obs[:, 1], obs[:, 0]), lw=0.7)  # the layout starts with arm cos, sin
-            axes[1].plot(np.abs(np.arctan2(obs[:, 3], obs[:, 2])), lw=0.7)  # then pendulum cos, sin (0 = upright)
-    axes[0].set(ylabel="arm (rad)")
-    axes[1].set(ylabel="pendulum from upright (rad)", xlabel="step", ylim=(0, np.pi))
+    starts = np.cumsum([0] + [size for _, size in obs_layout])
+    angles = [(name.removesuffix("_cos_sin"), start) for (name, _), start in zip(obs_layout, starts)
+              if name.endswith("_cos_sin")]
+    figure, axes = plt.subplots(max(len(angles), 1), 1, figsize=(7, 2.5 * max(len(angles), 1)), sharex=True,
+                                squeeze=False)
+    for axis, (joint, start) in zip(axes[:, 0], angles):
+        for episode in episodes:
+            obs = np.array(episode["trace"]["obs"])
+            if len(obs):
+                axis.plot(np.abs(np.arctan2(obs[:, start + 1], obs[:, start])), lw=0.7)  # no jumps at +-pi
+        axis.set(ylabel=f"|{joint}| from 0 (rad)", ylim=(0, np.pi))
+    axes[-1, 0].set(xlabel="step")
     figure.tight_layout()
     figure.savefig(folder / "traces.png", dpi=80)
     plt.close(figure)
