@@ -170,7 +170,7 @@ class Agent:
             obs = self._observation()
             started = time.perf_counter_ns()
             try:
-                policy_action = np.asarray(self.policy(obs))  # the supervisor reads it in float64
+                policy_action = np.asarray(self.policy(obs), dtype=np.float64)
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on
                 log.error("policy raised: %s", error)
                 policy_action = np.full(len(self.spec.actuators), np.nan)
@@ -291,7 +291,7 @@ class Agent:
                 robot_id=self.robot_id, episode=self.episode, step=open_step.step, obs=open_step.obs,
                 action=open_step.action.astype(np.float32), reward=self.task.reward(state),
                 next_obs=self._observation(), terminated=terminated, truncated=truncated,
-                policy_action=np.asarray(open_step.policy_action, dtype=np.float32), policy_version=self.policy.version,
+                policy_action=open_step.policy_action.astype(np.float32), policy_version=self.policy.version,
                 interventions=open_step.interventions, obs_time_ns=open_step.obs_time_ns,
                 command_time_ns=open_step.command_time_ns, next_obs_time_ns=received_ns,
                 device_time_us=open_step.device_time_us,
