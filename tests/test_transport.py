@@ -214,8 +214,9 @@ def test_the_store_takes_each_outbox_in_seq_order_and_counts_duplicates_and_gaps
     store.close()
 
 
-def test_the_link_stops_quietly_when_the_agent_closes_its_log(tmp_path):
-    """The agent closes its transition log on the way out while the link's thread may be mid-query."""
+def test_the_link_stops_quietly_when_its_log_is_closed_under_it(tmp_path):
+    """The log's owner closes it while the link's thread may be mid-query. The CLI stops the link first; this is the
+    link's own defence for any other owner."""
     errors = []
     hook, threading.excepthook = threading.excepthook, errors.append
     try:

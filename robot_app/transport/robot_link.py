@@ -116,7 +116,7 @@ class RobotLink:
         except sqlite3.ProgrammingError:
             if not self.transitions.closed:
                 raise
-            log.info("the agent closed its transition log: the link stops")  # between the check and a query
+            log.info("the transition log was closed: the link stops")  # between the check and a query
         finally:
             self.socket.close(linger=0)
             if self.announcements is not None:
