@@ -203,10 +203,26 @@ def run_adversary(name: str, port: str, rate: float, seconds: float) -> None:
         duration_s=seconds)
 
 
+def latency_rounds(onnx_path: Path, torch_policy, rounds: int) -> None:
+    """The policy latency bench alone, `rounds` times in a row: how its p99 moves with the VM's state."""
+    out = []
+    for _ in range(rounds):
+        out.append({"time": time.strftime("%H:%M:%S"), "unpinned": bench_policy_latency(onnx_path, torch_policy),
+                    "pinned": bench_policy_latency(onnx_path, torch_policy, cpus={max(os.sched_getaffinity(0))})})
+        for where in ("unpinned", "pinned"):
+            print(out[-1]["time"], where, {name: f"{r['p50']:.1f} / {r['p99']:.1f} / {r['max']:.0f} us"
+                                           for name, r in out[-1][where].items()}, flush=True)
+    path = RESULTS.with_name("agent_latency.json")
+    path.write_text(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} cpus",
+                                "date": time.strftime("%Y-%m-%d"), "rounds": out}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the jitter run")
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--latency-rounds", type=int, metavar="N",
+                        help="only the policy latency bench, N rounds in a row (unpinned, then pinned, each round)")
     parser.add_argument("--adversary", help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,6 +232,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     onnx_path = tmp / "mlp256.onnx"
     torch_policy = export_mlp_policy(onnx_path)
+    if args.latency_rounds:
+        latency_rounds(onnx_path, torch_policy, args.latency_rounds)
+        return
     results = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
         "date": time.strftime("%Y-%m-%d"),

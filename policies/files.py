@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+STALE_TEMPORARY_S = 3600.0  # a temporary file untouched this long was left by a writer that died (kill -9, power cut)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
@@ -14,9 +18,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
 
     The new content goes to a temporary file of its own beside `path` (so two writers of one path never share it), is
     fsynced, and replaces `path` in one rename. If writing fails, the temporary file is removed and `path` is untouched.
+    Temporary files of `path` that writers killed mid-write left behind are removed once they are an hour old.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -37,3 +43,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
         os.fsync(directory)  # the rename itself survives a power cut only once its directory is on disk
     finally:
         os.close(directory)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """By age, not by process id: a writer in another container of a shared volume has a pid this one cannot see.
+    A live writer's file is fresh, since its writes touch it."""
+    cutoff = time.time() - STALE_TEMPORARY_S
+    for name in glob.glob(glob.escape(str(path)) + ".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):  # another writer may sweep it first
+            if os.stat(name).st_mtime < cutoff:
+                os.unlink(name)

@@ -104,14 +104,12 @@ def _agent(args) -> int:
     import signal
 
     from calibration.encoders import load_calibration
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.policy_runner import ExploringPolicy, load_policy
     from robot_app.agent.runtime import Agent
     from robot_app.agent.transition_log import TransitionLog
     from robot_app.hardware.serial_robot import SerialRobot
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
-
-    from robot_app.agent.policy_runner import ExploringPolicy
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name)
@@ -142,33 +140,32 @@ def _agent(args) -> int:
         pin_to_cpus({int(cpu) for cpu in args.cpus.split(",")})
     if args.realtime_priority is not None:
         request_realtime_priority(args.realtime_priority)
-    transitions = TransitionLog(args.log)
-    agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
-                  status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
-                  outbox_limit=args.outbox_limit)
-    link = link_thread = None
-    if args.learner:
-        import threading
+    with TransitionLog(args.log) as transitions:  # closed last, whatever fails: it commits what it holds
+        agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
+                      status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
+                      outbox_limit=args.outbox_limit)
+        link = link_thread = None
+        if args.learner:
+            import threading
 
-        from robot_app.transport.robot_link import RobotLink
+            from robot_app.transport.robot_link import RobotLink
 
-        security = _security_files(args, (f"{args.robot_id}.key_secret", "learner.key"))
-        link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
-                         policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
-                         on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
-        link_thread = threading.Thread(target=link.run, name="robot-link", daemon=True)
-        link_thread.start()
-    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
-    signal.signal(signal.SIGINT, lambda *_: agent.request_stop("SIGINT"))
-    signal.signal(signal.SIGUSR1, lambda *_: agent.request_estop("signal SIGUSR1"))
-    signal.signal(signal.SIGUSR2, lambda *_: agent.request_estop_reset())
-    try:
-        summary = agent.run(episodes=args.episodes, duration_s=args.duration)
-    finally:  # the link reads the log, so it stops first; then the log commits what it holds and closes
-        if link is not None:
-            link.stop()
-            link_thread.join(timeout=10)
-        transitions.close()
+            security = _security_files(args, (f"{args.robot_id}.key_secret", "learner.key"))
+            link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
+                             policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
+                             on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
+            link_thread = threading.Thread(target=link.run, name="robot-link", daemon=True)
+            link_thread.start()
+        signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: agent.request_stop("SIGINT"))
+        signal.signal(signal.SIGUSR1, lambda *_: agent.request_estop("signal SIGUSR1"))
+        signal.signal(signal.SIGUSR2, lambda *_: agent.request_estop_reset())
+        try:
+            summary = agent.run(episodes=args.episodes, duration_s=args.duration)
+        finally:  # the link reads the log, so it stops before the log closes
+            if link is not None:
+                link.stop()
+                link_thread.join(timeout=10)
     if args.summary_out:
         Path(args.summary_out).write_text(json.dumps(summary, indent=1))
     print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "
