@@ -213,8 +213,11 @@ def latency_rounds(onnx_path: Path, torch_policy, rounds: int) -> None:
             print(out[-1]["time"], where, {name: f"{r['p50']:.1f} / {r['p99']:.1f} / {r['max']:.0f} us"
                                            for name, r in out[-1][where].items()}, flush=True)
     path = RESULTS.with_name("agent_latency.json")
-    path.write_text(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} cpus",
-                                "date": time.strftime("%Y-%m-%d"), "rounds": out}, indent=1))
+    path.write_text(json.dumps({"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "rounds": out}, indent=1))
+
+
+def _machine() -> str:
+    return f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus"
 
 
 def main() -> None:
@@ -236,7 +239,7 @@ def main() -> None:
         latency_rounds(onnx_path, torch_policy, args.latency_rounds)
         return
     results = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus",
+        "machine": _machine(),
         "date": time.strftime("%Y-%m-%d"),
         "policy_latency_us": bench_policy_latency(onnx_path, torch_policy),
         "policy_latency_us_pinned": bench_policy_latency(onnx_path, torch_policy, cpus={max(os.sched_getaffinity(0))}),
