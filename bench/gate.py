@@ -37,23 +37,30 @@ def _raw_episode(job) -> tuple[int, float]:
     return len(commands), time.perf_counter() - started
 
 
+def raw_replay(episodes: list[dict], workers: int) -> tuple[float, list[tuple[int, float]]]:
+    """Raw stepping of the gate's episodes (their physics draws, their recorded commands) on the same pinned pool:
+    the wall it took, and each episode's steps and seconds."""
+    from sim.gate import core_pool
+
+    started = time.perf_counter()
+    with core_pool(workers) as pool:
+        raw = list(pool.map(_raw_episode, [(e["draws"], e["trace"]["command"]) for e in episodes]))
+    return time.perf_counter() - started, raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--policy", default=str(Path(__file__).parents[1] / "tests" / "fixtures" / "furuta_swingup.onnx"))
     args = parser.parse_args()
-    from sim.gate import core_pool, load_gate_config, validate
+    from sim.gate import load_gate_config, validate
 
     workers = os.cpu_count() or 1
     config = load_gate_config(episodes=args.episodes, workers=workers)
     started = time.perf_counter()
     report = validate(args.policy, config=config)
     gate_s = time.perf_counter() - started
-    jobs = [(e["draws"], e["trace"]["command"]) for e in report["episodes"]]
-    started = time.perf_counter()
-    with core_pool(workers) as pool:
-        raw = list(pool.map(_raw_episode, jobs))
-    raw_s = time.perf_counter() - started
+    raw_s, raw = raw_replay(report["episodes"], workers)
     steps = sum(n for n, _ in raw)
     gate_episode_s = float(np.mean([e["seconds"] for e in report["episodes"]]))
     raw_episode_s = float(np.mean([seconds for _, seconds in raw]))

@@ -70,17 +70,12 @@ def _timed(pool_jobs, function) -> tuple[float, list]:
     return time.perf_counter() - started, out
 
 
-def _raw_s(episodes) -> float:
-    from gate import _raw_episode
-
-    return _timed([(e["draws"], e["trace"]["command"]) for e in episodes], _raw_episode)[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("probe", choices=["transport", "concurrency"])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    from gate import raw_replay
     from robot_app.robot.spec import load_robot_spec
     from sim.gate import _episode_job, plan_episodes
 
@@ -89,7 +84,7 @@ def main() -> None:
         if args.probe == "transport":
             pty_s, episodes = _timed(jobs, _episode_job)
             pair_s, paired = _timed(jobs, _episode_over_socketpair)
-            raw_s = _raw_s(episodes)
+            raw_s, _ = raw_replay(episodes, 2)
             print(f"round {round_}: pty {pty_s:.2f} s, socketpair {pair_s:.2f} s, raw {raw_s:.2f} s: "
                   f"{pty_s / raw_s:.2f}x and {pair_s / raw_s:.2f}x; return sums "
                   f"{sum(e['return'] for e in episodes):.3f} and {sum(e['return'] for e in paired):.3f}", flush=True)
