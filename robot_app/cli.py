@@ -83,7 +83,7 @@ def _virtual_robot(args) -> int:
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
-                    args.estop_after)
+                    args.estop_after, args.reboot_after)
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed,
                          robot_id=args.robot_id or f"{spec.name}-virtual-0")
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
@@ -170,6 +170,9 @@ def _agent(args) -> int:
         Path(args.summary_out).write_text(json.dumps(summary, indent=1))
     print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "
           f"{summary['transitions']} transitions logged to {args.log}; interventions {summary['interventions']}")
+    if summary["failure"]:
+        print(f"robot-app agent: stopped on a fault, after a safe stop: {summary['failure']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -353,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--hang-after", type=float, help="seconds until the device stops responding")
     faults.add_argument("--disconnect-after", type=float, help="seconds until the device closes the pty")
     faults.add_argument("--estop-after", type=float, help="seconds until the device's e-stop button is pressed")
+    faults.add_argument("--reboot-after", type=float,
+                        help="seconds until the firmware restarts (session lost, motor off, clock and seqs from 0)")
     virtual.set_defaults(handler=_virtual_robot)
 
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")

@@ -46,7 +46,9 @@ class GateConfig(BaseModel):
     min_success_rate: float = Field(ge=0, le=1)
     success_reward: float  # an episode succeeds if its last quarter averages at least this reward per step
     max_intervention_rate: float = Field(ge=0)  # supervisor interventions per step, all reasons together
-    max_command_step_mean: float = Field(gt=0)  # action smoothness: mean |change of the command| per step, native units
+    # The policy's smoothness: mean |change of its own command| per step, in native units, clipped to the command
+    # limits. Judged before the supervisor, whose rate limit keeps every command on the wire smooth.
+    max_command_step_mean: float = Field(gt=0)
     max_tick_overrun_rate: float = Field(ge=0)  # steps answered more than a control period after their sensor frame
 
 
@@ -126,6 +128,8 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
 def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict, audit: dict, seconds: float) -> dict:
     rewards = np.array([t.reward for t in rows])
     commands = np.array([t.action for t in rows]).reshape(len(rows), -1)
+    low, high = zip(*(a.command_limit for a in spec.actuators))
+    asked = np.nan_to_num(np.clip(np.array([t.policy_action for t in rows]).reshape(len(rows), -1), low, high))
     tail = rewards[-max(1, len(rewards) // 4):]
     joints = spec.joints
     over_speed = [speed for speed in audit["hard_stop_speeds"]  # the virtual robot watches the arm's stops
@@ -140,7 +144,7 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict,
         "hard_stop_speeds": audit["hard_stop_speeds"], "velocity_over_limit": velocity_over,
         "max_abs_position": dict(zip([j.name for j in joints], audit["max_abs_position"])),
         "max_abs_velocity": dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
-        "command_step_mean": float(np.abs(np.diff(commands, axis=0)).mean()) if len(rows) > 1 else 0.0,
+        "command_step_mean": float(np.abs(np.diff(asked, axis=0)).mean()) if len(rows) > 1 else 0.0,
         "policy_p99_us": summary["policy_p99_us"], "tick_overruns": summary["overruns"],
         "stop_reason": summary["stop_reason"], "seconds": seconds,
         "trace": {"obs": [t.obs.tolist() for t in rows], "command": commands.tolist(), "reward": rewards.tolist()},

@@ -48,6 +48,7 @@ class Faults:
     hang_after_s: float | None = None  # then the device stops reading, sending and stepping
     disconnect_after_s: float | None = None  # then the device closes its end of the pty
     estop_after_s: float | None = None  # then the device's own e-stop button is pressed
+    reboot_after_s: float | None = None  # then the firmware restarts: no session, motor off, clock and seqs from 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,9 @@ class DeviceAudit:
     commands: int = 0
     max_abs_command: float = 0.0
     limit_violations: int = 0  # commands outside the spec's command limits
-    rate_violations: int = 0  # consecutive enabled commands further apart than rate_limit * period allows
+    rate_violations: int = 0  # enabled commands further than rate_limit * period from what the motor was driving
     max_command_step: float = 0.0
+    non_finite_commands: int = 0
     hard_stop_speeds: list[float] = dataclasses.field(default_factory=list)
     max_abs_position: list[float] = dataclasses.field(default_factory=list)  # per joint, rad
     max_abs_velocity: list[float] = dataclasses.field(default_factory=list)  # per joint, rad/s
@@ -110,6 +112,7 @@ class VirtualRobot:
         self._seq = 0
         self._session = False
         self._enabled = False
+        self._boot_time_s = 0.0  # the device clock counts from power-on (or the last reboot), in simulated time
         # The per-command path works on plain floats: numpy's per-call cost dwarfs arithmetic on a few values.
         self._off = (0.0,) * len(spec.actuators)
         self._volts = self._off
@@ -118,7 +121,6 @@ class VirtualRobot:
         self._estop = False
         self._ack_seq = 0
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._previous_enabled_command: tuple[float, ...] | None = None
         self._max_step = tuple(a.rate_limit * spec.period_s * (1 + 1e-6) + 1e-6 for a in spec.actuators)
         self._limits = tuple(a.command_limit for a in spec.actuators)
         self.audit = DeviceAudit()
@@ -151,6 +153,9 @@ class VirtualRobot:
                     log.warning("fault injection: hanging")
                     self._stop.wait(None if duration_s is None else max(0.0, duration_s - elapsed))
                     break
+                if self._due(self.faults.reboot_after_s, elapsed, once="reboot"):
+                    log.warning("fault injection: rebooting")
+                    self._reboot()
                 if self._press_estop.is_set() or self._due(self.faults.estop_after_s, elapsed, once="estop"):
                     self._press_estop.clear()
                     self._engage_estop()
@@ -216,7 +221,9 @@ class VirtualRobot:
                 continue
             if isinstance(message, Hello):
                 self._handshake(message)
-            elif isinstance(message, Command) and self._session:
+            elif isinstance(message, Command) and not self._session:
+                self._send(MessageType.FAULT, Fault(FaultCode.NO_SESSION, "no session: send HELLO").pack())
+            elif isinstance(message, Command):
                 if len(message.volts) != len(self.spec.actuators):
                     self._send(MessageType.FAULT, Fault(FaultCode.PROTOCOL, "wrong number of motor values").pack())
                     continue
@@ -237,7 +244,6 @@ class VirtualRobot:
             return
         self._session = True
         self._enabled = False
-        self._previous_enabled_command = None
         flags = SensorStatus.LOCKSTEP if self.lockstep else 0
         reply = Hello(PROTOCOL_VERSION, self.robot_id, len(self.spec.sensors), len(self.spec.actuators),
                       self.spec.control_rate_hz, int(flags))
@@ -252,15 +258,18 @@ class VirtualRobot:
         finite = all(map(math.isfinite, volts))
         if finite:
             audit.max_abs_command = max(audit.max_abs_command, *map(abs, volts))
-        if enable and not (finite and all(low <= v <= high for v, (low, high) in zip(volts, self._limits))):
-            audit.limit_violations += 1
-        previous = self._previous_enabled_command
-        if enable and previous is not None:
-            steps = [abs(v - p) for v, p in zip(volts, previous)]
-            audit.max_command_step = max(audit.max_command_step, *steps)
-            if any(step > allowed for step, allowed in zip(steps, self._max_step)):
+        else:
+            audit.non_finite_commands += 1
+        if enable:
+            if not (finite and all(low <= v <= high for v, (low, high) in zip(volts, self._limits))):
+                audit.limit_violations += 1
+            # Each step is judged from what the amplifier was driving (0 V when off, NaN as the 0 V it drove): a
+            # non-finite command is an unbounded step, and the one after it is judged from 0 V.
+            steps = [abs(v - a) for v, a in zip(volts, self._applied())]
+            if finite:
+                audit.max_command_step = max(audit.max_command_step, *steps)
+            if not finite or any(step > allowed for step, allowed in zip(steps, self._max_step)):
                 audit.rate_violations += 1
-        self._previous_enabled_command = volts if enable else None
         self._last_command_ns = time.monotonic_ns()
         self._watchdog_tripped = False
         self._enabled = enable
@@ -296,16 +305,22 @@ class VirtualRobot:
         silent_s = (time.monotonic_ns() - self._last_command_ns) / 1e9
         if silent_s > self.spec.watchdog_timeout_s:
             self._watchdog_tripped = True
-            self._previous_enabled_command = None
             self.audit.watchdog_trips += 1
             log.warning("firmware watchdog: no command for %.3f s, motor off", silent_s)
             self._send(MessageType.FAULT, Fault(FaultCode.WATCHDOG, f"no command for {silent_s:.3f} s").pack())
+
+    def _reboot(self) -> None:
+        """What a firmware reset loses: the session, the motor output, the watchdog state, the clock and the seqs."""
+        self._session = self._enabled = self._watchdog_tripped = False
+        self._last_command_ns, self._seq, self._ack_seq = None, 0, 0
+        self._boot_time_s = self.physics.time_s
+        self._decoder = FrameDecoder()
+        self.counters["reboots"] += 1
 
     def _engage_estop(self) -> None:
         if not self._estop:
             self.audit.estops += 1
         self._estop = True
-        self._previous_enabled_command = None
 
     def _send_sensor(self) -> None:
         status = _LOCKSTEP if self.lockstep else 0
@@ -315,7 +330,8 @@ class VirtualRobot:
             status |= _WATCHDOG_TRIPPED
         if self._estop:
             status |= _ESTOP_LATCHED
-        frame = SensorFrame(round(self.physics.time_s * 1e6), status, self._ack_seq, tuple(self._counts()),
+        frame = SensorFrame(round((self.physics.time_s - self._boot_time_s) * 1e6), status, self._ack_seq,
+                            tuple(self._counts()),
                             self._applied())
         self._send(MessageType.SENSOR, frame.pack())
 
@@ -379,4 +395,15 @@ def _drawn_in_blocks(draw, block: int = 1024):
 
 
 def write_audit(audit: DeviceAudit, path: str | Path) -> None:
-    write_atomic(path, json.dumps(dataclasses.asdict(audit), indent=1).encode())
+    """Strict JSON: a non-finite value the device saw (a NaN command) is written as the string "nan", "inf" or "-inf"."""
+    write_atomic(path, json.dumps(_finite_or_text(dataclasses.asdict(audit)), indent=1, allow_nan=False).encode())
+
+
+def _finite_or_text(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_text(v) for k, v in value.items()}
+    return value

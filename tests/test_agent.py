@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import re
 import selectors
 import signal
 import subprocess
@@ -19,9 +20,10 @@ from policies.artifact import ArtifactError
 from robot_app.agent.policy_runner import ConstantPolicy, load_policy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog
-from robot_app.hardware.protocol import FaultCode, SensorStatus
+from robot_app.hardware.protocol import Fault, FaultCode, MessageType, SensorStatus
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
+from tests.fake_device import FakeDevice
 
 SPEC = load_robot_spec("furuta")
 CLI = [sys.executable, "-m", "robot_app.cli"]
@@ -359,3 +361,174 @@ def test_a_full_outbox_holds_the_robot_at_rest_instead_of_losing_data(tmp_path):
     log.close()
     assert summary["episodes"] == 1 and held == SPEC.episode_steps  # the second episode never started
     assert agent._outbox_full
+
+
+# ---- hostile devices: a scripted lockstep device on a pty ----------------------------------------------------------
+
+COUNTS_PER_RAD = 2048 / (2 * math.pi)
+HANGING = 2048  # pendulum counts with the pendulum hanging (the calibration puts upright at 1024)
+
+
+class Recorder:
+    """Stands in for the transition log."""
+
+    def __init__(self):
+        self.rows = []
+
+    def append(self, transition):
+        self.rows.append(transition)
+
+    def next_episode(self, robot_id):
+        return 0
+
+
+def arm_counts(step):
+    """The scripted arm: centred and still for 20 steps (an episode starts), then swinging slowly."""
+    return round(0.6 * math.sin(max(0, step - 20) / 15) * COUNTS_PER_RAD)
+
+
+def run_against(device, policy=None, steps=200, recorder=None, **agent_options):
+    """An agent on the fake device's port until the device has answered `steps` commands."""
+    agent = Agent(SerialRobot(device.port), SPEC, load_calibration("furuta"), policy or ConstantPolicy([0.0]),
+                  recorder, status_every_s=60, **agent_options)
+    device.agent = agent
+    thread, summary = _run_in_thread(agent, duration_s=60)
+    from tests.conftest import wait_until
+
+    wait_until(lambda: len(device.commands) >= steps or not thread.is_alive(), timeout_s=60)
+    agent.request_stop("script done")
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    return agent, summary
+
+
+@pytest.mark.parametrize("jump_us", [1_000_000_000, "restart"], ids=["forward 1000 s", "restart at 0"])
+def test_a_device_clock_jump_is_a_latched_fault_and_the_state_keeps_following_the_counts(jump_us):
+    """A jump once froze the state (frames with an earlier device time were ignored) while the agent kept commanding."""
+    def script(device, command):
+        step = len(device.commands)
+        time_us = step * 20_000
+        if step >= 60:  # the device clock jumps, then runs on from there
+            time_us = time_us + jump_us if jump_us != "restart" else (step - 60) * 20_000 + 1
+        return device.sensor(time_us, (arm_counts(step), HANGING))
+
+    recorder = Recorder()
+    with FakeDevice(script) as device:
+        agent, summary = run_against(device, recorder=recorder)
+    assert agent.robot.counters["device_clock_jumps"] == 1 and agent.supervisor.latches["device_clock"] == 1
+    assert summary["stop_reason"] == "script done" and summary["transitions"] > 60
+    last_frame = agent.robot.latest.frame  # what the last tick read, 140 steps after the jump
+    assert agent.pipeline.state.position[0] == pytest.approx(last_frame.counts[0] / COUNTS_PER_RAD)  # not frozen
+    assert abs(agent.pipeline.state.velocity[0]) < 3.0  # nor a spike in the velocity (the arm moves at <= 2 rad/s)
+    assert recorder.rows[-1].truncated and not any(t.terminated for t in recorder.rows)  # the episode was cut
+
+
+def test_device_time_is_trusted_only_where_it_agrees_with_the_host_clock():
+    from robot_app.agent.runtime import device_time_is_consistent as consistent
+
+    assert consistent(0.02, 0.02, 0.2, lockstep=False) and consistent(0.02, 0.001, 0.2, lockstep=False)  # bunched
+    assert not consistent(0.0, 0.02, 0.2, lockstep=False) and not consistent(-5.0, 0.02, 0.2, lockstep=False)
+    assert not consistent(1000.0, 0.02, 0.2, lockstep=False)
+    assert not consistent(0.02, 3.0, 0.2, lockstep=False)  # a realtime clock that stalled
+    assert consistent(0.02, 3.0, 0.2, lockstep=True)  # a lockstep device waits for a slow host
+    assert not consistent(1000.0, 0.0005, 0.2, lockstep=True)
+
+
+def test_a_sensor_frame_with_the_wrong_number_of_values_is_dropped_and_counted():
+    """One valid-CRC frame with 0, 1 or 3 encoder values used to end the agent."""
+    def script(device, command):
+        step = len(device.commands)
+        bad = {30: (), 31: (5,), 32: (5, HANGING, 7)}.get(step)
+        frames = device.sensor(step * 20_000, bad) if bad is not None else b""
+        return frames + device.sensor(step * 20_000 + 10, (0, HANGING))
+
+    with FakeDevice(script) as device:
+        agent, summary = run_against(device, recorder=Recorder(), steps=100)
+    assert summary["stop_reason"] == "script done" and summary["tick_errors"] == 0
+    assert summary["link"]["sensor_wrong_shape"] == 3 and summary["transitions"] > 50
+
+
+def test_a_device_that_loses_its_session_is_handshaken_again_with_the_motor_off_meanwhile():
+    """After a reboot the device answers nothing until a HELLO: the agent once sat there commanding 0 V with the
+    driver enabled, and never said HELLO again."""
+    def script(device, command):
+        rebooted = len(device.commands) >= 40
+        if command is None:  # a HELLO: unanswered while the device boots, then a session with a clock from 0
+            if rebooted and len(device.commands) < 50:
+                return None
+            device.session_start = len(device.commands)
+            return device.sensor(1, (0, HANGING))
+        if rebooted and device.session_start < 40:
+            return b""  # rebooted: silent until a HELLO opens a session
+        return device.sensor((len(device.commands) - device.session_start) * 20_000 + 1, (0, HANGING))
+
+    with FakeDevice(script) as device:
+        agent, summary = run_against(device, recorder=Recorder(), steps=150)
+        received = list(device.received)
+    answered = [i for i, (kind, _) in enumerate(received) if kind == MessageType.HELLO][-1]
+    assert device.hellos() > 2 and summary["link"]["session_restarts"] == 1  # asked again until answered
+    booting = [m for kind, m in received[:answered] if kind == MessageType.COMMAND][40:]
+    assert len(booting) >= 10 and not any(c.enable for c in booting)  # driver off while there was no session
+    after = [m for kind, m in received[answered:] if kind == MessageType.COMMAND]
+    assert any(c.enable for c in after)  # and on again once a session is open
+
+
+def test_a_device_that_says_it_has_no_session_is_handshaken_again_at_once():
+    def script(device, command):
+        if command is None:
+            device.session_start = len(device.commands)
+            return device.sensor(1, (0, HANGING))
+        if device.session_start < 40 <= len(device.commands):
+            return device.frame(MessageType.FAULT, Fault(FaultCode.NO_SESSION, "no session").pack())
+        return device.sensor((len(device.commands) - device.session_start) * 20_000 + 1, (0, HANGING))
+
+    with FakeDevice(script) as device:
+        agent, summary = run_against(device, recorder=Recorder(), steps=80)
+    assert device.hellos() == 2 and summary["link"]["session_restarts"] == 1
+    assert "failed_hellos" not in summary["link"]  # it asked once, at once: the device had said why it was silent
+
+
+def test_the_virtual_robot_rebooting_mid_run_is_recovered_from(tmp_path):
+    with virtual_robot(tmp_path, "--lockstep", "--reboot-after", "1.0") as robot:
+        agent = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random"), Recorder())
+        agent.lockstep_pace = None
+        thread, summary = _run_in_thread(agent, duration_s=4.0)
+        thread.join(timeout=30)
+        audit = robot.stop()
+    assert summary["link"]["session_restarts"] >= 1 and summary["transitions"] > 100
+    assert_device_saw_only_safe_commands(audit)
+
+
+class FailingRecorder(Recorder):
+    def __init__(self, fail_on):
+        super().__init__()
+        self.fail_on, self.calls = fail_on, 0
+
+    def append(self, transition):
+        self.calls += 1
+        if self.fail_on(self.calls):
+            raise RuntimeError(f"append {self.calls} failed")
+        super().append(transition)
+
+
+def test_an_exception_in_a_tick_stops_the_motor_ends_the_episode_and_the_agent_recovers():
+    """Anything a tick raises used to end the agent (exit 2). Now: motor off, fault latched and reported, reset phase."""
+    recorder = FailingRecorder(lambda call: call == 30)
+    with FakeDevice(lambda device, command: device.sensor(len(device.commands) * 20_000 + 1, (0, HANGING))) as device:
+        agent, summary = run_against(device, recorder=recorder, steps=300)
+        commands = list(device.commands)
+    assert summary["tick_errors"] == 1 and summary["failure"] is None and summary["stop_reason"] == "script done"
+    assert summary["faults"]["tick_error"] == 1 and summary["episodes"] >= 1
+    assert not all(c.enable for c in commands) and len(recorder.rows) > 30  # the motor went off, and it ran on
+    assert len({t.episode for t in recorder.rows}) >= 2
+
+
+def test_a_tick_that_fails_every_time_stops_the_agent_with_a_diagnostic():
+    recorder = FailingRecorder(lambda call: call >= 5)
+    with FakeDevice(lambda device, command: device.sensor(len(device.commands) * 20_000 + 1, (0, HANGING))) as device:
+        agent = Agent(SerialRobot(device.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]), recorder,
+                      status_every_s=60, tick_error_limit=3, reset_timeout_s=0.0)
+        summary = agent.run(duration_s=60)
+        last = device.commands[-1]
+    assert re.match("3 ticks failed with no episode ended between them; the last: RuntimeError: append", summary["failure"])
+    assert summary["stop_reason"].startswith("fault: ") and not last.enable  # the safe stop went out

@@ -56,13 +56,27 @@ def _untrained(path):
     export_policy(path, LAYOUT)
 
 
-def _bang_bang(path):
+def _saturated(path):
     torch.manual_seed(0)
     export_policy(path, LAYOUT)
     model = onnx.load(path)
-    for init in model.graph.initializer:  # every weight x1000: tanh saturates, the command slams between the limits
+    for init in model.graph.initializer:  # every weight x1000: tanh saturates, the command pushes into a stop
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1000.0, init.name))
     onnx.save(model, path)
+
+
+def _bang_bang(path):
+    """A relay on the arm's speed, -5 V * sign(obs[4] - 0.5): it chatters between the limits about 0.5 rad/s."""
+    from policies.networks import SquashedGaussianActor
+
+    actor = SquashedGaussianActor(6, 1, (8,))
+    first, _, last = actor.trunk
+    with torch.no_grad():
+        for parameter in actor.parameters():
+            parameter.zero_()
+        first.weight[0, 4], first.weight[1, 4], first.bias[0], first.bias[1] = 1000.0, -1000.0, -500.0, 500.0
+        last.weight[0, 0], last.weight[0, 1] = -1000.0, 1000.0  # tanh(1000 (relu(-x) - relu(x))) = -sign(x)
+    export_policy(path, LAYOUT, actor)
 
 
 def _nan(path):
@@ -78,6 +92,7 @@ def _nan(path):
 
 @pytest.mark.parametrize("make, reason", [
     (_untrained, "mean return"),
+    (_saturated, "supervisor interventions per step"),
     (_bang_bang, "rough commands"),
     (_nan, "latched a safe stop: {'non_finite_action'"),
     (lambda path: export_policy(path, [("joint_angles", 7)]), "artifact: .* observation layout"),

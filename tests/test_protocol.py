@@ -63,6 +63,18 @@ def test_a_frame_cut_off_by_the_end_of_the_stream_counts_as_truncated():
     assert decoder.counters["truncated"] == 1 and decoder.pending == 0
 
 
+def test_a_truncated_header_does_not_hold_back_the_frames_behind_it():
+    """A 9-byte header declaring 256 payload bytes, then valid commands: each decodes as soon as it is whole (this held
+    the device's next commands back for 281 ms, past its watchdog)."""
+    decoder = FrameDecoder()
+    assert decoder.feed(SYNC + struct.pack("<HBI", MAX_PAYLOAD, MessageType.COMMAND, 1)) == []
+    for seq in range(2, 6):
+        command = encode_frame(MessageType.COMMAND, seq, Command(True, (1.0,)).pack())
+        assert [f.seq for f in decoder.feed(command[:5])] == []  # a frame still arriving is waited for ...
+        assert [f.seq for f in decoder.feed(command[5:])] == [seq]  # ... and taken the moment it is whole
+    assert decoder.counters["truncated"] == 1 and decoder.pending == 0
+
+
 def _frames():
     payload = st.one_of(
         st.builds(lambda v: (MessageType.COMMAND, Command(True, (v,)).pack()), st.floats(-10, 10)),

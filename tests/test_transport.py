@@ -122,13 +122,15 @@ def test_bad_messages_are_rejected_and_counted_and_the_learner_keeps_serving(key
     context.destroy(linger=0)
 
 
-def export_policy(path, obs_layout):
+def export_policy(path, obs_layout, actor=None):
+    """A Furuta policy artifact: a random 8-unit actor, or `actor` (one of obs_dim inputs, one output, 8 hidden)."""
     from policies.export import DeployedPolicy, export_onnx
     from policies.networks import SquashedGaussianActor
     from policies.normalizer import RunningNormalizer
 
     dim = sum(w for _, w in obs_layout)
-    export_onnx(DeployedPolicy(RunningNormalizer(dim), SquashedGaussianActor(dim, 1, (8,)), [-5.0], [5.0]), path,
+    actor = actor or SquashedGaussianActor(dim, 1, (8,))
+    export_onnx(DeployedPolicy(RunningNormalizer(dim), actor, [-5.0], [5.0]), path,
                 env="furuta:swingup", obs_layout=list(obs_layout), action_layout=["motor"], action_repeat=1,
                 training_step=0, source_run="test", horizon=0)
     return path

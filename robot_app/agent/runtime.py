@@ -19,9 +19,10 @@ import numpy as np
 from calibration.encoders import RobotCalibration
 from robot_app.agent.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.agent.supervisor import SafetySupervisor
-from robot_app.agent.transition_log import Transition, TransitionLog
+from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError
 from robot_app.hardware.protocol import SensorStatus
 from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
+from robot_app.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
 
@@ -49,7 +50,7 @@ class Agent:
     def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
                  transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
-                 outbox_limit: int | None = None):
+                 outbox_limit: int | None = None, tick_error_limit: int = 50):
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
         self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
@@ -70,6 +71,13 @@ class Agent:
         self.link_losses = 0
         self.policy_latency = LatencyWindow()
         self.late_responses = 0  # lockstep: commands sent more than a control period after their sensor frame
+        self.tick_errors = 0
+        self.tick_error_limit = tick_error_limit
+        self.failure: str | None = None  # why the agent stopped itself, if it did
+        self._tick_errors_unrecovered = 0
+        self._session_ns = 0  # host time the device's session opened
+        self._clock: tuple[float, float] | None = None  # (device s, host s) of the last frame the state took
+        self._hello_backoff_s, self._next_hello_ns = 0.05, 0
         self._ticks_since_gc = 0
         self._stop_reason: str | None = None
         self._estop_request: str | None = None
@@ -117,10 +125,12 @@ class Agent:
                     except LinkLost as error:
                         log.error("link lost: %s", error)
                         self.link_losses += 1
-                        self._close_open_step()
-                        self._phase, self._phase_ticks, self._last_seq = "reset", 0, None
-                        self.supervisor.latch_fault("link_lost")
+                        self._abandon_episode("link_lost", episodes)
                         self._reconnect(deadline)
+                    except TransitionLogError:
+                        raise  # nothing more could be recorded: stop (safely, below)
+                    except Exception as error:  # a bug or an input nothing else caught: never a silent end
+                        self._tick_failed(error, episodes)
                     if self._gc_due():
                         gc.collect(1)
                     if time.monotonic() >= next_status:
@@ -145,20 +155,18 @@ class Agent:
         now = time.monotonic_ns()
         self._apply_requests()
         if reading is not None and reading.seq != self._last_seq:
-            self._state = self.pipeline.update(reading.frame.counts, reading.frame.device_time_us * 1e-6)
+            self._state = self._update_state(reading)
             self._state_obs = None  # observed when first needed: the next action's obs is the last one's next_obs
             self._last_seq = reading.seq
+        self._reopen_lost_session(reading, now, episodes)
         state = self._state
         age = math.inf if reading is None else (now - reading.received_ns) / 1e9
 
         if self._phase == "run" and self._open is not None:
             ended = self._close_open_step()
             if ended or not self.supervisor.safe_to_run:
-                self._phase, self._phase_ticks = "reset", 0
-                self.episode += 1
-                self.episodes_done += 1
-                if episodes is not None and self.episodes_done >= episodes:
-                    self.request_stop(f"{episodes} episodes done")
+                self._end_episode(episodes)
+                self._tick_errors_unrecovered = 0
         if self._phase == "reset":
             self._phase_ticks += 1
             if self._stop_reason is None and self._ready_to_start(state, age):
@@ -189,20 +197,25 @@ class Agent:
             self.robot.send_command(verdict.command, verdict.enable)
 
     def _connect(self) -> None:
-        device = self.robot.connect()
+        self._check_device(self.robot.connect())
+
+    def _check_device(self, device) -> None:
+        """Refuse a device that is not the robot the spec describes; then start from a fresh state."""
+        problem = None
         if (device.n_encoders, device.n_motors) != (len(self.spec.sensors), len(self.spec.actuators)):
+            problem = (f"device {device.robot_id} has {device.n_encoders} encoders and {device.n_motors} motors; robot "
+                       f"{self.spec.name} has {len(self.spec.sensors)} and {len(self.spec.actuators)}")
+        elif self.expected_robot_id is not None and device.robot_id != self.expected_robot_id:
+            problem = f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r}"
+        elif not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
+            problem = (f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
+                       f"{self.spec.control_rate_hz:g} Hz")
+        if problem:
             self.robot.close()
-            raise HandshakeError(f"device {device.robot_id} has {device.n_encoders} encoders and {device.n_motors} "
-                                 f"motors; robot {self.spec.name} has {len(self.spec.sensors)} and "
-                                 f"{len(self.spec.actuators)}")
-        if self.expected_robot_id is not None and device.robot_id != self.expected_robot_id:
-            self.robot.close()
-            raise HandshakeError(f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r}")
-        if not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
-            self.robot.close()
-            raise HandshakeError(f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
-                                 f"{self.spec.control_rate_hz:g} Hz")
+            raise HandshakeError(problem)
         self.pipeline.reset()
+        self._state, self._state_obs, self._last_seq, self._clock = None, None, None, None
+        self._session_ns = time.monotonic_ns()
         if device.robot_id != self.robot_id:
             self.robot_id = device.robot_id
             self.episode = self.transitions.next_episode(self.robot_id) if self.transitions else 0
@@ -222,6 +235,46 @@ class Agent:
             except (LinkLost, HandshakeError) as error:
                 log.warning("reconnect failed (%s); next try in %.1f s", error, min(2 * delay, 2.0))
                 delay = min(2 * delay, 2.0)
+
+    def _reopen_lost_session(self, reading: SensorReading | None, now: int, episodes: int | None) -> None:
+        """A device that rebooted has no session: it says so (FAULT NO_SESSION) or goes silent. Either way the supervisor
+        has the motor off, and the agent sends HELLO again, with backoff, until a session opens (the port stays open)."""
+        heard_ns = max(reading.received_ns if reading is not None else 0, self._session_ns)
+        silent = now - heard_ns > self.spec.watchdog_timeout_s * 1e9
+        if not (self.robot.session_lost or silent) or now < self._next_hello_ns:
+            return
+        self._abandon_episode("session_lost", episodes)
+        try:
+            self._check_device(self.robot.handshake(timeout_s=0.25))
+        except HandshakeError as error:
+            self._hello_backoff_s = min(2 * self._hello_backoff_s, 2.0)
+            self._next_hello_ns = now + round(self._hello_backoff_s * 1e9)
+            if first_and_doubling(self.robot.counters["failed_hellos"] + 1):
+                log.warning("device session lost; no answer to HELLO (%s); next try in %.1f s", error,
+                            self._hello_backoff_s)
+            self.robot.counters["failed_hellos"] += 1
+            return
+        self._hello_backoff_s, self._next_hello_ns = 0.05, 0
+        self.robot.counters["session_restarts"] += 1
+        log.warning("device session lost and opened again (%d times so far)", self.robot.counters["session_restarts"])
+
+    def _update_state(self, reading: SensorReading):
+        """The state at this frame. Its device time is used for the derivative only where consistent with the host's
+        receive clock: forward, and (realtime) advancing as the host's clock did, within the watchdog timeout. A
+        backwards or implausible jump is a fault, latched and counted; the state then follows the counts anyway, on
+        the nominal period, so nothing freezes."""
+        device_s, host_s = reading.frame.device_time_us * 1e-6, reading.received_ns * 1e-9
+        if self._clock is not None and not device_time_is_consistent(
+                device_s - self._clock[0], host_s - self._clock[1], self.spec.watchdog_timeout_s, self.robot.lockstep):
+            self.robot.counters["device_clock_jumps"] += 1
+            if first_and_doubling(self.robot.counters["device_clock_jumps"]):
+                log.warning("device time jumped by %.6f s while %.6f s passed here (%d times so far): safe stop",
+                            device_s - self._clock[0], host_s - self._clock[1],
+                            self.robot.counters["device_clock_jumps"])
+            self.supervisor.latch_fault("device_clock")
+            self.pipeline.rebase(device_s - self.spec.period_s)
+        self._clock = (device_s, host_s)
+        return self.pipeline.update(reading.frame.counts, device_s)
 
     def _read(self) -> SensorReading | None:
         if self.schedule is not None:
@@ -274,6 +327,49 @@ class Agent:
                                                 "drains it" if full else "drained: episodes resume", self.outbox_limit)
             self._outbox_full = full
         return full
+
+    def _end_episode(self, episodes: int | None) -> None:
+        self._phase, self._phase_ticks = "reset", 0
+        self.episode += 1
+        self.episodes_done += 1
+        if episodes is not None and self.episodes_done >= episodes:
+            self.request_stop(f"{episodes} episodes done")
+
+    def _abandon_episode(self, fault: str, episodes: int | None) -> None:
+        """A fault mid-episode: latch it, record the open step as truncated, and end the episode."""
+        self.supervisor.latch_fault(fault)
+        if self._phase == "run":
+            try:
+                self._close_open_step()
+            finally:
+                self._open = None
+                self._end_episode(episodes)
+        self._phase_ticks = 0
+
+    def _tick_failed(self, error: Exception, episodes: int | None) -> None:
+        """An exception inside a tick: the motor off at once, the episode ended, the fault latched and reported; the
+        loop goes on in the reset phase. After tick_error_limit failures with no episode ended in between, the agent
+        stops, saying why: the error is not passing."""
+        self.tick_errors += 1
+        self._tick_errors_unrecovered += 1
+        if first_and_doubling(self.tick_errors):
+            log.error("a tick failed (%d so far): %s: %s", self.tick_errors, type(error).__name__, error,
+                      exc_info=error)
+        try:
+            verdict = self.supervisor.motor_off(["tick_error"])
+            self.robot.send_command(verdict.command, verdict.enable)
+        except LinkLost:
+            pass  # the next tick finds the link lost and reconnects
+        try:
+            self._abandon_episode("tick_error", episodes)
+        except TransitionLogError:
+            raise
+        except Exception as record_error:  # the open step itself is what fails: it is dropped, and said so
+            log.error("the open transition could not be recorded: %s", record_error)
+        if self._tick_errors_unrecovered >= self.tick_error_limit:
+            self.failure = (f"{self._tick_errors_unrecovered} ticks failed with no episode ended between them; the "
+                            f"last: {type(error).__name__}: {error}")
+            self.request_stop(f"fault: {self.failure}")
 
     def _close_open_step(self) -> bool:
         """Record the transition the last action started, ending at the current state. True if the episode ended."""
@@ -329,9 +425,10 @@ class Agent:
             jitter = (f" jitter p50={p50:.0f}us p99={p99:.0f}us max={self.schedule.jitter.max_ns / 1e3:.0f}us"
                       f" overruns={self.schedule.overruns}")
         link = self.robot.link_counters
-        bad = {k: v for k, v in link.items() if k not in ("frames",) and v}
+        bad = {k: v for k, v in link.items() if k not in ("frames", "sessions") and v}
         return (f"{self.robot_id} {phase} ep={self.episode} transitions={self.transitions_recorded}{jitter} "
                 f"interventions={dict(self.supervisor.counts)} link_frames={link.get('frames', 0)} link_errors={bad} "
+                f"tick_errors={self.tick_errors} "
                 f"estop={self.supervisor.estop_reason or 'off'} fault={self.supervisor.fault or 'none'}")
 
     def summary(self, wall_s: float, cpu_s: float) -> dict:
@@ -341,7 +438,9 @@ class Agent:
             "interventions": dict(self.supervisor.counts), "faults": dict(self.supervisor.latches),
             "link": self.robot.link_counters,
             "link_losses": self.link_losses,
+            "tick_errors": self.tick_errors,
             "stop_reason": self._stop_reason,
+            "failure": self.failure,
         }
         windows = {"policy": self.policy_latency}
         if self.schedule is not None:
@@ -354,6 +453,15 @@ class Agent:
             p50, p99 = window.quantiles_us(0.5, 0.99)
             out |= {f"{name}_p50_us": p50, f"{name}_p99_us": p99, f"{name}_max_us": window.max_ns / 1e3}
         return out
+
+
+def device_time_is_consistent(device_dt: float, host_dt: float, tolerance_s: float, lockstep: bool) -> bool:
+    """Whether a device clock's step between two frames is believable. It must go forward, and by no more than the
+    host's own clock did plus the tolerance; a realtime device's clock must also keep up with the host's (a lockstep
+    device's time is simulated, and the host may take as long as it likes between steps)."""
+    if not 0 < device_dt <= host_dt + tolerance_s:
+        return False
+    return lockstep or device_dt >= host_dt - tolerance_s
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 Per tick it checks, in order: e-stop (latched until an explicit reset), stale sensors, a non-finite policy output (both
 latch a fault until the episode's end), actuator limits, joint-limit braking, overspeed, and the command rate limit.
+Under an e-stop or stale sensors the motor driver is disabled, not merely commanded to the safe value. Near a joint
+limit the command is capped continuously, so braking has no bang-bang of its own.
 Every intervention is counted by reason and logged when it starts.
 """
 
@@ -19,6 +21,7 @@ from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState
 
 log = logging.getLogger(__name__)
+LIMIT_MARGIN_RAD = 0.05  # where a capped push aims to stop short of a limit: the prediction is only a prediction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,25 +89,23 @@ class SafetySupervisor:
     # ---- the check ----------------------------------------------------------------------------------------------
 
     def check(self, action, state: JointState | None, sensor_age_s: float) -> Verdict:
-        reasons: list[str] = []
         if self.estop_reason is not None:
-            self._last = self._safe
-            return self._verdict(self._safe, False, ["estop"])
+            return self.motor_off(["estop"])
         if state is None or sensor_age_s > self.watchdog_s:
-            self.latch_fault("stale_sensors")
-            command = self._safe  # no trustworthy state to brake with
+            self.latch_fault("stale_sensors")  # no trustworthy state to brake with: the driver goes off
+            return self.motor_off(["stale_sensors", self.fault])
+        reasons: list[str] = []
+        action = tuple(np.asarray(action, dtype=np.float64).reshape(len(self._safe)).tolist())
+        if not all(map(math.isfinite, action)):
+            self.latch_fault("non_finite_action")
+        if self.fault is not None:
+            reasons.append("safe_stop")
+            command = self._brake_to_rest(state)
         else:
-            action = tuple(np.asarray(action, dtype=np.float64).reshape(len(self._safe)).tolist())
-            if not all(map(math.isfinite, action)):
-                self.latch_fault("non_finite_action")
-            if self.fault is not None:
-                reasons.append("safe_stop")
-                command = self._brake_to_rest(state)
-            else:
-                command = tuple(min(max(v, low), high) for v, low, high in zip(action, self.low, self.high))
-                if command != action:
-                    reasons.append("clamped")
-            command = self._guard_joints(command, state, reasons)
+            command = tuple(min(max(v, low), high) for v, low, high in zip(action, self.low, self.high))
+            if command != action:
+                reasons.append("clamped")
+        command = self._guard_joints(command, state, reasons)
         if self.fault is not None:
             reasons.append(self.fault)
         stepped = tuple(min(max(c, last - step), last + step) for c, last, step in zip(command, self._last,
@@ -119,15 +120,23 @@ class SafetySupervisor:
         self._last = self._safe
         return Verdict(self.safe.copy(), False, ("shutdown",))
 
+    def motor_off(self, reasons: list[str]) -> Verdict:
+        """The safe value with the driver disabled, counted under `reasons`; any later command ramps up from safe."""
+        self._last = self._safe
+        return self._verdict(self._safe, False, reasons)
+
     def _brake_to_rest(self, state: JointState) -> tuple[float, ...]:
         return tuple(min(max(safe - state.velocity[i] * (high - low), low), high)
                      for safe, low, high, i in zip(self._safe, self.low, self.high, self.joint_index))
 
     def _guard_joints(self, command: tuple[float, ...], state: JointState, reasons: list[str]) -> tuple[float, ...]:
-        """Predict where each actuated joint could stop, given this command, and brake if that is past its limit.
+        """Cap each actuated joint's command so that where it could stop stays inside its position limit.
 
-        The command acts for one period plus the velocity filter's lag; then reversing it takes the rate-limit ramp
-        (coasting, conservatively); then the joint brakes at its spec's conservative deceleration.
+        The prediction: the command acts for one period plus the velocity filter's lag; then reversing it takes the
+        rate-limit ramp (coasting, conservatively); then the joint brakes at its spec's conservative deceleration. A
+        command whose predicted stop is past a limit is lowered to the strongest push whose stop is at the limit, so a
+        steady push into a limit slows the joint onto it instead of chattering between full push and full reverse.
+        Where even full reverse cannot stop it in time, full reverse it is.
         """
         command = list(command)
         for k, (joint, i) in enumerate(zip(self.joints, self.joint_index)):
@@ -138,21 +147,40 @@ class SafetySupervisor:
                 reasons.append("overspeed")
             if joint.position_limit is None:
                 continue
-            push = (command[k] - safe) / (high - low) * 2.0  # -1..1 of full command
+            volts_per_accel = (high - low) / (2.0 * joint.max_acceleration)
             for sign, limit, away in ((1.0, joint.position_limit[1], low), (-1.0, -joint.position_limit[0], high)):
-                p, v, a = sign * position, sign * velocity, sign * push * joint.max_acceleration
-                held = self.hold_s
-                v1 = max(0.0, v + a * held)
-                p1 = p + v * held + 0.5 * a * held**2 + v1 * self.ramp_s[k]
-                if p1 + v1**2 / (2.0 * joint.braking_deceleration) < limit:
+                limit -= LIMIT_MARGIN_RAD
+                p, v = sign * position, sign * velocity  # towards this limit
+                accel = sign * (command[k] - safe) / volts_per_accel
+                if self._stop_position(p, v, accel, joint, k) < limit:
                     continue
-                if v > 0:
-                    command[k] = away
-                    reasons.append("braking")
-                elif sign * (command[k] - safe) > 0:
-                    command[k] = safe
-                    reasons.append("hold_at_limit")
+                if self._stop_position(p, v, -joint.max_acceleration, joint, k) >= limit:
+                    if v > 0:
+                        command[k] = away
+                        reasons.append("braking")
+                    elif accel > 0:
+                        command[k] = safe
+                        reasons.append("hold_at_limit")
+                    continue
+                capped = self._strongest_push(p, v, limit, joint, k)
+                command[k] = safe + sign * capped * volts_per_accel
+                reasons.append("braking" if capped < 0 else "hold_at_limit")
         return tuple(command)
+
+    def _stop_position(self, p: float, v: float, accel: float, joint, k: int) -> float:
+        held = self.hold_s
+        v1 = max(0.0, v + accel * held)
+        return p + v * held + 0.5 * accel * held**2 + v1 * self.ramp_s[k] + v1**2 / (2.0 * joint.braking_deceleration)
+
+    def _strongest_push(self, p: float, v: float, limit: float, joint, k: int) -> float:
+        """The acceleration towards the limit whose predicted stop is exactly at it (_stop_position solved for accel).
+        With u = v + accel * hold the speed after the hold: stop = p + v h/2 + u (h/2 + ramp) + u^2 / 2d when u > 0."""
+        held, decel = self.hold_s, joint.braking_deceleration
+        b, c = held / 2.0 + self.ramp_s[k], p + v * held / 2.0 - limit
+        if c < 0:
+            u = decel * (math.sqrt(b * b - 2.0 * c / decel) - b)
+            return (u - v) / held
+        return 2.0 * (limit - p - v * held) / held**2  # it must stop inside the hold: stop = p + v h + accel h^2 / 2
 
     def _verdict(self, command: tuple[float, ...], enable: bool, reasons: list[str]) -> Verdict:
         reasons = list(dict.fromkeys(reasons))

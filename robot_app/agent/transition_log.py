@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 
 
+class TransitionLogError(OSError):
+    """The log stopped writing: what the loop records from now on would be lost, so the agent stops (safely)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Transition:
     robot_id: str
@@ -75,7 +79,7 @@ class TransitionLog:
         self._last_seq = int(self.store.meta("last_seq"))
         self._queue: queue.Queue[Transition | None] = queue.Queue()
         self._flush_interval, self._chunk_rows, self._retry_s = flush_interval_s, chunk_rows, retry_s
-        self._error: OSError | None = None
+        self._error: TransitionLogError | None = None
         self.closed = False  # a link still shipping from this log stops once it is closed
         self._writer = threading.Thread(target=self._write_forever, name="transition-log", daemon=True)
         self._writer.start()
@@ -91,7 +95,7 @@ class TransitionLog:
         self._queue.put(transition)
 
     @property
-    def error(self) -> OSError | None:
+    def error(self) -> TransitionLogError | None:
         """Why the log stopped writing, once it has given up (append raises it from then on); None while it writes."""
         return self._error
 
@@ -136,7 +140,7 @@ class TransitionLog:
                     log.warning("transition log write succeeded after %d retries", retried)
                 return True
             unwritten = len(batch) + self._queue.qsize()
-            self._error = OSError(f"{self.path}: the transition log stopped writing ({failure}); at least {unwritten} "
+            self._error = TransitionLogError(f"{self.path}: the transition log stopped writing ({failure}); at least {unwritten} "
                                   "transitions were not written, everything committed before is kept")
             log.error("%s", self._error)
             return False

@@ -40,6 +40,7 @@ class FaultCode(enum.IntEnum):
     WATCHDOG = 1  # no command within the watchdog timeout: the motor is off
     BAD_FRAME = 2  # the device dropped a frame it could not decode
     PROTOCOL = 3  # a well-formed frame the device will not act on (wrong version, wrong sizes)
+    NO_SESSION = 4  # a COMMAND outside a session (the device restarted since the HELLO): the host must HELLO again
 
 
 class ProtocolError(ValueError):
@@ -64,7 +65,9 @@ class FrameDecoder:
     """Streaming decoder: feed it any bytes; it returns whole valid frames and never raises.
 
     Garbage before a sync is skipped. A frame with a bad CRC, an oversized length or an unknown type is counted and
-    dropped, and the search resumes one byte after its sync, so a real frame hidden inside it is still found.
+    dropped, and the search resumes one byte after its sync, so a real frame hidden inside it is still found. While a
+    frame waits for the rest of its declared length, a whole valid frame found after its start wins: the waiting one
+    was cut off (a lost tail, or a corrupt length), so a bad header never holds back the frames behind it.
     """
 
     def __init__(self):
@@ -94,7 +97,12 @@ class FrameDecoder:
                 continue
             end = HEADER_SIZE + length + CRC_SIZE
             if len(buffer) < end:
-                break
+                later = _next_whole_frame(buffer)
+                if later is None:
+                    break
+                self.counters["truncated"] += 1
+                del buffer[:later]
+                continue
             (crc,) = _CRC.unpack_from(buffer, end - CRC_SIZE)
             if crc != zlib.crc32(memoryview(buffer)[2 : end - CRC_SIZE]):
                 self.counters["bad_crc"] += 1
@@ -121,6 +129,20 @@ class FrameDecoder:
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
+
+
+def _next_whole_frame(buffer: bytearray) -> int | None:
+    """Where the first whole frame with a valid CRC starts after the buffer's first byte, if one does."""
+    start = buffer.find(SYNC, 1)
+    while 0 < start <= len(buffer) - HEADER_SIZE - CRC_SIZE:
+        _, length, _, _ = _HEADER.unpack_from(buffer, start)
+        end = start + HEADER_SIZE + length + CRC_SIZE
+        if length <= MAX_PAYLOAD and end <= len(buffer):
+            (crc,) = _CRC.unpack_from(buffer, end - CRC_SIZE)
+            if crc == zlib.crc32(memoryview(buffer)[start + 2 : end - CRC_SIZE]):
+                return start
+        start = buffer.find(SYNC, start + 1)
+    return None
 
 
 # ---- payloads -------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import time
 import serial
 
 from robot_app.hardware.protocol import (
-    PROTOCOL_VERSION, Command, EStop, Fault, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
+    PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
     SensorStatus, encode_frame, parse,
 )
 
@@ -39,7 +39,8 @@ class SensorReading:
 
 
 class SerialRobot:
-    """One serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*()."""
+    """One serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*(); handshake() again when
+    the device has lost its session."""
 
     def __init__(self, port: str, baudrate: int = 921_600):
         self.port = port
@@ -48,6 +49,8 @@ class SerialRobot:
         self._decoder = FrameDecoder()
         self._seq = 0
         self.device: Hello | None = None
+        self.session_lost = False  # the device said it has no session (it restarted): handshake() again
+        self._sensor_seq: int | None = None
         self.latest: SensorReading | None = None
         self.device_estop: EStop | None = None  # an e-stop the device reported and nobody consumed yet
         self.faults: collections.deque[Fault] = collections.deque(maxlen=64)
@@ -63,21 +66,29 @@ class SerialRobot:
         except (serial.SerialException, OSError) as error:
             raise LinkLost(f"cannot open {self.port}: {error}") from None
         self._decoder = FrameDecoder()
-        self.device, self.latest = None, None
+        try:
+            return self.handshake(timeout_s)
+        except HandshakeError:
+            self.close()
+            raise
+
+    def handshake(self, timeout_s: float = 2.0) -> Hello:
+        """Open a session on the open port: HELLO every 0.25 s until the device answers (a reply lost on a noisy line
+        is not a dead device). Also how a session the device lost (it rebooted) is opened again."""
+        self.device, self.latest, self.session_lost, self._sensor_seq = None, None, False, None
         deadline = time.monotonic() + timeout_s
-        while self.device is None:  # HELLO again every 0.25 s: a reply lost on a noisy line is not a dead device
+        while self.device is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.close()
-                raise HandshakeError(f"{self.port}: no HELLO answer within {timeout_s:.1f} s")
+                raise HandshakeError(f"{self.port}: no HELLO answer within {timeout_s:.2f} s")
             self._send(MessageType.HELLO, Hello(PROTOCOL_VERSION, "host").pack())
             retry = time.monotonic() + min(0.25, remaining)
             while self.device is None and (wait := retry - time.monotonic()) > 0:
                 self.poll(wait)
         if self.device.version != PROTOCOL_VERSION:
-            version = self.device.version
-            self.close()
-            raise HandshakeError(f"{self.port}: device speaks protocol v{version}, this host v{PROTOCOL_VERSION}")
+            raise HandshakeError(f"{self.port}: device speaks protocol v{self.device.version}, this host "
+                                 f"v{PROTOCOL_VERSION}")
+        self.counters["sessions"] += 1
         log.info("connected to %s on %s (protocol v%d, %d encoders, %d motors, %.0f Hz%s)", self.device.robot_id,
                  self.port, self.device.version, self.device.n_encoders, self.device.n_motors, self.device.rate_hz,
                  ", lockstep" if self.lockstep else "")
@@ -126,18 +137,34 @@ class SerialRobot:
                 log.debug("dropped a malformed frame: %s", error)
                 continue
             if isinstance(message, SensorFrame):
-                self.latest = SensorReading(message, frame.seq, now)
+                self._take_sensor(message, frame.seq, now)
             elif isinstance(message, Hello):
-                self.device = message
+                self.device, self._sensor_seq = message, None
             elif isinstance(message, EStop):
                 if message.engage:
                     self.device_estop = message
             elif isinstance(message, Fault):
                 self.faults.append(message)
                 self.counters["device_faults"] += 1
+                if message.code == FaultCode.NO_SESSION:
+                    self.session_lost = True
             elif frame.type == MessageType.HEARTBEAT:
                 self.heartbeat_echo_ns[frame.seq] = now
         return len(frames)
+
+    def _take_sensor(self, message: SensorFrame, seq: int, received_ns: int) -> None:
+        """A sensor frame is a protocol fault, counted and dropped, unless it comes in a session, is newer than the
+        last by the device's sequence number, and has the encoder and motor counts the device declared."""
+        device = self.device
+        if device is None:
+            self.counters["sensor_outside_session"] += 1
+        elif (len(message.counts), len(message.applied)) != (device.n_encoders, device.n_motors):
+            self.counters["sensor_wrong_shape"] += 1
+        elif self._sensor_seq is not None and not 0 < (seq - self._sensor_seq) & 0xFFFFFFFF < 1 << 31:
+            self.counters["sensor_out_of_order"] += 1
+        else:
+            self._sensor_seq = seq
+            self.latest = SensorReading(message, seq, received_ns)
 
     def wait_sensor(self, newer_than_seq: int | None, timeout_s: float) -> SensorReading | None:
         """The newest sensor frame, waiting up to timeout_s for one newer than `newer_than_seq` (None: any)."""

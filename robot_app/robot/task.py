@@ -33,6 +33,12 @@ class SensorPipeline:
     def reset(self) -> None:
         self.state = None
 
+    def rebase(self, time_s: float) -> None:
+        """Take `time_s` as the time of the last state (its source clock jumped): the next update differentiates
+        from there, instead of from a time on the clock before the jump."""
+        if self.state is not None:
+            self.state = dataclasses.replace(self.state, time_s=time_s)
+
     def update(self, counts, time_s: float) -> JointState:
         position = self.encoders.angles(counts)
         last = self.state
