@@ -3,10 +3,12 @@
 A learner (ingest, online SAC-SVG(H); each candidate goes through the policy registry and the sim-validation gate, and
 only what passes is signed and deployed), and for each robot a lockstep virtual Furuta on a pty and an agent that
 drives it through pyserial, ships its transitions over CURVE-secured ZeroMQ, and loads only gate-signed policies.
+The demo supervises them: one that dies is restarted with backoff, and the run goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -15,12 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
+from policies.files import write_atomic
 from policies.signing import generate_signing_keys
 from robot_app.transport.keys import generate_keys
 
 CLI = [sys.executable, "-m", "robot_app.cli"]
 MARKER = "demo.json"
+PROCESSES = "processes.json"  # each role's current pid, rewritten at every (re)start
 
 
 def _free_port() -> int:
@@ -56,10 +61,86 @@ def _last_progress(path: Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
+@dataclasses.dataclass
+class _Role:
+    """One supervised process: how to start it, and how it has fared."""
+
+    name: str
+    args: Callable[[], list[str]]  # asked anew at each start: an agent follows its device's pty
+    prints_port: bool = False  # a virtual robot prints its pty's path first
+    quiet: bool = True  # its stdout is dropped (the learner's last line is the demo's too)
+    depends_on: "_Role | None" = None  # restarted whenever this one is (an agent on a restarted device's new pty)
+    proc: subprocess.Popen | None = None
+    port: str = ""
+    restarts: int = 0
+    backoff_s: float = 1.0
+    due: float | None = None  # when it starts again, after it died
+
+
+class _Supervisor:
+    """Starts the demo's processes, restarts any that dies (with backoff and a line saying so), stops them all."""
+
+    def __init__(self, logs: Path, out: Path):
+        self.logs, self.out, self.roles = logs, out, []
+
+    def add(self, role: _Role) -> _Role:
+        self.roles.append(role)
+        self._start(role)
+        return role
+
+    def _start(self, role: _Role) -> None:
+        log_file = open(self.logs / f"{role.name}.log", "a")  # appended: a restart keeps the log of the last run
+        stdout = subprocess.PIPE if role.prints_port else subprocess.DEVNULL if role.quiet else None
+        role.proc = subprocess.Popen([*CLI, *role.args()], stdout=stdout, stderr=log_file, text=True)
+        log_file.close()
+        if role.prints_port:
+            role.port = role.proc.stdout.readline().strip()
+            if not role.port:
+                raise RuntimeError(f"{role.name} did not start; see {self.logs}/{role.name}.log")
+        role.due = None
+        write_atomic(self.out / PROCESSES, json.dumps({r.name: r.proc.pid for r in self.roles if r.proc}).encode())
+
+    def check(self) -> None:
+        """Restart what has died, once its backoff has passed; a dependant goes down and up with it."""
+        now = time.monotonic()
+        for role in self.roles:
+            if role.due is None and role.proc.poll() is not None:
+                role.restarts += 1
+                role.due = now + role.backoff_s
+                print(f"demo: {role.name} exited with status {role.proc.returncode} (see {self.logs}/{role.name}.log);"
+                      f" restarting it in {role.backoff_s:g} s (restart {role.restarts})", flush=True)
+                role.backoff_s = min(2 * role.backoff_s, 30.0)
+        for role in self.roles:
+            if role.due is not None and now >= role.due:
+                self._start(role)
+                for dependant in self.roles:
+                    if dependant.depends_on is role and dependant.due is None:
+                        _stop(dependant.proc)
+                        self._start(dependant)
+
+    def stop(self) -> None:
+        for role in reversed(self.roles):  # agents first (a safe stop each), then devices, then the learner
+            if role.proc is not None:
+                _stop(role.proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: int = 3,
              transitions_per_s: float = 30.0, gate_episodes: int = 4) -> int:
     """transitions_per_s: the robots' combined lockstep pace, near what one learner core can update on.
-    gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed."""
+    gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
+    A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile."""
+    if robots < 1:
+        raise ValueError(f"--robots must be at least 1, got {robots}")
     out = Path(out)
     _fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
@@ -70,51 +151,40 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
     budget_s = minutes * 60
     logs = out / "logs"
     logs.mkdir()
-    processes: list[tuple[str, subprocess.Popen]] = []
-
-    def spawn(name: str, args: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen([*CLI, *args], stderr=open(logs / f"{name}.log", "w"), **kwargs)
-        processes.append((name, proc))
-        return proc
-
+    supervisor = _Supervisor(logs, out)
     print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}), {minutes:g} min; logs in {logs}")
     try:
-        spawn("learner", ["learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce,
-                          "--keys", str(keys), "--horizon", str(horizon), "--registry", str(out / "registry"),
-                          "--signing-key", str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes),
-                          "--auto-deploy"])
+        supervisor.add(_Role("learner", lambda: [
+            "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
+            "--horizon", str(horizon), "--registry", str(out / "registry"), "--signing-key",
+            str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy"], quiet=False))
         for i, robot_id in enumerate(robot_ids):
-            device = spawn(f"{robot_id}-device", ["virtual-robot", "--lockstep", "--robot-id", robot_id,
-                                                  "--seed", str(i)], stdout=subprocess.PIPE, text=True)
-            port = device.stdout.readline().strip()
-            if not port:
-                raise RuntimeError(f"the virtual robot {robot_id} did not start; see {logs}")
-            spawn(f"{robot_id}-agent", ["agent", "--port", port, "--robot-id", robot_id, "--policy", "random",
-                                        "--explore", "0.3", "--learner", listen, "--announcements", announce,
-                                        "--keys", str(keys), "--log", str(out / robot_id / "transitions.sqlite"),
-                                        "--status-every", "60", "--pace", str(pace_hz),
-                                        "--trusted-key", str(keys / "gate.sign_pub")],
-                  stdout=subprocess.DEVNULL)
+            device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
+                "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i)], prints_port=True))
+            supervisor.add(_Role(f"{robot_id}-agent", lambda robot_id=robot_id, device=device: [
+                "agent", "--port", device.port, "--robot-id", robot_id, "--policy", "random", "--explore", "0.3",
+                "--learner", listen, "--announcements", announce, "--keys", str(keys),
+                "--log", str(out / robot_id / "transitions.sqlite"), "--status-every", "60", "--pace", str(pace_hz),
+                "--trusted-key", str(keys / "gate.sign_pub")], depends_on=device))
         started = time.monotonic()
-        while time.monotonic() - started < budget_s:
-            time.sleep(min(15.0, max(0.0, budget_s - (time.monotonic() - started))))
-            for name, proc in processes:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with status {proc.returncode}; see {logs}/{name}.log")
-            row = _last_progress(out / "learner" / "progress.jsonl")
-            if row:
-                print(f"  {row['elapsed_s']:6.0f} s  transitions {row['transitions']:7d}  updates {row['updates']:6d}  "
-                      f"candidates {row['candidates']:3d}  episodes {row['episodes']:4d}  "
-                      f"return (last 10 episodes) {row['recent_return']}  gate {_gate_line(row['gate'])}", flush=True)
+        next_progress = started + 15.0
+        while (elapsed := time.monotonic() - started) < budget_s:
+            time.sleep(min(1.0, budget_s - elapsed))
+            supervisor.check()
+            if time.monotonic() >= next_progress or time.monotonic() - started >= budget_s:
+                next_progress += 15.0
+                _print_progress(out)
     finally:
-        for name, proc in reversed(processes):  # agents first (a safe stop each), then devices, then the learner
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    return _report(out)
+        supervisor.stop()
+    return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})
+
+
+def _print_progress(out: Path) -> None:
+    row = _last_progress(out / "learner" / "progress.jsonl")
+    if row:
+        print(f"  {row['elapsed_s']:6.0f} s  transitions {row['transitions']:7d}  updates {row['updates']:6d}  "
+              f"candidates {row['candidates']:3d}  episodes {row['episodes']:4d}  "
+              f"return (last 10 episodes) {row['recent_return']}  gate {_gate_line(row['gate'])}", flush=True)
 
 
 def _gate_line(gate: dict | None) -> str:
@@ -125,14 +195,17 @@ def _gate_line(gate: dict | None) -> str:
             f"{states.get('rejected', 0)} rejected, deployed {gate['deployed'] or 'none yet'}")
 
 
-def _report(out: Path) -> int:
-    progress = [json.loads(line) for line in (out / "learner" / "progress.jsonl").read_text().splitlines()]
+def _report(out: Path, restarts: dict[str, int]) -> int:
+    progress_file = out / "learner" / "progress.jsonl"
+    progress = [json.loads(line) for line in progress_file.read_text().splitlines()] if progress_file.exists() else []
     returns = [row["recent_return"] for row in progress if row["recent_return"] is not None]
+    if restarts:
+        print(f"demo: restarted {', '.join(f'{name} {n} time(s)' for name, n in restarts.items())}")
     if not returns:
         print("demo: no episode finished; see the logs")
         return 1
     best = max(returns)
     print(f"demo: swing-up return (mean of the last 10 episodes) went from {returns[0]:.1f} to {returns[-1]:.1f} "
           f"(best {best:.1f}, out of 400) over {progress[-1]['updates']} updates on "
-          f"{progress[-1]['transitions']} transitions; curve in {out / 'learner' / 'progress.jsonl'}")
+          f"{progress[-1]['transitions']} transitions; curve in {progress_file}")
     return 0

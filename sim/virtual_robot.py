@@ -125,6 +125,7 @@ class VirtualRobot:
         self._limits = tuple(a.command_limit for a in spec.actuators)
         self.audit = DeviceAudit()
         self.counters: collections.Counter[str] = collections.Counter()
+        self.refused: collections.Counter[str] = collections.Counter()  # frames refused with a FAULT, by its code
         self._stop = threading.Event()
         self._press_estop = threading.Event()
 
@@ -185,7 +186,7 @@ class VirtualRobot:
             self.audit.max_abs_position = self.physics.max_abs_qpos.tolist()
             self.audit.max_abs_velocity = self.physics.max_abs_qvel.tolist()
             self.audit.motor_enabled_at_exit = self._enabled and not self._estop and not self._watchdog_tripped
-            self.audit.bad_frames = sum(v for k, v in self._decoder.counters.items() if k not in ("frames",))
+            self.audit.bad_frames = sum(v for k, v in self.link_counters.items() if k != "frames")
             self.close()
         return self.audit
 
@@ -217,15 +218,15 @@ class VirtualRobot:
             try:
                 message = parse(frame)
             except ProtocolError as error:
-                self._send(MessageType.FAULT, Fault(FaultCode.BAD_FRAME, str(error)).pack())
+                self._refuse(FaultCode.BAD_FRAME, str(error))
                 continue
             if isinstance(message, Hello):
                 self._handshake(message)
             elif isinstance(message, Command) and not self._session:
-                self._send(MessageType.FAULT, Fault(FaultCode.NO_SESSION, "no session: send HELLO").pack())
+                self._refuse(FaultCode.NO_SESSION, "no session: send HELLO")
             elif isinstance(message, Command):
                 if len(message.volts) != len(self.spec.actuators):
-                    self._send(MessageType.FAULT, Fault(FaultCode.PROTOCOL, "wrong number of motor values").pack())
+                    self._refuse(FaultCode.PROTOCOL, "wrong number of motor values")
                     continue
                 self._ack_seq = frame.seq
                 commands.append(message)
@@ -238,9 +239,19 @@ class VirtualRobot:
                 self._send(MessageType.HEARTBEAT, b"", seq=frame.seq)  # echoed, for round-trip timing
         return commands
 
+    def _refuse(self, code: FaultCode, reason: str) -> None:
+        """A frame the device will not act on: counted, and answered with a FAULT saying why."""
+        self.refused[code.name] += 1
+        self._send(MessageType.FAULT, Fault(code, reason).pack())
+
+    @property
+    def link_counters(self) -> dict[str, int]:
+        """What the device's receiver counted: frames, each kind of bad input dropped, and each frame refused."""
+        return dict(self._decoder.counters) | {f"refused_{name.lower()}": n for name, n in self.refused.items()}
+
     def _handshake(self, hello: Hello) -> None:
         if hello.version != PROTOCOL_VERSION:
-            self._send(MessageType.FAULT, Fault(FaultCode.PROTOCOL, f"protocol v{hello.version} unsupported").pack())
+            self._refuse(FaultCode.PROTOCOL, f"protocol v{hello.version} unsupported")
             return
         self._session = True
         self._enabled = False
@@ -314,7 +325,7 @@ class VirtualRobot:
         self._session = self._enabled = self._watchdog_tripped = False
         self._last_command_ns, self._seq, self._ack_seq = None, 0, 0
         self._boot_time_s = self.physics.time_s
-        self._decoder = FrameDecoder()
+        self._decoder.flush()  # a partial frame in the UART buffer is lost
         self.counters["reboots"] += 1
 
     def _engage_estop(self) -> None:

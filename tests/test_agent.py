@@ -122,6 +122,7 @@ ADVERSARIES = {
     "bang_bang": lambda obs: np.array([5.0 if int(time.monotonic() * 8) % 2 else -5.0]),
     "pump_towards_the_stops": lambda obs: np.array([5.0 if obs[4] >= 0 else -5.0]),
     "saturated": lambda obs: np.array([1e6]),
+    "steady_push": lambda obs: np.array([5.0]),
     "random": (lambda rng: lambda obs: rng.uniform(-5.0, 5.0, 1))(np.random.default_rng(0)),
 }
 
@@ -138,6 +139,46 @@ def test_adversarial_policies_never_put_an_unsafe_command_on_the_wire(tmp_path, 
         assert summary["transitions"] == 2 and summary["interventions"]["non_finite_action"] >= 2
     else:
         assert summary["transitions"] == 2 * SPEC.episode_steps  # braking kept it inside the software limit
+
+
+def test_a_steady_push_into_a_limit_is_held_off_smoothly_not_chattered(tmp_path):
+    """Braking once turned a steady +5 V push into ±5 V chatter: 31-36% of consecutive commands flipped sign."""
+    log = Recorder()
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        make_agent(robot.port, FnPolicy(ADVERSARIES["steady_push"], "push"), log).run(episodes=2)
+        audit = robot.stop()
+    commands = np.array([t.action[0] for t in log.rows])
+    flips = np.mean(np.sign(commands[1:]) * np.sign(commands[:-1]) < 0)
+    assert len(commands) == 2 * SPEC.episode_steps and flips < 0.1
+    assert audit["max_command_step"] <= SPEC.actuators[0].rate_limit * SPEC.period_s + 1e-6
+    assert audit["max_abs_position"][0] < SPEC.joint("arm").position_limit[1]  # held inside the software limit
+
+
+def test_the_device_audit_judges_every_step_and_writes_strict_json(tmp_path):
+    """After a NaN the next step went unchecked, and a non-finite command made audit.json non-JSON (Infinity)."""
+    from sim.virtual_robot import VirtualRobot, write_audit
+
+    spec = SPEC.with_rate(500.0)  # 0.5 V a period
+    device = VirtualRobot(spec, lockstep=True)
+    serving = threading.Thread(target=device.serve, daemon=True)
+    serving.start()
+    host = SerialRobot(device.port)
+    host.connect()
+    for volts in (0.4, float("nan"), 1.0, 1.2, float("inf")):  # NaN drives 0 V: 1.0 is a 1 V step from it
+        host.send_command([volts])
+        host.wait_sensor(host.latest.seq, 5.0)
+    host.close()
+    device.stop()
+    serving.join(timeout=10)
+    write_audit(device.audit, tmp_path / "audit.json")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    audit = json.loads((tmp_path / "audit.json").read_text(), parse_constant=refuse)
+    assert audit["limit_violations"] == 2 and audit["non_finite_commands"] == 2
+    assert audit["rate_violations"] == 3  # NaN, the 1 V step after it, and inf
+    assert audit["last_command"] == ["inf"] and audit["max_command_step"] == pytest.approx(1.0)
 
 
 def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):

@@ -1,14 +1,40 @@
 """End to end, briefly: learner, two lockstep virtual robots and their agents as processes over CURVE on tcp."""
 
+import json
+import os
+import signal
+import threading
+
 from robot_app.demo import run_demo
 from robot_app.learner.ingest import IngestStore
 from robot_app.learner.registry import PolicyRegistry
-from tests.conftest import outbox_state, stored_keys
+from tests.conftest import outbox_state, stored_keys, wait_until
 
 
-def test_the_demo_streams_every_transition_once_through_the_whole_stack(tmp_path):
+def _count(store_path) -> int:
+    store = IngestStore(store_path)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def test_the_demo_streams_every_transition_once_through_the_whole_stack_and_outlives_its_learner(tmp_path):
+    """kill -9 of the learner once ended the demo with a traceback; now the learner is restarted and nothing is lost."""
     out = tmp_path / "demo"
-    assert run_demo(out, robots=2, minutes=0.5, horizon=1, transitions_per_s=120) == 0
+    result = {}
+    demo = threading.Thread(target=lambda: result.update(code=run_demo(out, robots=2, minutes=0.75, horizon=1,
+                                                                        transitions_per_s=120)))
+    demo.start()
+    store_path, processes = out / "learner" / "ingest.sqlite", out / "processes.json"
+    wait_until(lambda: store_path.exists() and _count(store_path) > 200, timeout_s=120)
+    first = json.loads(processes.read_text())["learner"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: json.loads(processes.read_text())["learner"] != first, timeout_s=60)
+    at_restart = _count(store_path)
+    wait_until(lambda: _count(store_path) > at_restart + 200, timeout_s=120)  # the new learner takes data again
+    demo.join(timeout=300)
+    assert result["code"] == 0
     store = IngestStore(out / "learner" / "ingest.sqlite")
     received = {robot: set(stored_keys(store, robot)) for robot in ("furuta-virtual-0", "furuta-virtual-1")}
     for robot, keys in received.items():

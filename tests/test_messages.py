@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.transport.messages import (
-    MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
-    TransitionChunk, decode, encode,
+    COLUMNS, KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement,
+    Status, TransitionBatch, TransitionChunk, decode, encode,
 )
 from tests.conftest import wait_until
+from tests.strategies import ANYTHING, array_records, bodies
 
 
 def transition(episode, step, obs_dim=6):
@@ -121,6 +122,45 @@ def test_garbage_never_raises_anything_but_a_message_error(data):
         decode(data)
     except MessageError:
         pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(version=st.just(SCHEMA_VERSION) | ANYTHING, kind=st.sampled_from(sorted(KINDS)) | ANYTHING, data=st.data())
+def test_random_field_types_are_a_message_error_never_another_exception(version, kind, data):
+    """{"v":2,"kind":[1],"body":{}}, or a column whose dtype is a list, once raised TypeError in decode."""
+    body = data.draw(bodies(kind))
+    try:
+        decode(msgpack.packb({"v": version, "kind": kind, "body": body}, use_bin_type=True))
+    except MessageError:
+        pass
+
+
+VALID_CHUNK = msgpack.unpackb(TransitionChunk.from_transitions(1, [transition(0, 0), transition(0, 1)]).pack())
+
+
+@settings(max_examples=300, deadline=None)
+@given(replaced=st.dictionaries(st.sampled_from(sorted(COLUMNS)), array_records(), max_size=4),
+       rest=st.dictionaries(st.sampled_from(["policy_versions", "intervention_names"]), ANYTHING),
+       acked_through=st.integers(-2**63, 2**63 - 1))
+def test_random_chunks_are_a_message_error_never_another_exception(replaced, rest, acked_through):
+    """A valid chunk with some of its columns, vocabularies and its acked_through replaced by anything at all."""
+    chunk = msgpack.packb(VALID_CHUNK | {"columns": VALID_CHUNK["columns"] | replaced} | rest, use_bin_type=True)
+    try:
+        decode(encode(TransitionBatch("r1", "o", acked_through, chunk)))
+    except MessageError:
+        pass
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("seq", [-1, 0], "seq -1..0 is outside"), ("seq", [2**62, 2**62 + 1], "seq .* is outside"),
+    ("episode", [-5, -5], "episode"), ("step", [0, 2**40], "step"),
+])
+def test_impossible_seqs_episodes_and_steps_are_rejected(column, values, message):
+    with pytest.raises(MessageError, match=message) as error:
+        decode(_with_chunk_body(lambda cols: cols[column].update(data=np.array(values, "<i8").tobytes())))
+    assert error.value.reason == "field"
+    with pytest.raises(MessageError, match="acked_through"):
+        decode(encode(TransitionBatch("r1", "o", -1, TransitionChunk.from_transitions(1, [transition(0, 0)]).pack())))
 
 
 def test_the_outbox_deletes_only_acknowledged_chunks_and_never_reuses_an_episode_or_a_seq(tmp_path):

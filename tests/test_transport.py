@@ -1,5 +1,6 @@
 """Robot -> learner over ZeroMQ with CURVE on tcp 127.0.0.1: delivery with acks, restarts, and rejected messages."""
 
+import dataclasses
 import threading
 import time
 
@@ -11,7 +12,9 @@ import zmq
 from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
-from robot_app.transport.messages import SCHEMA_VERSION, Heartbeat, decode, encode
+from robot_app.transport.messages import (
+    SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, decode, encode,
+)
 from robot_app.transport.robot_link import RobotLink
 from tests.conftest import stored_keys, wait_until
 
@@ -231,3 +234,130 @@ def test_the_link_stops_quietly_when_its_log_is_closed_under_it(tmp_path):
     finally:
         threading.excepthook = hook
     assert not thread.is_alive() and errors == []
+
+
+# ---- hostile input on the learner's socket and the robot's link -----------------------------------------------------
+
+
+def client(context, keys, endpoint, name, key_dir="robots", routing_id=None):
+    socket = context.socket(zmq.DEALER)
+    socket.linger = 0
+    socket.rcvtimeo = 10_000
+    if routing_id is not None:
+        socket.routing_id = routing_id
+    secure_client(socket, keys / key_dir / f"{name}.key_secret", keys / "learner/learner.key")
+    socket.connect(endpoint)
+    return socket
+
+
+def still_answers(socket, robot_id="robot-1"):
+    """The server is alive: a heartbeat gets its answer (every earlier message on this connection was handled)."""
+    socket.send(encode(Heartbeat(robot_id, 1)))
+    return decode(socket.recv()).sender == "learner"
+
+
+def test_a_message_of_unexpected_types_is_a_counted_rejection_and_the_server_serves_on(keys, tmp_path):
+    """{"v":2,"kind":[1],"body":{}} and a column whose dtype is a list raised TypeError in decode: the ingest thread
+    died, and the learner stayed up, deaf."""
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, thread = serve(store, keys)
+    context = zmq.Context()
+    robot = client(context, keys, server.endpoint, "robot-1")
+    robot.send(msgpack.packb({"v": 2, "kind": [1], "body": {}}))
+    chunk = msgpack.unpackb(TransitionChunk.from_transitions(1, [transition("robot-1", 0, 0)]).pack())
+    chunk["columns"]["obs"]["dtype"] = ["<f4"]
+    robot.send(encode(TransitionBatch("robot-1", "o", 0, msgpack.packb(chunk, use_bin_type=True))))
+    assert still_answers(robot)
+    assert server.rejected == {"kind": 1, "field": 1} and thread.is_alive() and store.count() == 0
+    server.stop()
+    thread.join(timeout=10)
+    context.destroy(linger=0)
+
+
+def batch_of(rows, first_seq=1, acked_through=0, robot_id="robot-1", outbox="o"):
+    return TransitionBatch(robot_id, outbox, acked_through, TransitionChunk.from_transitions(first_seq, rows).pack())
+
+
+def test_rows_that_do_not_fit_the_robot_are_refused_or_quarantined_never_stored_for_training(keys, tmp_path):
+    """Width 7 made the learner exit, and one NaN observation killed it at its next update; both were stored."""
+    from robot_app.learner.ingest import RowSchema
+    from robot_app.robot.spec import load_robot_spec
+
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server = IngestServer(store, "tcp://127.0.0.1:0", (keys / "learner/learner.key_secret", keys / "allowed"),
+                          context=zmq.Context(), rows=RowSchema.of(load_robot_spec("furuta")))
+    thread = start(server.serve)
+    context = zmq.Context()
+    robot = client(context, keys, server.endpoint, "robot-1")
+    good = [transition("robot-1", 0, step) for step in range(5)]
+    wide = [dataclasses.replace(t, obs=np.zeros(width, np.float32), next_obs=np.zeros(width, np.float32))
+            for width in (7, 1) for t in good[:1]]
+    nan = [dataclasses.replace(t, obs=np.full(6, np.nan, np.float32)) if t.step == 2 else t for t in good]
+    huge = [dataclasses.replace(t, action=np.array([40.0], np.float32)) for t in good]
+    for rows in ([wide[0]], [wide[1]]):
+        robot.send(encode(batch_of(rows)))
+    robot.send(encode(batch_of(nan)))  # seqs 1-5: quarantined, and acked
+    assert decode(robot.recv()) == Ack("robot-1", "o", 5)
+    robot.send(encode(batch_of(huge, 6, 5)))  # seqs 6-10: 40 V is no command the supervisor lets out
+    assert decode(robot.recv()) == Ack("robot-1", "o", 10)
+    robot.send(encode(batch_of(good, 11, 10)))
+    assert decode(robot.recv()) == Ack("robot-1", "o", 15)
+    assert server.rejected == {"width": 2} and server.quarantined == {"non_finite": 1, "out_of_range": 1}
+    assert store.count() == 5 and [c.first_seq for _, _, c in store.read()] == [11]
+    assert [reason for _, _, reason, _ in store.quarantined()] == ["non_finite", "out_of_range"]
+    server.stop()
+    thread.join(timeout=10)
+    context.destroy(linger=0)
+
+
+def test_one_robot_cannot_take_another_robots_replies_by_claiming_its_routing_id(keys, tmp_path):
+    """robot-1's key connecting first with routing id "robot-2" once silenced the real robot-2: no acks, no
+    heartbeats."""
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, thread = serve(store, keys)
+    context = zmq.Context()
+    impostor = client(context, keys, server.endpoint, "robot-1", routing_id=b"robot-2")
+    impostor.send(encode(Heartbeat("robot-1", 1)))
+    wait_until(lambda: server.rejected["identity"] == 1, timeout_s=30)  # refused, counted
+    outbox = TransitionLog(tmp_path / "outbox.sqlite")
+    for step in range(20):
+        outbox.append(transition("robot-2", 0, step))
+    link = RobotLink(outbox, server.endpoint, "robot-2",
+                     (keys / "robots/robot-2.key_secret", keys / "learner/learner.key"), heartbeat_s=0.2,
+                     context=zmq.Context())
+    link_thread = start(link.run)
+    wait_until(lambda: not outbox.held() and link.learner_alive, timeout_s=30)  # robot-2 is unaffected
+    assert store.count("robot-2") == 20 and server.rejected["identity"] >= 1
+    link.stop()
+    link_thread.join(timeout=10)
+    outbox.close()
+    server.stop()
+    thread.join(timeout=10)
+    context.destroy(linger=0)
+
+
+def test_the_robot_link_survives_whatever_the_learner_sends(tmp_path):
+    """A learner-side message that raised in decode (a kind that is a list) used to end the link's thread."""
+    context = zmq.Context()
+    learner = context.socket(zmq.ROUTER)
+    learner.linger = 0
+    port = learner.bind_to_random_port("tcp://127.0.0.1")
+    outbox = TransitionLog(tmp_path / "outbox.sqlite")
+    for step in range(3):
+        outbox.append(transition("robot-1", 0, step))
+    link = RobotLink(outbox, f"tcp://127.0.0.1:{port}", "robot-1", None, context=context, heartbeat_s=0.1)
+    thread = start(link.run)
+    learner.rcvtimeo = 10_000
+    route = learner.recv_multipart()[0]
+    poison = [msgpack.packb({"v": 2, "kind": [1], "body": {}}), b"\xc1", msgpack.packb({"v": 2, "kind": "ack",
+              "body": {"robot_id": "robot-1", "outbox_id": outbox.outbox_id, "up_to_seq": [3]}})]
+    for data in poison:
+        learner.send_multipart([route, data])
+    wait_until(lambda: link.rejected == len(poison), timeout_s=30)
+    learner.send_multipart([route, encode(Ack("robot-1", outbox.outbox_id, 3))])
+    wait_until(lambda: not outbox.held(), timeout_s=30)  # it still takes acks
+    assert thread.is_alive() and link.errors == 0
+    link.stop()
+    thread.join(timeout=10)
+    outbox.close()
+    context.destroy(linger=0)

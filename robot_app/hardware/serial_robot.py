@@ -139,7 +139,10 @@ class SerialRobot:
             if isinstance(message, SensorFrame):
                 self._take_sensor(message, frame.seq, now)
             elif isinstance(message, Hello):
-                self.device, self._sensor_seq = message, None
+                if self.device is None:  # the answer to our HELLO; one out of turn changes nothing, and is counted
+                    self.device, self._sensor_seq = message, None
+                else:
+                    self.counters["unsolicited_hello"] += 1
             elif isinstance(message, EStop):
                 if message.engage:
                     self.device_estop = message

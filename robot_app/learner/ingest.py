@@ -6,6 +6,10 @@ they came, and it takes each outbox's seqs strictly in order: rows at or below w
 again, never stored twice), and a chunk that would leave a gap is dropped unacked, so the robot's go-back resends it
 in order. All batches that arrived together are stored in one transaction, and acked (cumulatively) after it commits.
 The replay buffer is rebuilt from the store on a restart.
+
+Rows are checked against the robot's declared layout before they are stored. A chunk of the wrong width is refused
+unacked (the robot keeps it: it is misconfigured). A chunk with non-finite or impossible values is kept, acked, and
+quarantined: stored aside, never read for training, so one glitch neither stalls the robot nor poisons the learner.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from robot_app.learner.registry import read_metadata
 from robot_app.logs import first_and_doubling
+from robot_app.robot.spec import RobotSpec
+from robot_app.robot.task import make_task
 from robot_app.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
@@ -33,6 +40,46 @@ from robot_app.transport.messages import (
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DRAIN_LIMIT = 64  # messages taken per round, so one commit covers them and the loop still turns
+
+
+MAX_ABS_VALUE = 1e6  # past any physical reading in SI units; keeps the learner's float32 statistics finite
+REFUSED = frozenset({"width"})  # problems that refuse a chunk unacked; the others quarantine it
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSchema:
+    """What every row from the robots must hold: the task's observation width and the robot's actuators, finite
+    values, and commands inside the command limits (the supervisor keeps them there)."""
+
+    obs_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+
+    @classmethod
+    def of(cls, spec: RobotSpec) -> "RowSchema":
+        low, high = zip(*(a.command_limit for a in spec.actuators))
+        return cls(sum(width for _, width in make_task(spec).obs_layout), low, high)
+
+    def problem(self, chunk: TransitionChunk) -> tuple[str, str] | None:
+        """(reason, detail) of the first thing wrong with a chunk's rows, or None. Reasons: width, non_finite,
+        out_of_range."""
+        c, action_dim = chunk.columns, len(self.action_low)
+        if c["obs"].shape[1] != self.obs_dim or c["action"].shape[1] != action_dim:
+            return "width", (f"obs width {c['obs'].shape[1]} and action width {c['action'].shape[1]}; this robot's "
+                             f"are {self.obs_dim} and {action_dim}")
+        for name in ("obs", "next_obs", "action", "reward"):
+            finite = np.isfinite(c[name])
+            if not finite.all():
+                return "non_finite", f"{name} is not finite in {int((~finite).sum())} values"
+        for name in ("obs", "next_obs", "reward"):
+            if np.abs(c[name]).max() > MAX_ABS_VALUE:
+                return "out_of_range", f"{name} reaches {float(np.abs(c[name]).max()):.3g}, past {MAX_ABS_VALUE:g}"
+        slack = 1e-6 * (np.asarray(self.action_high) - np.asarray(self.action_low))
+        if (c["action"] < np.asarray(self.action_low) - slack).any() or (
+                c["action"] > np.asarray(self.action_high) + slack).any():
+            return "out_of_range", (f"action {float(c['action'].min()):.3g}..{float(c['action'].max()):.3g} is "
+                                    f"outside the command limits {list(self.action_low)}..{list(self.action_high)}")
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +103,8 @@ class IngestStore:
                 " rows INTEGER NOT NULL, received_ns INTEGER NOT NULL, chunk BLOB NOT NULL,"
                 " UNIQUE (robot_id, outbox_id, first_seq))"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY REFERENCES chunks (seq),"
+                       " reason TEXT NOT NULL, detail TEXT NOT NULL, quarantined_ns INTEGER NOT NULL)")
         self._held: dict[tuple[str, str], int] = {}  # (robot, outbox) -> the highest seq stored (writer's cache)
 
     def held_through(self, robot_id: str, outbox_id: str) -> int | None:
@@ -68,10 +117,12 @@ class IngestStore:
             self._held[key] = last
         return self._held[key]
 
-    def store_batches(self, batches: list[TransitionBatch], received_ns: int) -> list[Stored]:
-        """Take what continues each outbox's seqs, all in one transaction; say what became of each batch."""
+    def store_batches(self, batches: list[TransitionBatch], received_ns: int,
+                      problems: list[tuple[str, str] | None] | None = None) -> list[Stored]:
+        """Take what continues each outbox's seqs, all in one transaction; say what became of each batch. A batch
+        with a problem (reason, detail) is stored quarantined: it holds its seqs, but is never read for training."""
         held, rows, verdicts = {}, [], []
-        for batch in batches:
+        for batch, problem in zip(batches, problems or [None] * len(batches)):
             key, chunk = (batch.robot_id, batch.outbox_id), batch.rows
             through = held.get(key, self.held_through(*key))
             expected = max(batch.acked_through, batch.acked_through if through is None else through) + 1
@@ -81,35 +132,62 @@ class IngestStore:
                 verdicts.append(Stored(out_of_order=len(chunk)))
             else:
                 packed = batch.chunk if chunk.first_seq == expected else chunk.from_seq(expected).pack()
-                rows.append((*key, expected, chunk.last_seq, chunk.last_seq - expected + 1, received_ns, packed))
+                rows.append(((*key, expected, chunk.last_seq, chunk.last_seq - expected + 1, received_ns, packed),
+                             problem))
                 held[key] = chunk.last_seq
                 verdicts.append(Stored(stored=chunk.last_seq - expected + 1, duplicates=expected - chunk.first_seq))
         if rows:
             with self.store.db as db:
-                db.executemany("INSERT INTO chunks (robot_id, outbox_id, first_seq, last_seq, rows, received_ns, chunk)"
-                               " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                for row, problem in rows:
+                    cursor = db.execute("INSERT INTO chunks (robot_id, outbox_id, first_seq, last_seq, rows,"
+                                        " received_ns, chunk) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                    if problem is not None:
+                        self._quarantine(db, cursor.lastrowid, problem, received_ns)
             self._held.update(held)
         return verdicts
 
+    def quarantine(self, seq: int, problem: tuple[str, str]) -> None:
+        """Set a stored chunk aside: it keeps its place in its outbox's seqs, and read() no longer returns it."""
+        with self.store.db as db:
+            self._quarantine(db, seq, problem, time.monotonic_ns())
+
+    @staticmethod
+    def _quarantine(db, seq: int, problem: tuple[str, str], at_ns: int) -> None:
+        db.execute("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?)", (seq, *problem, at_ns))
+
+    def quarantined(self) -> list[tuple[int, str, str, str]]:
+        """(store seq, robot_id, reason, detail) of every chunk set aside."""
+        return self.store.db.execute("SELECT q.seq, c.robot_id, q.reason, q.detail FROM quarantine q"
+                                     " JOIN chunks c ON c.seq = q.seq ORDER BY q.seq").fetchall()
+
     def count(self, robot_id: str | None = None) -> int:
-        if robot_id is None:
-            return self.store.db.execute("SELECT COALESCE(SUM(rows), 0) FROM chunks").fetchone()[0]
-        return self.store.db.execute("SELECT COALESCE(SUM(rows), 0) FROM chunks WHERE robot_id = ?",
-                                     (robot_id,)).fetchone()[0]
+        """Rows held for training (quarantined ones aside). For tests and tools: it reads the whole table."""
+        where = "seq NOT IN (SELECT seq FROM quarantine)" + ("" if robot_id is None else " AND robot_id = ?")
+        return self.store.db.execute(f"SELECT COALESCE(SUM(rows), 0) FROM chunks WHERE {where}",
+                                     () if robot_id is None else (robot_id,)).fetchone()[0]
 
     def read(self, after_seq: int = 0, limit_rows: int = 10_000,
              until_seq: int | None = None) -> list[tuple[int, str, TransitionChunk]]:
-        """(store seq, robot_id, chunk) in arrival order, whole chunks until about limit_rows rows."""
-        out, rows = [], 0
+        """(store seq, robot_id, chunk) in arrival order, whole chunks until about limit_rows rows; quarantined
+        chunks are skipped. A chunk that no longer decodes (the file was damaged) is quarantined as it is met."""
+        out, rows, broken = [], 0, []
         for seq, robot_id, packed in self.store.db.execute(
-            "SELECT seq, robot_id, chunk FROM chunks WHERE seq > ? AND seq <= ? ORDER BY seq",
+            "SELECT seq, robot_id, chunk FROM chunks WHERE seq > ? AND seq <= ?"
+            " AND seq NOT IN (SELECT seq FROM quarantine) ORDER BY seq",
             (after_seq, until_seq if until_seq is not None else 1 << 62),
         ):
-            chunk = TransitionChunk.unpack(packed)
+            try:
+                chunk = TransitionChunk.unpack(packed)
+            except MessageError as error:
+                broken.append((seq, ("decode", str(error))))
+                continue
             out.append((seq, robot_id, chunk))
             rows += len(chunk)
             if rows >= limit_rows:
                 break
+        for seq, problem in broken:  # after the query: a write inside it would end it
+            log.error("stored chunk %d does not decode (%s): quarantined", seq, problem[1])
+            self.quarantine(seq, problem)
         return out
 
     def close(self) -> None:
@@ -120,10 +198,12 @@ class IngestServer:
     """Serves robots until stop(): every message is validated; anything bad is counted by reason and dropped."""
 
     def __init__(self, store: IngestStore, endpoint: str, security_files: tuple[str, str] | None,
-                 heartbeat_s: float = 1.0, context: zmq.Context | None = None, announce_endpoint: str | None = None):
+                 heartbeat_s: float = 1.0, context: zmq.Context | None = None, announce_endpoint: str | None = None,
+                 rows: RowSchema | None = None):
         """security_files: (learner secret key file, directory of admitted robots' public keys), or None for the
-        explicit local-development plaintext mode."""
-        self.store = store
+        explicit local-development plaintext mode. rows: what the robots' rows must hold (None: the schema's checks
+        only, for tests of the transport alone)."""
+        self.store, self.rows = store, rows
         self.context = context or zmq.Context.instance()
         self.security = ServerSecurity(self.context, *security_files) if security_files else None
         if self.security is None:
@@ -150,6 +230,7 @@ class IngestServer:
         self._announce_now = threading.Event()
         self.heartbeat_s = heartbeat_s
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.quarantined: collections.Counter[str] = collections.Counter()  # chunks stored aside, by reason
         self.robots: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.last_heard: dict[str, float] = {}
         self.statuses: dict[str, Status] = {}  # the latest each robot reported
@@ -199,53 +280,75 @@ class IngestServer:
             if self.security:
                 self.security.stop()
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _reject(self, reason: str, detail: str, error: Exception | None = None) -> None:
         self.rejected[reason] += 1
         if first_and_doubling(self.rejected[reason]):
-            log.warning("rejected a message (%s, %d so far): %s", reason, self.rejected[reason], detail)
+            log.warning("rejected a message (%s, %d so far): %s", reason, self.rejected[reason], detail, exc_info=error)
 
     def _drain(self) -> None:
-        """Handle what has arrived (up to DRAIN_LIMIT messages); store its batches in one commit, then ack them."""
-        batches: list[tuple[bytes, TransitionBatch]] = []
+        """Handle what has arrived (up to DRAIN_LIMIT messages); store its batches in one commit, then ack them.
+        Whatever one message does, it is counted and the server serves on."""
+        batches: list[tuple[bytes, TransitionBatch, tuple[str, str] | None]] = []
         for _ in range(DRAIN_LIMIT):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            batch = self._handle(frames)
+            try:
+                batch = self._handle(frames)
+            except Exception as error:  # a check this server forgot: counted, and it serves on
+                self._reject("error", f"{type(error).__name__}: {error}", error)
+                continue
             if batch is not None:
                 batches.append(batch)
         if not batches:
             return
-        verdicts = self.store.store_batches([batch for _, batch in batches], time.monotonic_ns())
+        try:
+            verdicts = self.store.store_batches([b for _, b, _ in batches], time.monotonic_ns(),
+                                                [problem for _, _, problem in batches])
+        except Exception as error:  # nothing acked: the robots keep the rows and send them again
+            self._reject("store", f"{len(batches)} batches not stored: {type(error).__name__}: {error}", error)
+            return
         acks: dict[tuple[bytes, str, str], int] = {}
-        for (route, batch), verdict in zip(batches, verdicts):
+        for (route, batch, problem), verdict in zip(batches, verdicts):
             stats = self.robots[batch.robot_id]
             stats["batches"] += 1
-            stats["transitions"] += verdict.stored
+            stats["transitions" if problem is None else "quarantined"] += verdict.stored
             stats["duplicates"] += verdict.duplicates
             stats["out_of_order"] += verdict.out_of_order
+            if problem is not None and verdict.stored:
+                self.quarantined[problem[0]] += 1
+                if first_and_doubling(self.quarantined[problem[0]]):
+                    log.warning("quarantined a chunk of %s (%s, %d so far): %s", batch.robot_id, problem[0],
+                                self.quarantined[problem[0]], problem[1])
             through = self.store.held_through(batch.robot_id, batch.outbox_id)
             if through is not None:
                 acks[(route, batch.robot_id, batch.outbox_id)] = through
         for (route, robot_id, outbox_id), through in acks.items():
             self.socket.send_multipart([route, encode(Ack(robot_id, outbox_id, through))])
 
-    def _handle(self, frames: list[zmq.Frame]) -> tuple[bytes, TransitionBatch] | None:
-        """Answer one message; a transition batch is returned (with its route) to be stored with the others."""
+    def _handle(self, frames: list[zmq.Frame]):
+        """Answer one message; a transition batch is returned (with its route and any problem of its rows) to be
+        stored with the others."""
         if len(frames) != 2:
             return self._reject("framing", f"{len(frames)} frames")
         route, payload = frames
+        if route.bytes[:1] != b"\0":  # the peer chose its own routing id: it could take another robot's replies
+            return self._reject("identity", f"a connection set its own routing id {route.bytes[:64]!r}; robots "
+                                            "must let the learner assign one")
         try:
             message = decode(payload.bytes)
         except MessageError as error:
             return self._reject(error.reason, str(error))
         sender = getattr(message, "robot_id", getattr(message, "sender", None))
         if self.security is not None and self.security.name_of(payload) != sender:
-            return self._reject("identity", f"{sender!r} is not the robot whose key signed the connection")
+            return self._reject("identity", f"{sender!r:.40} is not the robot whose key signed the connection")
         self.last_heard[sender] = time.monotonic()
         if isinstance(message, TransitionBatch):
-            return route.bytes, message
+            problem = self.rows.problem(message.rows) if self.rows is not None else None
+            if problem is not None and problem[0] in REFUSED:
+                return self._reject(problem[0], f"{sender}: {problem[1]}")
+            return route.bytes, message, problem
         if isinstance(message, Heartbeat):
             reply = Heartbeat("learner", time.monotonic_ns())
         elif isinstance(message, Status):
@@ -255,7 +358,7 @@ class IngestServer:
             with self._policy_lock:
                 policy = self._policy
             if policy is None or policy[0].version != message.version:
-                return self._reject("policy_version", f"{sender} asked for {message.version}, not the current one")
+                return self._reject("policy_version", f"{sender} asked for {message.version:.40}, not the current one")
             reply = PolicyBlob(policy[0].version, policy[0].sha256, policy[1])
         else:
             return self._reject("kind", f"{message.KIND} is not for the learner")

@@ -18,7 +18,7 @@ from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
-from robot_app.learner.ingest import IngestStore
+from robot_app.learner.ingest import IngestStore, RowSchema
 from robot_app.learner.training import default_device, sample_and_update
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
@@ -54,6 +54,8 @@ class OnlineLearner:
         self.candidates: list[Path] = []
         self.export_failures = 0
         self.on_chunk = on_chunk
+        self.schema = RowSchema.of(spec)
+        self.quarantined: dict[str, int] = {}  # chunks found bad in the store (stored before it checked), by reason
         self.checkpoint_path = self.out / "checkpoints" / "learner.pt"
         if self.checkpoint_path.is_file():
             self._restore()
@@ -61,6 +63,9 @@ class OnlineLearner:
     def ingest(self, limit: int = 5000, update_normalizer: bool = True, until_seq: int | None = None) -> int:
         """Move about `limit` new rows (whole chunks, up to store seq until_seq) into replay; return how many."""
         chunks = self.store.read(after_seq=self.cursor, limit_rows=limit, until_seq=until_seq)
+        if chunks:
+            self.cursor = chunks[-1][0]
+        chunks = [(seq, robot_id, chunk) for seq, robot_id, chunk in chunks if self._fit_for_training(seq, chunk)]
         for _, robot_id, chunk in chunks:
             robot = self.robots.setdefault(robot_id, len(self.robots))
             c = chunk.columns
@@ -72,10 +77,18 @@ class OnlineLearner:
                 if self.on_chunk is not None:
                     self.on_chunk(robot_id, chunk)
         rows = sum(len(chunk) for _, _, chunk in chunks)
-        if chunks:
-            self.cursor = chunks[-1][0]
-            self.transitions += rows
+        self.transitions += rows
         return rows
+
+    def _fit_for_training(self, seq: int, chunk) -> bool:
+        """A bad chunk already in the store (stored before the store checked rows) is quarantined, not trained on."""
+        problem = self.schema.problem(chunk)
+        if problem is None:
+            return True
+        self.store.quarantine(seq, problem)
+        self.quarantined[problem[0]] = self.quarantined.get(problem[0], 0) + 1
+        log.error("stored chunk %d quarantined (%s): %s", seq, *problem)
+        return False
 
     def train(self, max_updates: int) -> int:
         """Run the updates owed (updates_per_transition per transition received), at most max_updates."""
@@ -126,8 +139,11 @@ class OnlineLearner:
         self.rng.bit_generator.state = payload["rng"]
         saved = payload["counters"]
         # Rebuild replay from the store: rows up to the checkpoint were already in the saved normaliser.
-        while self.cursor < saved["cursor"] and self.ingest(update_normalizer=False, until_seq=saved["cursor"]):
-            pass
+        while self.cursor < saved["cursor"]:
+            before = self.cursor
+            self.ingest(update_normalizer=False, until_seq=saved["cursor"])
+            if self.cursor == before:
+                break
         self.transitions, self.updates = saved["transitions"], saved["updates"]
         self.candidates = sorted((self.out / "candidates").glob("candidate-*.onnx"))
         log.info("resumed at update %d with %d transitions in replay", self.updates, len(self.replay))

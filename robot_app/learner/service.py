@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from robot_app.learner.ingest import IngestServer, IngestStore
+from robot_app.learner.ingest import IngestServer, IngestStore, RowSchema
 from robot_app.learner.online import OnlineLearner
 from robot_app.robot.spec import RobotSpec
 from robot_app.transport.messages import TransitionChunk
@@ -94,7 +94,7 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
     """deployment_options: registry (a folder), signing_key, gate_config, auto_deploy (see GatedDeployment)."""
     out = Path(out)
     store = IngestStore(out / "ingest.sqlite")
-    server = IngestServer(store, listen, security_files, announce_endpoint=announce)
+    server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
     server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
     server_thread.start()
     returns = EpisodeReturns()
@@ -133,7 +133,8 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
         learner.checkpoint()
         store.close()
     return {"transitions": learner.transitions, "updates": learner.updates, "candidates": len(learner.candidates),
-            "episodes": returns.finished, "rejected": dict(server.rejected)}
+            "episodes": returns.finished, "rejected": dict(server.rejected),
+            "quarantined": dict(server.quarantined) | learner.quarantined}
 
 
 def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestServer, returns: EpisodeReturns,
@@ -144,7 +145,8 @@ def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestS
            "recent_return": round(sum(recent) / len(recent), 1) if recent else None,
            "robots": {robot: dict(stats) for robot, stats in server.robots.items()},
            "running": {robot: status.policy_version for robot, status in server.statuses.items()},
-           "rejected": dict(server.rejected), "gate": deployment.summary() if deployment else None}
+           "rejected": dict(server.rejected), "quarantined": dict(server.quarantined) | learner.quarantined,
+           "gate": deployment.summary() if deployment else None}
     with open(out / "progress.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     log.info("t=%.0fs transitions=%d updates=%d candidates=%d episodes=%d return(last 10)=%s", elapsed,

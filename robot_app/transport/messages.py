@@ -17,6 +17,9 @@ import numpy as np
 SCHEMA_VERSION = 2
 MAX_MESSAGE_BYTES = 8 << 20
 MAX_BATCH = 4096
+# What no robot can send: seqs count from 1 and never reach 2^48 (a row a millisecond for 8,900 years); episodes stay
+# under 2^32 (the learner's replay numbers episodes per robot in that range), and steps under 2^31.
+MAX_SEQ, MAX_EPISODE, MAX_STEP = 1 << 48, 1 << 32, 1 << 31
 ARRAY_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "|b1", "|u1"})
 
 
@@ -43,10 +46,10 @@ def unpack_array(packed: Any, name: str) -> np.ndarray:
     if not isinstance(packed, dict) or packed.keys() != _ARRAY_KEYS:
         raise MessageError("field", f"{name} is not an array record")
     dtype, shape, data = packed["dtype"], packed["shape"], packed["data"]
-    if dtype not in _DTYPES:
-        raise MessageError("field", f"{name} has dtype {dtype!r}, allowed {sorted(ARRAY_DTYPES)}")
-    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-        raise MessageError("field", f"{name} has shape {shape!r}")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise MessageError("field", f"{name} has dtype {dtype!r:.40}, allowed {sorted(ARRAY_DTYPES)}")
+    if not (isinstance(shape, list) and len(shape) <= 4 and all(type(d) is int and 0 <= d < 1 << 31 for d in shape)):
+        raise MessageError("field", f"{name} has shape {shape!r:.60}")
     if not isinstance(data, bytes) or len(data) != math.prod(shape) * _DTYPES[dtype].itemsize:
         raise MessageError("field", f"{name}: {len(data) if isinstance(data, bytes) else type(data).__name__} bytes "
                                     f"do not fill shape {shape} of {dtype}")
@@ -264,6 +267,11 @@ class TransitionChunk:
             raise MessageError("field", "obs/next_obs or action/policy_action widths differ")
         if rows > 1 and not (np.diff(columns["seq"]) == 1).all():
             raise MessageError("field", "seq must count up by one, row by row")
+        for name, low, high in (("seq", 1, MAX_SEQ), ("episode", 0, MAX_EPISODE), ("step", 0, MAX_STEP)):
+            column = columns[name]
+            if column.min() < low or column.max() >= high:
+                raise MessageError("field", f"{name} {int(column.min())}..{int(column.max())} is outside "
+                                            f"[{low}, {high})")
         versions = _names(body, "policy_versions", rows)
         names = _names(body, "intervention_names", MAX_INTERVENTION_NAMES)
         policy, masks = columns["policy"], columns["interventions"]
@@ -292,6 +300,8 @@ class TransitionBatch(Message):
     @classmethod
     def from_body(cls, body: dict) -> "TransitionBatch":
         batch = super().from_body(body)
+        if not 0 <= batch.acked_through < MAX_SEQ:
+            raise MessageError("field", f"acked_through {batch.acked_through} is outside [0, {MAX_SEQ})")
         batch.rows  # validated on receipt, like every other field
         return batch
 
@@ -309,16 +319,22 @@ def encode(message: Message) -> bytes:
 
 
 def decode(data: bytes) -> Message:
+    """The typed message in `data`, or MessageError: every failure to decode is one, whatever the input."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError("oversized", f"{len(data)} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
     envelope = _unpack_map(data, "message")
     if not {"v", "kind", "body"} <= set(envelope):
         raise MessageError("decode", "not an envelope with v, kind and body")
-    if envelope["v"] != SCHEMA_VERSION:
-        raise MessageError("version", f"schema v{envelope['v']!r}; this side speaks v{SCHEMA_VERSION}")
+    if type(envelope["v"]) is not int or envelope["v"] != SCHEMA_VERSION:
+        raise MessageError("version", f"schema v{envelope['v']!r:.40}; this side speaks v{SCHEMA_VERSION}")
     kind = envelope["kind"]
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise MessageError("kind", f"unknown kind {kind!r:.40}")
     if not isinstance(envelope["body"], dict):
         raise MessageError("field", "body is not a map")
-    return KINDS[kind].from_body(envelope["body"])
+    try:
+        return KINDS[kind].from_body(envelope["body"])
+    except MessageError:
+        raise
+    except Exception as error:  # a check this schema forgot: still a counted rejection, never a dead receiver
+        raise MessageError("field", f"{kind} body does not decode: {type(error).__name__}: {error}") from None

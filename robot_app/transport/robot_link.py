@@ -30,6 +30,7 @@ import zmq
 from policies.files import write_atomic
 from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.agent.transition_log import PendingChunk, TransitionLog
+from robot_app.logs import first_and_doubling
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
     Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
@@ -52,8 +53,7 @@ class RobotLink:
         self.transitions, self.robot_id = transitions, robot_id
         self.window, self.batch_rows, self.ack_timeout_s, self.heartbeat_s = window, batch_rows, ack_timeout_s, heartbeat_s
         context = context or zmq.Context.instance()
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.routing_id = robot_id.encode()
+        self.socket = context.socket(zmq.DEALER)  # no routing id of its own: the learner's ROUTER assigns one
         self.socket.linger = 0
         self.socket.sndhwm = self.socket.rcvhwm = 2 * window
         self.socket.reconnect_ivl, self.socket.reconnect_ivl_max = 100, 5000  # ms: exponential backoff
@@ -82,6 +82,8 @@ class RobotLink:
         self.cursor = self.highest_sent = self.acked_through  # the last seq sent; the highest ever sent
         self.sent = self.acked = self.resends = 0
         self.learner_alive = False
+        self.rejected = 0  # messages from the learner that did not decode
+        self.errors = 0  # turns of the loop that raised (and were survived)
         self._last_heard = 0.0
         self._stop = threading.Event()
 
@@ -96,31 +98,42 @@ class RobotLink:
         next_heartbeat = 0.0
         try:
             while not self._stop.is_set() and not self.transitions.closed:
-                now = time.monotonic()
-                self._fill_window(now)
-                ready = dict(poller.poll(10))  # ms: also how soon new outbox rows go out
-                if self.socket in ready:
-                    self._receive_all()
-                if self.announcements is not None and self.announcements in ready:
-                    self._receive(self.announcements.recv())
-                if now >= next_heartbeat:
-                    self._send(Heartbeat(self.robot_id, time.monotonic_ns()))
-                    self._send(Status(self.robot_id, self.running_version(), {
-                        "sent": self.sent, "acked": self.acked, "resends": self.resends,
-                        "policy_errors": self.policy_errors}))
-                    if self.wanted is not None:  # ask (again) until the artifact arrives
-                        self._send(PolicyRequest(self.robot_id, self.wanted.version))
-                    next_heartbeat = now + self.heartbeat_s
-                self._check_liveness(now)
-                self._check_timeouts(now)
-        except sqlite3.ProgrammingError:
-            if not self.transitions.closed:
-                raise
-            log.info("the transition log was closed: the link stops")  # between the check and a query
+                try:
+                    next_heartbeat = self._turn(poller, next_heartbeat)
+                except sqlite3.ProgrammingError:
+                    if not self.transitions.closed:
+                        raise
+                    log.info("the transition log was closed: the link stops")  # between the check and a query
+                except Exception as error:  # whatever one turn met, the link goes on: it is the robot's only way out
+                    self.errors += 1
+                    if first_and_doubling(self.errors):
+                        log.exception("robot link error (%d so far): %s", self.errors, error)
+                    self._stop.wait(0.1)
         finally:
             self.socket.close(linger=0)
             if self.announcements is not None:
                 self.announcements.close(linger=0)
+
+    def _turn(self, poller: zmq.Poller, next_heartbeat: float) -> float:
+        """Fill the window, take what arrived, heartbeat when due, and check liveness and timeouts; the next beat."""
+        now = time.monotonic()
+        self._fill_window(now)
+        ready = dict(poller.poll(10))  # ms: also how soon new outbox rows go out
+        if self.socket in ready:
+            self._receive_all()
+        if self.announcements is not None and self.announcements in ready:
+            self._receive(self.announcements.recv())
+        if now >= next_heartbeat:
+            self._send(Heartbeat(self.robot_id, time.monotonic_ns()))
+            self._send(Status(self.robot_id, self.running_version(), {
+                "sent": self.sent, "acked": self.acked, "resends": self.resends,
+                "policy_errors": self.policy_errors, "rejected": self.rejected, "errors": self.errors}))
+            if self.wanted is not None:  # ask (again) until the artifact arrives
+                self._send(PolicyRequest(self.robot_id, self.wanted.version))
+            next_heartbeat = now + self.heartbeat_s
+        self._check_liveness(now)
+        self._check_timeouts(now)
+        return next_heartbeat
 
     def _send(self, message) -> bool:
         try:
@@ -175,7 +188,9 @@ class RobotLink:
         try:
             message = decode(data)
         except MessageError as error:
-            log.warning("dropped a message from the learner: %s", error)
+            self.rejected += 1
+            if first_and_doubling(self.rejected):
+                log.warning("dropped a message from the learner (%d so far): %s", self.rejected, error)
             return None
         self._last_heard = time.monotonic()
         if isinstance(message, PolicyAnnouncement) and self.on_policy is not None:
