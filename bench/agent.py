@@ -2,6 +2,7 @@
 the same 256x256 MLP, serial round trips over the pty, and the adversarial sweep's device-side limit audit.
 
     .venv/bin/python bench/agent.py [--seconds 60] [--rate 500]
+    .venv/bin/python bench/agent.py --safety     # the adversarial sweep alone, realtime at 500 Hz and lockstep at 50 Hz
 
 Results go to bench/results/agent.json; docs/BENCHMARKS.md quotes them with the command and the machine.
 """
@@ -157,28 +158,37 @@ def bench_loop(policy: str, seconds: float, rate: float, tmp: Path, *agent_flags
     return out
 
 
-def bench_adversarial(seconds: float, rate: float, tmp: Path) -> dict:
-    """Each adversary drives the realtime virtual robot; the device counts commands outside the spec's limits."""
+ADVERSARIES = ("random", "nan", "bang_bang", "pump", "steady_push")
+
+
+def bench_adversarial(seconds: float, rate: float, tmp: Path, lockstep: bool = False) -> dict:
+    """Each adversary drives the virtual robot; the device counts commands outside the spec's limits and rate, and
+    arrivals at a hard stop; the agent's own log gives the share of consecutive commands that flip sign."""
     from robot_app.robot.spec import load_robot_spec
 
     max_stop_speed = load_robot_spec("furuta").joint("arm").max_hard_stop_speed
     out = {}
-    for name in ("random", "nan", "bang_bang", "pump"):
-        audit = tmp / f"{name}-audit.json"
-        proc, port = start_virtual_robot("--rate", str(rate), audit=audit)
+    for name in ADVERSARIES:
+        audit, commands = tmp / f"{name}-audit.json", tmp / f"{name}-commands.npy"
+        proc, port = start_virtual_robot("--rate", str(rate), *(["--lockstep"] if lockstep else []), audit=audit)
         try:
             subprocess.run([sys.executable, __file__, "--adversary", name, "--port", port, "--rate", str(rate),
-                            "--seconds", str(seconds)], check=True, timeout=seconds + 120)
+                            "--seconds", str(seconds), "--commands-out", str(commands)], check=True,
+                           timeout=seconds + 120)
         finally:
             stop(proc)
         result = json.loads(audit.read_text())
+        signs = np.sign(np.load(commands))
         out[name] = {"commands": result["commands"], "outside_limits": result["limit_violations"],
-                     "rate_violations": result["rate_violations"], "hard_stop_arrivals": result["hard_stop_speeds"],
-                     "too_fast_stop_arrivals": sum(s > max_stop_speed for s in result["hard_stop_speeds"])}
+                     "rate_violations": result["rate_violations"], "max_command_step": result["max_command_step"],
+                     "sign_flip_share": float(np.mean(signs[1:] * signs[:-1] < 0)) if len(signs) > 1 else 0.0,
+                     "hard_stop_arrivals": result["hard_stop_speeds"],
+                     "too_fast_stop_arrivals": sum(s > max_stop_speed for s in result["hard_stop_speeds"]),
+                     "max_abs_arm_position": result["max_abs_position"][0]}
     return out
 
 
-def run_adversary(name: str, port: str, rate: float, seconds: float) -> None:
+def run_adversary(name: str, port: str, rate: float, seconds: float, commands_out: str) -> None:
     from calibration.encoders import load_calibration
     from robot_app.agent.runtime import Agent
     from robot_app.hardware.serial_robot import SerialRobot
@@ -190,6 +200,7 @@ def run_adversary(name: str, port: str, rate: float, seconds: float) -> None:
         "nan": lambda obs: np.array([np.nan]),
         "bang_bang": lambda obs: np.array([5.0 if int(time.monotonic() * 8) % 2 else -5.0]),
         "pump": lambda obs: np.array([5.0 if obs[4] >= 0 else -5.0]),
+        "steady_push": lambda obs: np.array([5.0]),
     }
 
     class Adversary:
@@ -198,9 +209,21 @@ def run_adversary(name: str, port: str, rate: float, seconds: float) -> None:
         def __call__(self, obs):
             return policies[name](obs)
 
+    class Commands:  # stands in for the transition log: keeps each command that went on the wire
+        def __init__(self):
+            self.sent = []
+
+        def append(self, transition):
+            self.sent.append(float(transition.action[0]))
+
+        def next_episode(self, robot_id):
+            return 0
+
     spec = load_robot_spec("furuta").with_rate(rate)
-    Agent(SerialRobot(port), spec, load_calibration("furuta"), Adversary(), None, status_every_s=1e9).run(
+    log = Commands()
+    Agent(SerialRobot(port), spec, load_calibration("furuta"), Adversary(), log, status_every_s=1e9).run(
         duration_s=seconds)
+    np.save(commands_out, np.array(log.sent))
 
 
 def latency_rounds(onnx_path: Path, torch_policy, rounds: int) -> None:
@@ -226,13 +249,25 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--latency-rounds", type=int, metavar="N",
                         help="only the policy latency bench, N rounds in a row (unpinned, then pinned, each round)")
+    parser.add_argument("--safety", action="store_true",
+                        help="only the adversarial sweep: realtime at --rate, and lockstep at the spec's 50 Hz")
     parser.add_argument("--adversary", help=argparse.SUPPRESS)
     parser.add_argument("--port", help=argparse.SUPPRESS)
+    parser.add_argument("--commands-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.adversary:
-        run_adversary(args.adversary, args.port, args.rate, args.seconds)
+        run_adversary(args.adversary, args.port, args.rate, args.seconds, args.commands_out)
         return
     tmp = Path(tempfile.mkdtemp())
+    if args.safety:
+        seconds = min(args.seconds, 20.0)
+        results = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "seconds": seconds,
+                   f"realtime at {args.rate:g} Hz": bench_adversarial(seconds, args.rate, tmp),
+                   "lockstep at 50 Hz": bench_adversarial(seconds, 50.0, tmp, lockstep=True)}
+        path = RESULTS.with_name("agent_safety.json")
+        path.write_text(json.dumps(results, indent=1))
+        print(json.dumps(results, indent=1))
+        return
     onnx_path = tmp / "mlp256.onnx"
     torch_policy = export_mlp_policy(onnx_path)
     if args.latency_rounds:
