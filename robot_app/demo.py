@@ -73,7 +73,8 @@ class _Role:
     proc: subprocess.Popen | None = None
     port: str = ""
     restarts: int = 0
-    backoff_s: float = 1.0
+    backoff_s: float = 1.0  # back to 1 s once it has run a minute
+    started: float = 0.0
     due: float | None = None  # when it starts again, after it died
 
 
@@ -85,34 +86,39 @@ class _Supervisor:
 
     def add(self, role: _Role) -> _Role:
         self.roles.append(role)
-        self._start(role)
+        if not self._start(role):
+            raise RuntimeError(f"{role.name} did not start; see {self.logs}/{role.name}.log")
         return role
 
-    def _start(self, role: _Role) -> None:
+    def _start(self, role: _Role) -> bool:
+        """Start the role's process; False if it printed no port (it is then restarted like one that died)."""
         log_file = open(self.logs / f"{role.name}.log", "a")  # appended: a restart keeps the log of the last run
         stdout = subprocess.PIPE if role.prints_port else subprocess.DEVNULL if role.quiet else None
         role.proc = subprocess.Popen([*CLI, *role.args()], stdout=stdout, stderr=log_file, text=True)
         log_file.close()
+        role.due, role.started = None, time.monotonic()
         if role.prints_port:
             role.port = role.proc.stdout.readline().strip()
             if not role.port:
-                raise RuntimeError(f"{role.name} did not start; see {self.logs}/{role.name}.log")
-        role.due = None
+                _stop(role.proc)
+                return False
         write_atomic(self.out / PROCESSES, json.dumps({r.name: r.proc.pid for r in self.roles if r.proc}).encode())
+        return True
 
     def check(self) -> None:
         """Restart what has died, once its backoff has passed; a dependant goes down and up with it."""
         now = time.monotonic()
         for role in self.roles:
             if role.due is None and role.proc.poll() is not None:
+                if now - role.started > 60.0:
+                    role.backoff_s = 1.0
                 role.restarts += 1
                 role.due = now + role.backoff_s
                 print(f"demo: {role.name} exited with status {role.proc.returncode} (see {self.logs}/{role.name}.log);"
                       f" restarting it in {role.backoff_s:g} s (restart {role.restarts})", flush=True)
                 role.backoff_s = min(2 * role.backoff_s, 30.0)
         for role in self.roles:
-            if role.due is not None and now >= role.due:
-                self._start(role)
+            if role.due is not None and now >= role.due and self._start(role):
                 for dependant in self.roles:
                     if dependant.depends_on is role and dependant.due is None:
                         _stop(dependant.proc)

@@ -15,6 +15,12 @@ from robot_app.hardware.protocol import (
 LOCKSTEP = int(SensorStatus.LOCKSTEP)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class FakeDevice:
     """`script(device, command)` returns the bytes to send back: after each COMMAND, and on a HELLO (command None) the
     bytes to send after the HELLO answer, or None to leave the HELLO unanswered. `device.frame(...)` and
@@ -42,9 +48,7 @@ class FakeDevice:
                           seq)
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._master, view):]
+        write_all(self._master, data)
 
     def hellos(self) -> int:
         """HELLOs the host has sent."""

@@ -571,5 +571,6 @@ def test_a_tick_that_fails_every_time_stops_the_agent_with_a_diagnostic():
                       status_every_s=60, tick_error_limit=3, reset_timeout_s=0.0)
         summary = agent.run(duration_s=60)
         last = device.commands[-1]
-    assert re.match("3 ticks failed with no episode ended between them; the last: RuntimeError: append", summary["failure"])
+    assert re.match("3 ticks failed, never an episode.s length of good ticks between them; the last: RuntimeError: "
+                    "append", summary["failure"])
     assert summary["stop_reason"].startswith("fault: ") and not last.enable  # the safe stop went out

@@ -31,7 +31,7 @@ from robot_app.transport.messages import (
 from robot_app.transport.robot_link import RobotLink
 from sim.virtual_robot import AMPLIFIER_LIMIT_V, VirtualRobot
 from tests.conftest import wait_until
-from tests.fake_device import FakeDevice
+from tests.fake_device import FakeDevice, write_all
 from tests.strategies import ANYTHING, bodies, hostile_commands, hostile_sensor_frames, serial_pieces
 from tests.test_agent import HANGING, Recorder
 from tests.test_transport import client, keys, transition  # noqa: F401  (keys: the fixture)
@@ -61,9 +61,7 @@ class RawHost:
         self.write(encode_frame(MessageType.HELLO, 1, Hello(PROTOCOL_VERSION, "host").pack()))  # a session
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        write_all(self.fd, data)
 
     def probe(self) -> list:
         """Two HEARTBEATs of seqs never used before, the second sent once the first is echoed: by its echo the device

@@ -27,7 +27,8 @@ from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
 
 log = logging.getLogger(__name__)
-_ESTOP_LATCHED = int(SensorStatus.ESTOP_LATCHED)  # a plain int: IntFlag arithmetic costs about a microsecond a tick
+# Plain ints: IntFlag arithmetic costs about a microsecond a tick.
+_ESTOP_LATCHED, _WATCHDOG_TRIPPED = int(SensorStatus.ESTOP_LATCHED), int(SensorStatus.WATCHDOG_TRIPPED)
 
 
 @dataclasses.dataclass
@@ -74,7 +75,7 @@ class Agent:
         self.tick_errors = 0
         self.tick_error_limit = tick_error_limit
         self.failure: str | None = None  # why the agent stopped itself, if it did
-        self._tick_errors_unrecovered = 0
+        self._tick_errors_unrecovered = self._good_ticks = 0
         self._session_ns = 0  # host time the device's session opened
         self._clock: tuple[float, float] | None = None  # (device s, host s) of the last frame the state took
         self._hello_backoff_s, self._next_hello_ns = 0.05, 0
@@ -121,12 +122,14 @@ class Agent:
                         self.request_stop("duration reached")
                         break
                     try:
-                        self._tick(episodes)
-                    except LinkLost as error:
-                        log.error("link lost: %s", error)
-                        self.link_losses += 1
-                        self._abandon_episode("link_lost", episodes)
-                        self._reconnect(deadline)
+                        try:
+                            self._tick(episodes)
+                            self._tick_succeeded()
+                        except LinkLost as error:
+                            log.error("link lost: %s", error)
+                            self.link_losses += 1
+                            self._abandon_episode("link_lost", episodes)
+                            self._reconnect(deadline)
                     except TransitionLogError:
                         raise  # nothing more could be recorded: stop (safely, below)
                     except Exception as error:  # a bug or an input nothing else caught: never a silent end
@@ -158,6 +161,8 @@ class Agent:
             self._state = self._update_state(reading)
             self._state_obs = None  # observed when first needed: the next action's obs is the last one's next_obs
             self._last_seq = reading.seq
+            if reading.frame.status & _WATCHDOG_TRIPPED:  # the device cut the motor: the next command ramps from 0
+                self.supervisor.motor_was_off()
         self._reopen_lost_session(reading, now, episodes)
         state = self._state
         age = math.inf if reading is None else (now - reading.received_ns) / 1e9
@@ -166,7 +171,6 @@ class Agent:
             ended = self._close_open_step()
             if ended or not self.supervisor.safe_to_run:
                 self._end_episode(episodes)
-                self._tick_errors_unrecovered = 0
         if self._phase == "reset":
             self._phase_ticks += 1
             if self._stop_reason is None and self._ready_to_start(state, age):
@@ -244,15 +248,17 @@ class Agent:
         if not (self.robot.session_lost or silent) or now < self._next_hello_ns:
             return
         self._abandon_episode("session_lost", episodes)
+        verdict = self.supervisor.motor_off(["session_lost"])  # before the handshake's wait, not after it
+        self.robot.send_command(verdict.command, verdict.enable)
         try:
             self._check_device(self.robot.handshake(timeout_s=0.25))
         except HandshakeError as error:
-            self._hello_backoff_s = min(2 * self._hello_backoff_s, 2.0)
-            self._next_hello_ns = now + round(self._hello_backoff_s * 1e9)
-            if first_and_doubling(self.robot.counters["failed_hellos"] + 1):
-                log.warning("device session lost; no answer to HELLO (%s); next try in %.1f s", error,
-                            self._hello_backoff_s)
+            self._next_hello_ns = time.monotonic_ns() + round(self._hello_backoff_s * 1e9)
             self.robot.counters["failed_hellos"] += 1
+            if first_and_doubling(self.robot.counters["failed_hellos"]):
+                log.warning("device session lost; no answer to HELLO (%s); next try in %.2f s", error,
+                            self._hello_backoff_s)
+            self._hello_backoff_s = min(2 * self._hello_backoff_s, 2.0)
             return
         self._hello_backoff_s, self._next_hello_ns = 0.05, 0
         self.robot.counters["session_restarts"] += 1
@@ -346,12 +352,19 @@ class Agent:
                 self._end_episode(episodes)
         self._phase_ticks = 0
 
+    def _tick_succeeded(self) -> None:
+        """An episode's length of good ticks in a row: whatever failed before has passed."""
+        self._good_ticks += 1
+        if self._good_ticks >= self.task.max_episode_steps:
+            self._tick_errors_unrecovered = 0
+
     def _tick_failed(self, error: Exception, episodes: int | None) -> None:
         """An exception inside a tick: the motor off at once, the episode ended, the fault latched and reported; the
-        loop goes on in the reset phase. After tick_error_limit failures with no episode ended in between, the agent
-        stops, saying why: the error is not passing."""
+        loop goes on in the reset phase. After tick_error_limit failures with never an episode's length of good ticks
+        between them, the agent stops, saying why: the error is not passing."""
         self.tick_errors += 1
         self._tick_errors_unrecovered += 1
+        self._good_ticks = 0
         if first_and_doubling(self.tick_errors):
             log.error("a tick failed (%d so far): %s: %s", self.tick_errors, type(error).__name__, error,
                       exc_info=error)
@@ -367,8 +380,8 @@ class Agent:
         except Exception as record_error:  # the open step itself is what fails: it is dropped, and said so
             log.error("the open transition could not be recorded: %s", record_error)
         if self._tick_errors_unrecovered >= self.tick_error_limit:
-            self.failure = (f"{self._tick_errors_unrecovered} ticks failed with no episode ended between them; the "
-                            f"last: {type(error).__name__}: {error}")
+            self.failure = (f"{self._tick_errors_unrecovered} ticks failed, never an episode's length of good ticks "
+                            f"between them; the last: {type(error).__name__}: {error}")
             self.request_stop(f"fault: {self.failure}")
 
     def _close_open_step(self) -> bool:

@@ -122,8 +122,12 @@ class SafetySupervisor:
 
     def motor_off(self, reasons: list[str]) -> Verdict:
         """The safe value with the driver disabled, counted under `reasons`; any later command ramps up from safe."""
-        self._last = self._safe
+        self.motor_was_off()
         return self._verdict(self._safe, False, reasons)
+
+    def motor_was_off(self) -> None:
+        """The motor drove nothing (the driver was off, or the device's watchdog cut it): ramp from the safe value."""
+        self._last = self._safe
 
     def _brake_to_rest(self, state: JointState) -> tuple[float, ...]:
         return tuple(min(max(safe - state.velocity[i] * (high - low), low), high)
@@ -163,7 +167,7 @@ class SafetySupervisor:
                         reasons.append("hold_at_limit")
                     continue
                 capped = self._strongest_push(p, v, limit, joint, k)
-                command[k] = safe + sign * capped * volts_per_accel
+                command[k] = min(max(safe + sign * capped * volts_per_accel, low), high)
                 reasons.append("braking" if capped < 0 else "hold_at_limit")
         return tuple(command)
 

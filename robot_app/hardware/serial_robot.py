@@ -86,8 +86,8 @@ class SerialRobot:
             while self.device is None and (wait := retry - time.monotonic()) > 0:
                 self.poll(wait)
         if self.device.version != PROTOCOL_VERSION:
-            raise HandshakeError(f"{self.port}: device speaks protocol v{self.device.version}, this host "
-                                 f"v{PROTOCOL_VERSION}")
+            version, self.device = self.device.version, None  # no session: nothing is taken from it
+            raise HandshakeError(f"{self.port}: device speaks protocol v{version}, this host v{PROTOCOL_VERSION}")
         self.counters["sessions"] += 1
         log.info("connected to %s on %s (protocol v%d, %d encoders, %d motors, %.0f Hz%s)", self.device.robot_id,
                  self.port, self.device.version, self.device.n_encoders, self.device.n_motors, self.device.rate_hz,
@@ -140,7 +140,7 @@ class SerialRobot:
                 self._take_sensor(message, frame.seq, now)
             elif isinstance(message, Hello):
                 if self.device is None:  # the answer to our HELLO; one out of turn changes nothing, and is counted
-                    self.device, self._sensor_seq = message, None
+                    self.device, self._sensor_seq, self.session_lost = message, None, False
                 else:
                     self.counters["unsolicited_hello"] += 1
             elif isinstance(message, EStop):

@@ -100,11 +100,10 @@ class RobotLink:
             while not self._stop.is_set() and not self.transitions.closed:
                 try:
                     next_heartbeat = self._turn(poller, next_heartbeat)
-                except sqlite3.ProgrammingError:
-                    if not self.transitions.closed:
-                        raise
-                    log.info("the transition log was closed: the link stops")  # between the check and a query
                 except Exception as error:  # whatever one turn met, the link goes on: it is the robot's only way out
+                    if isinstance(error, sqlite3.ProgrammingError) and self.transitions.closed:
+                        log.info("the transition log was closed: the link stops")  # between the check and a query
+                        break
                     self.errors += 1
                     if first_and_doubling(self.errors):
                         log.exception("robot link error (%d so far): %s", self.errors, error)
