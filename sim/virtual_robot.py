@@ -406,7 +406,7 @@ def _drawn_in_blocks(draw, block: int = 1024):
 
 
 def write_audit(audit: DeviceAudit, path: str | Path) -> None:
-    """Strict JSON: a non-finite value the device saw (a NaN command) is written as the string "nan", "inf" or "-inf"."""
+    """Strict JSON: a non-finite value the device saw (a NaN command) is written as a string: "nan", "inf", "-inf"."""
     write_atomic(path, json.dumps(_finite_or_text(dataclasses.asdict(audit)), indent=1, allow_nan=False).encode())
 
 
