@@ -22,9 +22,10 @@ from robot_app.learner.ingest import IngestStore, RowSchema
 from robot_app.learner.training import default_device, sample_and_update
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
+from robot_app.transport.messages import MAX_EPISODE
 
 log = logging.getLogger(__name__)
-EPISODES_PER_ROBOT = 1 << 32  # replay episode id = robot index * this + the robot's own episode number
+EPISODES_PER_ROBOT = MAX_EPISODE  # replay episode id = robot index * this + the robot's own episode number
 
 
 class OnlineLearner:
