@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 METADATA_KEY = "robot_app.policy"
 FORMAT = "robot_app.policy/1"
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
+# The stochastic actor, beside the deterministic action: pi(a|s) = tanh(N(mean, std)) in [-1, 1], then native units.
+MEAN_NAME, STD_NAME = "pre_tanh_mean", "pre_tanh_std"
 
 
 class ArtifactError(ValueError):

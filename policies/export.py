@@ -1,4 +1,4 @@
-"""Export the deterministic actor, with observation normalisation baked in, to ONNX; check parity with onnxruntime."""
+"""Export the actor (deterministic action and stochastic head), normalisation baked in, to ONNX; check parity."""
 
 from __future__ import annotations
 
@@ -14,39 +14,54 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ArtifactError, PolicyMetadata
+from policies.artifact import INPUT_NAME, MEAN_NAME, METADATA_KEY, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
 from policies.files import write_atomic
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 
 log = logging.getLogger(__name__)
+OUTPUT_NAMES = (OUTPUT_NAME, MEAN_NAME, STD_NAME)
 PARITY_TOLERANCE = 1e-5  # in units of the action's half-range (float32 round-off scales with the bounds)
 
 
 class DeployedPolicy(nn.Module):
-    """obs (native) -> normalise -> tanh(mean) -> native action units.
+    """obs (native) -> normalise -> tanh(mean) -> native action units; and the stochastic actor beside it.
 
-    Only the actor's mean head is kept (its last layer's log-std rows are dropped), and the rescale to native units is
-    one multiply-add, so the ONNX graph is as short as the computation: 11 nodes for a 2-layer actor.
+    `forward` is the deterministic action, what evaluation and the gate run. `distribution` gives the pre-tanh mean
+    and std of pi(a|s) = tanh(N(mean, std)), from which a robot learning on-line samples its own actions. The rescale
+    to native units is one multiply-add.
     """
 
     def __init__(self, normalizer: RunningNormalizer, actor: SquashedGaussianActor, low, high):
         super().__init__()
         self.normalizer = copy.deepcopy(normalizer).cpu().eval()
-        *hidden, last = copy.deepcopy(actor.trunk).cpu()
-        action_dim = last.out_features // 2
-        mean_layer = nn.Linear(last.in_features, action_dim)
-        with torch.no_grad():
-            mean_layer.weight.copy_(last.weight[:action_dim])
-            mean_layer.bias.copy_(last.bias[:action_dim])
-        self.mean = nn.Sequential(*hidden, mean_layer).eval()
+        self.actor = copy.deepcopy(actor).cpu().eval()
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
         self.register_buffer("half_range", (self.high - self.low) / 2)
         self.register_buffer("centre", (self.high + self.low) / 2)
 
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.actor.distribution_params(self.normalizer(obs))
+        return mean, log_std.exp()
+
+    def to_native(self, unit_action: torch.Tensor) -> torch.Tensor:
+        return unit_action * self.half_range + self.centre
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.mean(self.normalizer(obs))) * self.half_range + self.centre
+        return self.to_native(torch.tanh(self.distribution(obs)[0]))
+
+
+class _Outputs(nn.Module):
+    """The exported graph: the deterministic action and the stochastic actor's pre-tanh mean and std."""
+
+    def __init__(self, policy: DeployedPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, std = self.policy.distribution(obs)
+        return self.policy.to_native(torch.tanh(mean)), mean, std
 
 
 def weights_sha256(module: nn.Module) -> str:
@@ -94,10 +109,10 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            policy,
+            _Outputs(policy),
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes={"obs": {0: torch.export.Dim("batch")}},
             dynamo=True,
             external_data=False,
@@ -112,13 +127,15 @@ def export_onnx(
     std = torch.sqrt(policy.normalizer.var + policy.normalizer.eps)
     obs = policy.normalizer.mean + 3.0 * std * torch.randn(parity_samples, metadata.obs_dim, generator=generator)
     with torch.no_grad():
-        expected = policy(obs).numpy()
+        expected = [out.numpy() for out in _Outputs(policy)(obs)]
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: obs.numpy()})[0]
-    error = float(np.max(np.abs(got - expected) / policy.half_range.numpy()))
+    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: obs.numpy()})
+    # The action in units of its half-range; the pre-tanh mean and std relative to their size (at least 1).
+    scales = [policy.half_range.numpy(), np.maximum(np.abs(expected[1]), 1.0), np.maximum(expected[2], 1.0)]
+    error = max(float(np.max(np.abs(g - e) / scale)) for g, e, scale in zip(got, expected, scales))
     if not error < PARITY_TOLERANCE:
-        raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| / half-range = {error:.3g} >= "
-                            f"{PARITY_TOLERANCE}")
+        raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| (of the half-range, or relative) = "
+                            f"{error:.3g} >= {PARITY_TOLERANCE}")
     write_atomic(path, data)  # only an artifact that passed parity is ever written
     log.info("exported %s (parity max error %.3g of the half-range, sha256 %s)", path, error, metadata.weights_sha256[:12])
     return metadata

@@ -43,20 +43,13 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import numpy as np
 
-    from robot_app.learner.training import evaluate_returns, load_agent
-    from sim.envs import make_env
+    from sim.envs import evaluate_artifact, evaluate_returns, make_env
 
     if Path(args.target).suffix == ".onnx":
-        from robot_app.agent.policy_runner import OnnxPolicy
-
-        policy = OnnxPolicy(args.target)
-        meta = policy.metadata
-        env = make_env(meta.env, args.seed, meta.action_repeat)
-        policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
-        low, high = np.asarray(meta.action_low), np.asarray(meta.action_high)
-        returns = evaluate_returns(env, lambda obs: 2.0 * (policy(obs) - low) / (high - low) - 1.0, args.episodes)
-        name = meta.env
+        name, returns = evaluate_artifact(args.target, args.episodes, args.seed)
     else:
+        from robot_app.learner.training import load_agent
+
         loaded = load_agent(args.target)
         env = make_env(loaded.config.env, args.seed, loaded.config.action_repeat)
         returns = evaluate_returns(env, lambda obs: loaded.agent.act(obs, deterministic=True), args.episodes)
@@ -104,7 +97,7 @@ def _agent(args) -> int:
     import signal
 
     from calibration.encoders import load_calibration
-    from robot_app.agent.policy_runner import ExploringPolicy, load_policy
+    from robot_app.agent.policy_runner import ExploringPolicy, OnnxPolicy, SampledPolicy, load_policy
     from robot_app.agent.runtime import Agent
     from robot_app.agent.transition_log import TransitionLog
     from robot_app.hardware.serial_robot import SerialRobot
@@ -129,6 +122,8 @@ def _agent(args) -> int:
 
     def checked_policy(name_or_path: str):
         policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed, trusted_key=trusted_key)
+        if args.sample and isinstance(policy, OnnxPolicy):
+            return SampledPolicy(policy, seed=args.seed)
         return ExploringPolicy(policy, args.explore, *limits, seed=args.seed) if args.explore else policy
 
     policy = checked_policy(args.policy)
@@ -154,6 +149,7 @@ def _agent(args) -> int:
             link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
                              policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
                              on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
+            agent.credit = lambda: link.credit_through  # lockstep: paced by the learner's updates
             link_thread = threading.Thread(target=link.run, name="robot-link", daemon=True)
             link_thread.start()
         signal.signal(signal.SIGTERM, lambda *_: agent.request_stop("SIGTERM"))
@@ -277,7 +273,16 @@ def _policies(args) -> int:
 def _demo(args) -> int:
     from robot_app.demo import run_demo
 
-    return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon)
+    return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
+                    transitions=args.transitions or None)
+
+
+def _plot(args) -> int:
+    from robot_app.plots import plot_folder
+
+    for path in plot_folder(args.folder):
+        print(path)
+    return 0
 
 
 def _estop(args) -> int:
@@ -379,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--cpus", help="pin the agent to these CPUs, e.g. 1 or 2,3")
     agent.add_argument("--pace", type=float, metavar="HZ", help="against a lockstep device, step at most this often")
     agent.add_argument("--robot-id", help="refuse a device reporting another id; also this robot's key name")
-    agent.add_argument("--explore", type=float, default=0.0,
-                       help="add Gaussian noise of this many half-ranges to every action (learning on the robot)")
+    explore = agent.add_mutually_exclusive_group()
+    explore.add_argument("--sample", action="store_true",
+                         help="learning on the robot: sample each action from the ONNX policy's stochastic actor "
+                              "(SAC's own exploration), seeded by --seed; `zero` and `random` run as they are")
+    explore.add_argument("--explore", type=float, default=0.0,
+                         help="bring-up: add Gaussian noise of this many half-ranges to every action")
     _add_link_arguments(agent)
     agent.add_argument("--trusted-key", help="the gate's public signing key (.sign_pub): ONNX policies must carry "
                                              "its signature in <file>.sig")
@@ -439,9 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--robots", type=int, default=1)
-    demo.add_argument("--minutes", type=float, default=10.0)
-    demo.add_argument("--horizon", type=int, default=3)
+    demo.add_argument("--transitions", type=int, default=25_000,
+                      help="the budget: transitions the learner takes (default 25000; 0: until --minutes)")
+    demo.add_argument("--minutes", type=float, default=20.0, help="a cap on the wall time (default 20)")
+    demo.add_argument("--horizon", type=int, default=3, help="the learner's SVG horizon; 0 is SAC (default 3)")
     demo.set_defaults(handler=_demo)
+
+    plot = sub.add_parser("plot", help="PNG curves of a training run or a demo folder, beside its files")
+    plot.add_argument("folder", metavar="RUN_OR_DEMO_DIR")
+    plot.set_defaults(handler=_plot)
 
     keys = sub.add_parser("keys", help="generate a CURVE key pair for the learner or a robot, or a signing pair")
     keys.add_argument("name", help="'learner', or the robot's id (the learner maps keys to robots by this name)")

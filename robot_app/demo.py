@@ -140,25 +140,29 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: int = 3,
-             transitions_per_s: float = 30.0, gate_episodes: int = 4) -> int:
-    """transitions_per_s: the robots' combined lockstep pace, near what one learner core can update on.
+def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 3,
+             transitions: int | None = 25_000, gate_episodes: int = 4) -> int:
+    """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
+    The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
     A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile."""
     if robots < 1:
         raise ValueError(f"--robots must be at least 1, got {robots}")
+    if transitions is not None and transitions < 1:
+        raise ValueError(f"--transitions must be at least 1, got {transitions}")
     out = Path(out)
     _fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
-    pace_hz = transitions_per_s / robots
-    (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon}))
+    (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon,
+                                          "transitions": transitions}))
     keys = _keys(out, robot_ids)
     listen, announce = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     budget_s = minutes * 60
     logs = out / "logs"
     logs.mkdir()
     supervisor = _Supervisor(logs, out)
-    print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}), {minutes:g} min; logs in {logs}")
+    budget = f"{transitions} transitions, at most {minutes:g} min" if transitions else f"{minutes:g} min"
+    print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}), {budget}; logs in {logs}")
     try:
         supervisor.add(_Role("learner", lambda: [
             "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
@@ -167,30 +171,37 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 10.0, horizon: i
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
                 "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i)], prints_port=True))
-            supervisor.add(_Role(f"{robot_id}-agent", lambda robot_id=robot_id, device=device: [
-                "agent", "--port", device.port, "--robot-id", robot_id, "--policy", "random", "--explore", "0.3",
-                "--learner", listen, "--announcements", announce, "--keys", str(keys),
-                "--log", str(out / robot_id / "transitions.sqlite"), "--status-every", "60", "--pace", str(pace_hz),
+            supervisor.add(_Role(f"{robot_id}-agent", lambda robot_id=robot_id, device=device, i=i: [
+                "agent", "--port", device.port, "--robot-id", robot_id, "--policy", "random", "--sample",
+                "--seed", str(i), "--learner", listen, "--announcements", announce, "--keys", str(keys),
+                "--log", str(out / robot_id / "transitions.sqlite"), "--status-every", "60",
                 "--trusted-key", str(keys / "gate.sign_pub")], depends_on=device))
         started = time.monotonic()
         next_progress = started + 15.0
         while (elapsed := time.monotonic() - started) < budget_s:
             time.sleep(min(1.0, budget_s - elapsed))
             supervisor.check()
-            if time.monotonic() >= next_progress or time.monotonic() - started >= budget_s:
+            row = _last_progress(out / "learner" / "progress.jsonl")
+            done = transitions is not None and row is not None and row["transitions"] >= transitions
+            if time.monotonic() >= next_progress or done:
                 next_progress += 15.0
-                _print_progress(out)
+                _print_progress(row, time.monotonic() - started, transitions)
+            if done:
+                break
     finally:
         supervisor.stop()
     return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})
 
 
-def _print_progress(out: Path) -> None:
-    row = _last_progress(out / "learner" / "progress.jsonl")
-    if row:
-        print(f"  {row['elapsed_s']:6.0f} s  transitions {row['transitions']:7d}  updates {row['updates']:6d}  "
-              f"candidates {row['candidates']:3d}  episodes {row['episodes']:4d}  "
-              f"return (last 10 episodes) {row['recent_return']}  gate {_gate_line(row['gate'])}", flush=True)
+def _print_progress(row: dict | None, elapsed: float, budget: int | None) -> None:
+    if not row:
+        return
+    eta = ""
+    if budget and row["transitions"]:
+        eta = f" (of {budget}, ETA {max(0.0, elapsed * (budget / row['transitions'] - 1)) / 60:4.1f} min)"
+    print(f"  {elapsed / 60:5.1f} min  transitions {row['transitions']:6d}{eta}  updates {row['updates']:6d}  "
+          f"episodes {row['episodes']:4d}  return (last 10 episodes) {row['recent_return']}  "
+          f"gate {_gate_line(row['gate'])}", flush=True)
 
 
 def _gate_line(gate: dict | None) -> str:
@@ -210,8 +221,26 @@ def _report(out: Path, restarts: dict[str, int]) -> int:
     if not returns:
         print("demo: no episode finished; see the logs")
         return 1
-    best = max(returns)
+    from robot_app.plots import plot_folder
+
+    curve = plot_folder(out)[0]
     print(f"demo: swing-up return (mean of the last 10 episodes) went from {returns[0]:.1f} to {returns[-1]:.1f} "
-          f"(best {best:.1f}, out of 400) over {progress[-1]['updates']} updates on "
-          f"{progress[-1]['transitions']} transitions; curve in {progress_file}")
+          f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
+          f"{progress[-1]['transitions']} transitions")
+    print(f"demo: {_deployed_line(out / 'registry')}; curve in {curve}")
     return 0
+
+
+def _deployed_line(registry_folder: Path) -> str:
+    """What the robots run at the end: its gate verdict under randomisation, and its deterministic nominal return."""
+    from robot_app.learner.registry import PolicyRegistry
+    from sim.envs import evaluate_artifact
+
+    deployed = PolicyRegistry(registry_folder).deployed() if registry_folder.is_dir() else None
+    if deployed is None:
+        return "no policy passed the gate; the robot ran its bring-up policy"
+    gate = (deployed.report or {}).get("metrics", {})
+    _, nominal = evaluate_artifact(deployed.path, episodes=10, seed=0)
+    return (f"deployed {deployed.version}: gate success {gate.get('success_rate', float('nan')):.2f}, return mean "
+            f"{gate.get('return_mean', float('nan')):.1f} under randomisation; deterministic nominal return "
+            f"{sum(nominal) / len(nominal):.1f} (10 episodes)")

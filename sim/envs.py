@@ -142,3 +142,28 @@ def make_env(name: str, seed: int, action_repeat: int | None = None) -> Env:
             f"unknown environment '{name}'; names look like '<family>:<task>' with family in {sorted(ENV_FAMILIES)}"
         )
     return ENV_FAMILIES[family](rest, seed, action_repeat)
+
+
+def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
+    obs, total, done = env.reset(), 0.0, False
+    while not done:
+        result = env.step(act(obs))
+        obs, total, done = result.obs, total + result.reward, result.terminated or result.truncated
+    return total
+
+
+def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int) -> list[float]:
+    """Returns of `episodes` episodes, act(obs) giving actions in [-1, 1]."""
+    return [run_episode(env, act) for _ in range(episodes)]
+
+
+def evaluate_artifact(path, episodes: int, seed: int) -> tuple[str, list[float]]:
+    """The deterministic returns of an exported ONNX policy on the nominal environment it was trained for."""
+    from robot_app.agent.policy_runner import OnnxPolicy
+
+    policy = OnnxPolicy(path)
+    meta = policy.metadata
+    env = make_env(meta.env, seed, meta.action_repeat)
+    policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
+    low, high = np.asarray(meta.action_low), np.asarray(meta.action_high)
+    return meta.env, evaluate_returns(env, lambda obs: 2.0 * (policy(obs) - low) / (high - low) - 1.0, episodes)

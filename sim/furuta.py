@@ -37,6 +37,11 @@ class FurutaPhysics:
         self.max_abs_qpos = np.zeros(self.model.nq)  # per joint, sampled at the end of every step() call
         self.max_abs_qvel = np.zeros(self.model.nv)
 
+    @staticmethod
+    def is_physical(name: str) -> bool:
+        """Whether a randomisation range of the spec names a physical parameter (the rest are the device's)."""
+        return name.partition("_")[2] in ("damping", "friction", "mass") or name in ("motor_gain", "cable_stiffness")
+
     def randomise(self, params: dict[str, float]) -> None:
         """Set physical parameters by the names of the spec's randomisation ranges (those that are physics)."""
         model = self.model
@@ -91,13 +96,17 @@ class FurutaPhysics:
 
 
 class FurutaEnv:
-    """`furuta:<task>`: the robot spec's task on simulated physics, observed through the robot's calibration and
+    """`furuta:<task>[-randomised]`: the robot spec's task on simulated physics, observed through the robot's calibration and
     sensor pipeline exactly as the agent observes the real robot. One decision per control period (times repeat)."""
 
     def __init__(self, task_name: str, seed: int, action_repeat: int | None = None, robot: str = "furuta"):
         spec = load_robot_spec(robot)
-        if task_name != spec.task:
-            raise UnknownEnvironmentError(f"unknown environment 'furuta:{task_name}'; known: furuta:{spec.task}")
+        if task_name not in (spec.task, f"{spec.task}-randomised"):
+            raise UnknownEnvironmentError(f"unknown environment 'furuta:{task_name}'; known: furuta:{spec.task}, "
+                                          f"furuta:{spec.task}-randomised")
+        # -randomised: every episode on physics drawn from the spec's randomisation ranges, as the gate draws them
+        self._ranges = {name: r for name, r in sorted(spec.randomisation.items()) if FurutaPhysics.is_physical(name)
+                        } if task_name.endswith("-randomised") else {}
         self.task = make_task(spec)
         self.physics = FurutaPhysics(spec)
         encoders = load_calibration(spec.name).for_sensors(list(self.task.sensors))
@@ -118,6 +127,8 @@ class FurutaEnv:
         return self.pipeline.update(self.physics.counts(), self.physics.time_s)
 
     def reset(self) -> np.ndarray:
+        if self._ranges:
+            self.physics.randomise({name: self._rng.uniform(low, high) for name, (low, high) in self._ranges.items()})
         # Hanging near rest, as the agent's reset phase leaves the real robot.
         self.physics.reset(qpos=self._rng.uniform(-0.05, 0.05, 2), qvel=self._rng.uniform(-0.1, 0.1, 2))
         self.pipeline.reset()

@@ -48,3 +48,12 @@ def outbox_state(path) -> tuple[int, set]:
 def stored_keys(store, robot_id: str | None = None) -> list[tuple[int, int]]:
     """The (episode, step) of every transition in a learner's ingest store, as stored (duplicates would repeat)."""
     return _keys(chunk for _, rid, chunk in store.read(limit_rows=1 << 40) if robot_id in (None, rid))
+
+
+def reply(socket):
+    """The learner's next message on a raw robot socket, past the credit it grants after each ack and heartbeat."""
+    from robot_app.transport.messages import Credit, decode
+
+    while isinstance(message := decode(socket.recv()), Credit):
+        pass
+    return message

@@ -571,3 +571,28 @@ def test_a_tick_that_fails_every_time_stops_the_agent_with_a_diagnostic():
     assert re.match("3 ticks failed, never an episode.s length of good ticks between them; the last: RuntimeError: "
                     "append", summary["failure"])
     assert summary["stop_reason"].startswith("fault: ")
+
+
+def test_a_sampling_agent_records_each_sampled_action_with_the_seed_that_replays_it(tmp_path):
+    from policies.export import DeployedPolicy, export_onnx
+    from policies.networks import SquashedGaussianActor
+    from policies.normalizer import RunningNormalizer
+    from robot_app.agent.policy_runner import OnnxPolicy, SampledPolicy
+    from robot_app.robot.task import make_task
+
+    layout = make_task(SPEC).obs_layout
+    path = tmp_path / "policy.onnx"
+    export_onnx(DeployedPolicy(RunningNormalizer(6), SquashedGaussianActor(6, 1, (8,)), [-5.0], [5.0]), path,
+                env="furuta:swingup", obs_layout=list(layout), action_layout=["motor"], action_repeat=1,
+                training_step=0, source_run="test", horizon=0)
+    policy = load_policy(str(path), SPEC, layout)
+    with virtual_robot(tmp_path, "--lockstep") as robot, TransitionLog(tmp_path / "t.sqlite") as log:
+        make_agent(robot.port, SampledPolicy(policy, seed=5), log).run(episodes=1)
+        _, rows, _ = logged(log)
+    seeds = rows["sample_seed"]
+    assert len(seeds) > 10 and (seeds >= 0).all() and len(set(seeds.tolist())) == len(seeds)
+    replay = OnnxPolicy(path)
+    for i in (0, len(seeds) // 2, len(seeds) - 1):  # each seed replays exactly the draw that chose the action
+        noise = np.random.default_rng(int(seeds[i])).standard_normal(1).astype(np.float32)
+        np.testing.assert_allclose(replay.sample(rows["obs"][i], noise), rows["policy_action"][i], atol=1e-5)
+    assert not np.allclose(rows["policy_action"], [replay(obs) for obs in rows["obs"]])  # sampled, not the mean

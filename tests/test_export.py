@@ -94,3 +94,29 @@ def test_parity_failure_is_refused_and_writes_nothing(exported, tmp_path, monkey
         export_onnx(policy, target, env="e", obs_layout=[("x", 5)], action_layout=["a0", "a1"], action_repeat=1,
                     training_step=0, source_run="r", horizon=0)
     assert not target.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_exported_stochastic_actor_samples_as_torch_does(exported):
+    """Mean and std over many draws match torch's sampler, through the same tanh squashing and native rescale."""
+    from robot_app.agent.policy_runner import SampledPolicy
+
+    policy, path, _ = exported
+    runner = OnnxPolicy(path)
+    assert runner.stochastic
+    obs = np.array([0.5, -1.0, 2.0, 0.3, 1.0], np.float32)
+    sampler = SampledPolicy(runner, seed=3)
+    onnx_draws = np.array([sampler(obs) for _ in range(20_000)])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unit, _ = policy.actor.sample(policy.normalizer(torch.from_numpy(obs)).expand(20_000, -1))
+        torch_draws = policy.to_native(unit).numpy()
+    half_range = policy.half_range.numpy()
+    assert onnx_draws.std(axis=0).min() > 0.05 * half_range.min()  # a real spread, not the deterministic action
+    np.testing.assert_allclose(onnx_draws.mean(axis=0) / half_range, torch_draws.mean(axis=0) / half_range, atol=0.02)
+    np.testing.assert_allclose(onnx_draws.std(axis=0) / half_range, torch_draws.std(axis=0) / half_range, atol=0.02)
+    assert np.all(onnx_draws >= [-2.0, 0.0]) and np.all(onnx_draws <= [2.0, 10.0])
+    noise = np.array([0.7, -1.3], np.float32)  # one draw, exactly: tanh(mean + std * noise), in native units
+    with torch.no_grad():
+        mean, std = policy.distribution(torch.from_numpy(obs)[None])
+        expected = policy.to_native(torch.tanh(mean + std * torch.from_numpy(noise)))[0].numpy()
+    np.testing.assert_allclose(runner.sample(obs, noise), expected, atol=1e-5)

@@ -25,12 +25,12 @@ from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.learner.ingest import REFUSED, IngestServer, IngestStore, RowSchema
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.messages import (
-    Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch, TransitionChunk, decode,
+    SCHEMA_VERSION, Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch, TransitionChunk, decode,
     encode,
 )
 from robot_app.transport.robot_link import RobotLink
 from sim.virtual_robot import AMPLIFIER_LIMIT_V, VirtualRobot
-from tests.conftest import wait_until
+from tests.conftest import reply, wait_until
 from tests.fake_device import FakeDevice, write_all
 from tests.strategies import ANYTHING, bodies, hostile_commands, hostile_sensor_frames, serial_pieces
 from tests.test_agent import HANGING, Recorder
@@ -196,7 +196,7 @@ def _batches():
 def _envelopes(kinds):
     """Envelopes of these kinds with fields of any type, and envelopes of anything at all."""
     typed = st.sampled_from(sorted(kinds)).flatmap(lambda kind: bodies(kind).map(
-        lambda body: msgpack.packb({"v": 2, "kind": kind, "body": body}, use_bin_type=True)))
+        lambda body: msgpack.packb({"v": SCHEMA_VERSION, "kind": kind, "body": body}, use_bin_type=True)))
     untyped = st.builds(lambda v, kind, body: msgpack.packb({"v": v, "kind": kind, "body": body}, use_bin_type=True),
                         ANYTHING, ANYTHING, ANYTHING)
     return typed | untyped
@@ -260,7 +260,7 @@ def test_the_learner_survives_anything_an_admitted_robot_sends_stores_no_bad_row
         robot.send(encode(Heartbeat("robot-1", 0)))
         answers = 0
         while answers < _answered_heartbeats(messages) + 1:  # ours is the last: all before it were handled
-            answers += isinstance(decode(robot.recv()), Heartbeat)
+            answers += isinstance(reply(robot), Heartbeat)
         assert serving.is_alive()
         assert sum(server.rejected.values()) - server.rejected["unauthenticated"] - before == sum(
             map(expected_rejection, messages))

@@ -16,7 +16,7 @@ from robot_app.transport.messages import (
     SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, decode, encode,
 )
 from robot_app.transport.robot_link import RobotLink
-from tests.conftest import stored_keys, wait_until
+from tests.conftest import reply, stored_keys, wait_until
 
 
 def transition(robot_id, episode, step):
@@ -113,8 +113,8 @@ def test_bad_messages_are_rejected_and_counted_and_the_learner_keeps_serving(key
     intruder.send(encode(Heartbeat("intruder", 1)))
     robot.send(encode(Heartbeat("robot-1", 1)))
     robot.rcvtimeo = 10_000
-    reply = decode(robot.recv())
-    assert isinstance(reply, Heartbeat) and reply.sender == "learner"
+    answer = reply(robot)
+    assert isinstance(answer, Heartbeat) and answer.sender == "learner"
     wait_until(lambda: sum(server.rejected.values()) >= 4 and server.rejected["unauthenticated"] >= 1,
                timeout_s=30)
     assert {k: v for k, v in server.rejected.items() if k != "unauthenticated"} == {
@@ -253,7 +253,7 @@ def client(context, keys, endpoint, name, key_dir="robots", routing_id=None):
 def still_answers(socket, robot_id="robot-1"):
     """The server is alive: a heartbeat gets its answer (every earlier message on this connection was handled)."""
     socket.send(encode(Heartbeat(robot_id, 1)))
-    return decode(socket.recv()).sender == "learner"
+    return reply(socket).sender == "learner"
 
 
 def test_a_message_of_unexpected_types_is_a_counted_rejection_and_the_server_serves_on(keys, tmp_path):
@@ -263,7 +263,7 @@ def test_a_message_of_unexpected_types_is_a_counted_rejection_and_the_server_ser
     server, thread = serve(store, keys)
     context = zmq.Context()
     robot = client(context, keys, server.endpoint, "robot-1")
-    robot.send(msgpack.packb({"v": 2, "kind": [1], "body": {}}))
+    robot.send(msgpack.packb({"v": SCHEMA_VERSION, "kind": [1], "body": {}}))
     chunk = msgpack.unpackb(TransitionChunk.from_transitions(1, [transition("robot-1", 0, 0)]).pack())
     chunk["columns"]["obs"]["dtype"] = ["<f4"]
     robot.send(encode(TransitionBatch("robot-1", "o", 0, msgpack.packb(chunk, use_bin_type=True))))
@@ -297,11 +297,11 @@ def test_rows_that_do_not_fit_the_robot_are_refused_or_quarantined_never_stored_
     for rows in ([wide[0]], [wide[1]]):
         robot.send(encode(batch_of(rows)))
     robot.send(encode(batch_of(nan)))  # seqs 1-5: quarantined, and acked
-    assert decode(robot.recv()) == Ack("robot-1", "o", 5)
+    assert reply(robot) == Ack("robot-1", "o", 5)
     robot.send(encode(batch_of(huge, 6, 5)))  # seqs 6-10: 40 V is no command the supervisor lets out
-    assert decode(robot.recv()) == Ack("robot-1", "o", 10)
+    assert reply(robot) == Ack("robot-1", "o", 10)
     robot.send(encode(batch_of(good, 11, 10)))
-    assert decode(robot.recv()) == Ack("robot-1", "o", 15)
+    assert reply(robot) == Ack("robot-1", "o", 15)
     assert server.rejected == {"width": 2} and server.quarantined == {"non_finite": 1, "out_of_range": 1}
     assert store.count() == 5 and [c.first_seq for _, _, c in store.read()] == [11]
     assert [reason for _, _, reason, _ in store.quarantined()] == ["non_finite", "out_of_range"]
@@ -349,8 +349,9 @@ def test_the_robot_link_survives_whatever_the_learner_sends(tmp_path):
     thread = start(link.run)
     learner.rcvtimeo = 10_000
     route = learner.recv_multipart()[0]
-    poison = [msgpack.packb({"v": 2, "kind": [1], "body": {}}), b"\xc1", msgpack.packb({"v": 2, "kind": "ack",
-              "body": {"robot_id": "robot-1", "outbox_id": outbox.outbox_id, "up_to_seq": [3]}})]
+    poison = [msgpack.packb({"v": SCHEMA_VERSION, "kind": [1], "body": {}}), b"\xc1",
+              msgpack.packb({"v": SCHEMA_VERSION, "kind": "ack",
+                             "body": {"robot_id": "robot-1", "outbox_id": outbox.outbox_id, "up_to_seq": [3]}})]
     for data in poison:
         learner.send_multipart([route, data])
     wait_until(lambda: link.rejected == len(poison), timeout_s=30)

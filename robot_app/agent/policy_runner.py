@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, PolicyMetadata
+from policies.artifact import INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
 from robot_app.robot.spec import RobotSpec
 
 
@@ -39,11 +39,19 @@ class OnnxPolicy:
             )
         # The control loop's single observation runs through preallocated, bound buffers: no per-call allocation or
         # name lookup. That halved the per-call time of a 256x256 MLP here (see docs/BENCHMARKS.md).
+        outputs = {o.name for o in self._session.get_outputs()}
+        # Artifacts exported before 2026-12 carry the deterministic action only.
+        self.stochastic = {MEAN_NAME, STD_NAME} <= outputs
         self._obs = np.zeros((1, self.metadata.obs_dim), dtype=np.float32)
-        self._action = np.zeros((1, self.metadata.action_dim), dtype=np.float32)
+        self._action, self._mean, self._std = (np.zeros((1, self.metadata.action_dim), dtype=np.float32)
+                                               for _ in range(3))
         self._binding = self._session.io_binding()
         self._binding.bind_ortvalue_input(INPUT_NAME, onnxruntime.OrtValue.ortvalue_from_numpy(self._obs))
-        self._binding.bind_ortvalue_output(OUTPUT_NAME, onnxruntime.OrtValue.ortvalue_from_numpy(self._action))
+        bound = ((OUTPUT_NAME, self._action), (MEAN_NAME, self._mean), (STD_NAME, self._std))
+        for name, buffer in bound[:3 if self.stochastic else 1]:
+            self._binding.bind_ortvalue_output(name, onnxruntime.OrtValue.ortvalue_from_numpy(buffer))
+        low, high = np.array(self.metadata.action_low, np.float32), np.array(self.metadata.action_high, np.float32)
+        self._half_range, self._centre = (high - low) / 2, (high + low) / 2
 
     def check_compatible(self, obs_dim: int, action_dim: int) -> None:
         """Refuse to drive something of another shape, naming both sides."""
@@ -61,6 +69,15 @@ class OnnxPolicy:
             self._session.run_with_iobinding(self._binding)
             return self._action[0].copy()
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0]
+
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Native-unit action tanh(mean + std * noise) of the stochastic actor, for one observation and a standard
+        normal draw [action_dim]: SAC's own exploration, with the temperature the learner tuned."""
+        if not self.stochastic:
+            raise ArtifactError(f"{self.path} holds the deterministic action only; export it again to sample from it")
+        self._obs[0] = obs
+        self._session.run_with_iobinding(self._binding)
+        return np.tanh(self._mean[0] + self._std[0] * noise) * self._half_range + self._centre
 
     @property
     def version(self) -> str:
@@ -105,18 +122,51 @@ class RandomPolicy:
         return self._rng.uniform(self._low, self._high).astype(np.float32)
 
 
+class SeededDraws:
+    """Standard normal draws, each from a seed of its own, the seeds from one seeded stream: the seed recorded with a
+    transition replays exactly the draw that chose its action (np.random.default_rng(seed).standard_normal(n))."""
+
+    def __init__(self, seed):
+        self._seeds = np.random.default_rng(seed)
+
+    def normal(self, size: int) -> tuple[np.ndarray, int]:
+        seed = int(self._seeds.integers(1 << 62))
+        return np.random.default_rng(seed).standard_normal(size).astype(np.float32), seed
+
+
+def _stream_seed(seed: int, policy) -> list[int]:
+    """Each policy its own stream: a new version does not replay the draws of the last one."""
+    return [seed, int(policy.version, 16)] if isinstance(policy, OnnxPolicy) else [seed]
+
+
+class SampledPolicy:
+    """The behaviour policy for learning on the robot: a ~ pi(a|s), sampled from the exported stochastic actor (SAC's
+    own exploration). Evaluation and the gate run the deterministic action instead. `sample_seed` is the last draw's."""
+
+    def __init__(self, policy: OnnxPolicy, seed: int = 0):
+        if not policy.stochastic:
+            raise ArtifactError(f"{policy.path} holds the deterministic action only; export it again to sample from it")
+        self.policy, self.version, self.sample_seed = policy, policy.version, -1
+        self._draws = SeededDraws(_stream_seed(seed, policy))
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        noise, self.sample_seed = self._draws.normal(self.policy.metadata.action_dim)
+        return self.policy.sample(obs, noise)
+
+
 class ExploringPolicy:
-    """A behaviour policy for learning on the robot: the policy's action plus Gaussian noise of `sigma` half-ranges.
-    The supervisor still clamps the result; transitions keep the noisy action as what was done."""
+    """A behaviour policy for bring-up: the policy's action plus Gaussian noise of `sigma` half-ranges. The supervisor
+    still clamps the result; transitions keep the noisy action as what was done, and the seed of its draw."""
 
     def __init__(self, policy, sigma: float, low, high, seed: int = 0):
-        self.policy, self.version = policy, policy.version
+        self.policy, self.version, self.sample_seed = policy, policy.version, -1
         self._scale = sigma * (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2
-        self._rng = np.random.default_rng(seed)
+        self._draws = SeededDraws(_stream_seed(seed, policy))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         action = self.policy(obs)
-        return action + self._rng.standard_normal(action.shape).astype(np.float32) * self._scale
+        noise, self.sample_seed = self._draws.normal(len(action))
+        return action + noise * self._scale
 
 
 SIGNATURE_SUFFIX = ".sig"  # beside an artifact: the gate's signature of its bytes, in hex

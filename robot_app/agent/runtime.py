@@ -13,6 +13,7 @@ import gc
 import logging
 import math
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class _OpenStep:
     obs_time_ns: int
     command_time_ns: int
     device_time_us: int
+    sample_seed: int
 
 
 class Agent:
@@ -51,13 +53,20 @@ class Agent:
     def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
                  transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
-                 outbox_limit: int | None = None, tick_error_limit: int = 50):
+                 outbox_limit: int | None = None, tick_error_limit: int = 50,
+                 credit: Callable[[], int | None] | None = None):
+        """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
+        an episode starts only once the credit covers all of it. A realtime robot never waits for it."""
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
         self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
         self._outbox_full = False
         # A lockstep device steps as fast as it is asked; a pace keeps a learner on the same CPU from starving.
         self._pace = DeadlineSchedule(1.0 / lockstep_pace_hz) if lockstep_pace_hz else None
+        self.credit = credit
+        self.credit_waits = 0  # episodes that waited for the learner's credit to start
+        self._waiting_for_credit = False
+        self._idle = DeadlineSchedule(spec.period_s, spin_s=0.0)  # lockstep, held at rest: ticks at the control rate
         self.task = make_task(spec)
         sensors = {s.name: s for s in spec.sensors}
         self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
@@ -183,9 +192,10 @@ class Agent:
             started = time.perf_counter_ns()
             try:
                 policy_action = np.asarray(self.policy(obs), dtype=np.float64)
+                sample_seed = getattr(self.policy, "sample_seed", -1)  # a sampling policy's last draw
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on
                 log.error("policy raised: %s", error)
-                policy_action = np.full(len(self.spec.actuators), np.nan)
+                policy_action, sample_seed = np.full(len(self.spec.actuators), np.nan), -1
             self.policy_latency.add(time.perf_counter_ns() - started)
             verdict = self.supervisor.check(policy_action, state, age)
             self.robot.send_command(verdict.command, verdict.enable)
@@ -193,7 +203,7 @@ class Agent:
             if self.schedule is None and sent_ns - reading.received_ns > self.spec.period_s * 1e9:
                 self.late_responses += 1  # on a real robot at this rate, a missed deadline
             self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
-                                   reading.received_ns, sent_ns, reading.frame.device_time_us)
+                                   reading.received_ns, sent_ns, reading.frame.device_time_us, sample_seed)
             self._step += 1
         else:
             target = self.task.reset_command(state) if state is not None else self.supervisor.safe
@@ -290,6 +300,8 @@ class Agent:
         # Lockstep: the device answers each command with one frame; a missing answer goes stale like a silent link.
         if self._pace is not None:
             self._pace.wait()
+        elif self._waiting_for_credit:
+            self._idle.wait()
         return self.robot.wait_sensor(self._last_seq, self.spec.watchdog_timeout_s) or self.robot.latest
 
     def _apply_requests(self) -> None:
@@ -315,7 +327,7 @@ class Agent:
     def _ready_to_start(self, state: JointState | None, age: float) -> bool:
         if state is None or self.supervisor.estop_reason is not None or age > self.spec.watchdog_timeout_s:
             return False
-        if self._outbox_is_full():
+        if self._outbox_is_full() or self._lacks_credit():
             return False
         settled = self.task.ready(state) or self._phase_ticks >= self.reset_ticks
         if settled and self.supervisor.fault is not None:
@@ -333,6 +345,18 @@ class Agent:
                                                 "drains it" if full else "drained: episodes resume", self.outbox_limit)
             self._outbox_full = full
         return full
+
+    def _lacks_credit(self) -> bool:
+        """Lockstep: the learner's credit must cover a whole episode before it starts, so the robot runs ahead of a
+        slow learner by a bounded number of transitions, however busy the machine."""
+        if self.credit is None or self.transitions is None or not self.robot.lockstep:
+            return False
+        through = self.credit()
+        lacks = through is None or self.transitions.appended_through + self.task.max_episode_steps > through
+        if lacks and not self._waiting_for_credit:
+            self.credit_waits += 1
+        self._waiting_for_credit = lacks
+        return lacks
 
     def _end_episode(self, episodes: int | None) -> None:
         self._phase, self._phase_ticks = "reset", 0
@@ -403,7 +427,7 @@ class Agent:
                 policy_action=open_step.policy_action.astype(np.float32), policy_version=self.policy.version,
                 interventions=open_step.interventions, obs_time_ns=open_step.obs_time_ns,
                 command_time_ns=open_step.command_time_ns, next_obs_time_ns=received_ns,
-                device_time_us=open_step.device_time_us,
+                device_time_us=open_step.device_time_us, sample_seed=open_step.sample_seed,
             ))
         self.transitions_recorded += 1
         return terminated or truncated
@@ -451,6 +475,7 @@ class Agent:
             "interventions": dict(self.supervisor.counts), "faults": dict(self.supervisor.latches),
             "link": self.robot.link_counters,
             "link_losses": self.link_losses,
+            "credit_waits": self.credit_waits,
             "tick_errors": self.tick_errors,
             "stop_reason": self._stop_reason,
             "failure": self.failure,

@@ -25,7 +25,7 @@ from robot_app.storage import DurableSQLite
 from robot_app.transport.messages import TransitionChunk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: transition chunks carry sample_seed
 
 
 class TransitionLogError(OSError):
@@ -50,6 +50,7 @@ class Transition:
     command_time_ns: int  # host monotonic time the command was written
     next_obs_time_ns: int
     device_time_us: int  # the device's clock at the observation
+    sample_seed: int = -1  # the seed of the draw that sampled the policy's action (-1: a deterministic policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ class TransitionLog:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', '0')")
         self.outbox_id = self.store.meta("outbox_id")
         self._last_seq = int(self.store.meta("last_seq"))
+        self.appended_through = self._last_seq  # the seq the last transition appended will have (seqs have no gaps)
         self._queue: queue.Queue[Transition | None] = queue.Queue()
         self._flush_interval, self._chunk_rows, self._retry_s = flush_interval_s, chunk_rows, retry_s
         self._error: TransitionLogError | None = None
@@ -93,6 +95,7 @@ class TransitionLog:
         if self._error is not None:
             raise self._error
         self._queue.put(transition)
+        self.appended_through += 1
 
     @property
     def error(self) -> TransitionLogError | None:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -33,13 +34,14 @@ from robot_app.robot.task import make_task
 from robot_app.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
-    MAX_MESSAGE_BYTES, Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
+    MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
     TransitionBatch, TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: transition chunks carry sample_seed
 DRAIN_LIMIT = 64  # messages taken per round, so one commit covers them and the loop still turns
+ACTIVE_ROBOT_S = 10.0  # a robot heard from this recently shares the learner's credit
 
 
 MAX_ABS_VALUE = 1e6  # past any physical reading in SI units; keeps the learner's float32 statistics finite
@@ -234,6 +236,9 @@ class IngestServer:
         self.robots: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.last_heard: dict[str, float] = {}
         self.statuses: dict[str, Status] = {}  # the latest each robot reported
+        # Lockstep pacing: given how many robots were heard lately, the rows they may still send, all together (the
+        # learner's, from the updates it has made); None grants without limit. Each robot gets an equal share.
+        self.credit: Callable[[int], int] | None = None
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -326,6 +331,17 @@ class IngestServer:
                 acks[(route, batch.robot_id, batch.outbox_id)] = through
         for (route, robot_id, outbox_id), through in acks.items():
             self.socket.send_multipart([route, encode(Ack(robot_id, outbox_id, through))])
+            self._send_credit(route, robot_id)
+
+    def _send_credit(self, route: bytes, robot_id: str) -> None:
+        """After each ack and heartbeat: the robot's share of the learner's credit (see Credit)."""
+        if self.credit is None:
+            rows = MAX_SEQ - 1
+        else:
+            now = time.monotonic()
+            active = sum(1 for heard in self.last_heard.values() if now - heard < ACTIVE_ROBOT_S)
+            rows = max(0, self.credit(max(active, 1)) // max(active, 1))
+        self.socket.send_multipart([route, encode(Credit(robot_id, rows))])
 
     def _handle(self, frames: list[zmq.Frame]):
         """Answer one message; a transition batch is returned (with its route and any problem of its rows) to be
@@ -363,6 +379,8 @@ class IngestServer:
         else:
             return self._reject("kind", f"{message.KIND} is not for the learner")
         self.socket.send_multipart([route.bytes, encode(reply)])
+        if isinstance(message, Heartbeat):
+            self._send_credit(route.bytes, sender)
         return None
 
 

@@ -8,6 +8,7 @@ native units (volts) and are mapped to [-1, 1] for the agent; exported candidate
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,16 @@ class OnlineLearner:
     def __init__(self, store: IngestStore, out: str | Path, spec: RobotSpec, horizon: int = 3,
                  agent_overrides: dict | None = None, seed: int = 0, warmup: int = 1000,
                  updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
-                 replay_capacity: int = 1_000_000, on_chunk=None):
-        """on_chunk(robot_id, chunk) sees every TransitionChunk as it enters replay (for episode returns)."""
+                 replay_capacity: int = 1_000_000, on_chunk=None, credit_rows: int | None = None):
+        """on_chunk(robot_id, chunk) sees every TransitionChunk as it enters replay (for episode returns).
+        credit_rows: how far each lockstep robot may run ahead of the updates (default two episodes; see credit)."""
+        if updates_per_transition <= 0:
+            raise ValueError(f"updates_per_transition must be positive, got {updates_per_transition}")
         self.store, self.out, self.spec = store, Path(out), spec
         task = make_task(spec)
+        self.credit_rows = 2 * task.max_episode_steps if credit_rows is None else credit_rows
+        if self.credit_rows < task.max_episode_steps:
+            raise ValueError(f"credit_rows {self.credit_rows} must cover an episode ({task.max_episode_steps} steps)")
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
         self.env_name = f"{spec.name}:{spec.task}"
         self.low = np.array([a.command_limit[0] for a in spec.actuators], np.float32)
@@ -54,6 +61,7 @@ class OnlineLearner:
         self.robots: dict[str, int] = {}
         self.candidates: list[Path] = []
         self.export_failures = 0
+        self.metrics: dict[str, torch.Tensor] = {}  # of the latest update, still on the device
         self.on_chunk = on_chunk
         self.schema = RowSchema.of(spec)
         self.quarantined: dict[str, int] = {}  # chunks found bad in the store (stored before it checked), by reason
@@ -81,6 +89,18 @@ class OnlineLearner:
         self.transitions += rows
         return rows
 
+    def credit(self, robots: int) -> int:
+        """Lockstep pacing: how many more transitions `robots` robots may send, all together. They are granted in
+        proportion to the updates made, at updates_per_transition, plus credit_rows each to run ahead with; a slow or
+        busy learner then slows the robots, and the curve per transition is the same on any machine."""
+        granted = self.warmup + math.ceil(self.updates / self.ratio) + robots * self.credit_rows
+        return granted - self.transitions
+
+    @property
+    def owed_updates(self) -> int:
+        """Updates due at updates_per_transition and not yet made: a realtime robot's lead over the learner."""
+        return max(0, int((self.transitions - self.warmup) * self.ratio) - self.updates)
+
     def _fit_for_training(self, seq: int, chunk) -> bool:
         """A bad chunk already in the store (stored before the store checked rows) is quarantined, not trained on."""
         problem = self.schema.problem(chunk)
@@ -95,10 +115,10 @@ class OnlineLearner:
         """Run the updates owed (updates_per_transition per transition received), at most max_updates."""
         if len(self.replay) < self.warmup:
             return 0
-        owed = int((self.transitions - self.warmup) * self.ratio) - self.updates
         done = 0
-        for _ in range(max(0, min(owed, max_updates))):
-            metrics = sample_and_update(self.agent, self.replay, self.rng, self.updates, self.total_updates)
+        for _ in range(min(self.owed_updates, max_updates)):
+            metrics = self.metrics = sample_and_update(self.agent, self.replay, self.rng, self.updates,
+                                                       self.total_updates)
             self.updates += 1
             done += 1
             if self.updates % self.candidate_every == 0:
@@ -110,6 +130,10 @@ class OnlineLearner:
                     log.error("candidate at update %d not exported: %s", self.updates, error)
                 self.checkpoint()
         return done
+
+    def losses(self) -> dict[str, float]:
+        """The latest update's losses, alpha and entropy (one host-device sync)."""
+        return {name: round(float(value), 6) for name, value in self.metrics.items()}
 
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
         bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]

@@ -94,11 +94,12 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
     """deployment_options: registry (a folder), signing_key, gate_config, auto_deploy (see GatedDeployment)."""
     out = Path(out)
     store = IngestStore(out / "ingest.sqlite")
-    server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
-    server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
-    server_thread.start()
     returns = EpisodeReturns()
     learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options)
+    server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
+    server.credit = learner.credit  # before the first robot is heard
+    server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
+    server_thread.start()
     deployment = None
     if deployment_options:
         from robot_app.learner.registry import PolicyRegistry
@@ -140,15 +141,19 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
 def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestServer, returns: EpisodeReturns,
               deployment: GatedDeployment | None):
     recent = [e["return"] for e in returns.finished[-10:]]
+    past_warmup = learner.transitions - learner.warmup
     row = {"elapsed_s": round(elapsed, 1), "transitions": learner.transitions, "updates": learner.updates,
+           # what the learner kept up with, against what it was configured for: a realtime robot's shortfall
+           "updates_per_transition": round(learner.updates / past_warmup, 3) if past_warmup > 0 else None,
+           "configured_updates_per_transition": learner.ratio, "owed_updates": learner.owed_updates,
            "candidates": len(learner.candidates), "episodes": len(returns.finished),
            "recent_return": round(sum(recent) / len(recent), 1) if recent else None,
            "robots": {robot: dict(stats) for robot, stats in server.robots.items()},
            "running": {robot: status.policy_version for robot, status in server.statuses.items()},
            "rejected": dict(server.rejected), "quarantined": dict(server.quarantined) | learner.quarantined,
-           "gate": deployment.summary() if deployment else None}
+           "gate": deployment.summary() if deployment else None, "losses": learner.losses()}
     with open(out / "progress.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    log.info("t=%.0fs transitions=%d updates=%d candidates=%d episodes=%d return(last 10)=%s", elapsed,
-             learner.transitions, learner.updates, len(learner.candidates), len(returns.finished),
-             row["recent_return"])
+    log.info("t=%.0fs transitions=%d updates=%d (%s per transition, %d owed) candidates=%d episodes=%d "
+             "return(last 10)=%s", elapsed, learner.transitions, learner.updates, row["updates_per_transition"],
+             learner.owed_updates, len(learner.candidates), len(returns.finished), row["recent_return"])

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from policies.export import DeployedPolicy, export_onnx
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
-from sim.envs import Env, EnvSpec, make_env
+from sim.envs import Env, EnvSpec, evaluate_returns, make_env
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
@@ -76,18 +76,6 @@ def tune_cpu_allocator() -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
-    obs, total, done = env.reset(), 0.0, False
-    while not done:
-        result = env.step(act(obs))
-        obs, total, done = result.obs, total + result.reward, result.terminated or result.truncated
-    return total
-
-
-def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int) -> list[float]:
-    return [run_episode(env, act) for _ in range(episodes)]
 
 
 def build_agent(env: Env, config: TrainConfig, device: torch.device) -> SACSVG:

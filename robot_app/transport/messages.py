@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_MESSAGE_BYTES = 8 << 20
 MAX_BATCH = 4096
 # What no robot can send: seqs count from 1 and never reach 2^48 (a row a millisecond for 8,900 years); episodes stay
@@ -97,6 +97,23 @@ class Ack(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class Credit(Message):
+    """Lockstep pacing: `robot_id` may record `rows` more transitions past the last one the learner has acked. A robot
+    in lockstep starts an episode only when the credit covers all of it; a realtime robot ignores credit."""
+
+    KIND: ClassVar[str] = "credit"
+    robot_id: str
+    rows: int
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Credit":
+        credit = super().from_body(body)
+        if not 0 <= credit.rows < MAX_SEQ:
+            raise MessageError("field", f"rows {credit.rows} is outside [0, {MAX_SEQ})")
+        return credit
+
+
+@dataclasses.dataclass(frozen=True)
 class PolicyAnnouncement(Message):
     """Latest-only: the newest policy a robot should fetch, verify and load at its next episode boundary."""
 
@@ -145,6 +162,7 @@ COLUMNS = {
     "interventions": ("<i8", 1),  # bit i set: intervention_names[i] acted on this row's command
     "obs_time_ns": ("<i8", 1), "command_time_ns": ("<i8", 1), "next_obs_time_ns": ("<i8", 1),
     "device_time_us": ("<i8", 1),
+    "sample_seed": ("<i8", 1),  # the seed of the draw that sampled this row's action; -1 when none was drawn
 }
 MAX_INTERVENTION_NAMES = 63
 
@@ -307,7 +325,7 @@ class TransitionBatch(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Heartbeat, Ack, PolicyAnnouncement, PolicyRequest, PolicyBlob, Status, TransitionBatch)
+    m.KIND: m for m in (Heartbeat, Ack, Credit, PolicyAnnouncement, PolicyRequest, PolicyBlob, Status, TransitionBatch)
 }
 
 

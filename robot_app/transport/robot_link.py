@@ -11,7 +11,9 @@ checks its sha256 against the announcement, writes it and its signature atomical
 signature against the robot's trusted key and checks the metadata against the robot), and hands it to the agent, which
 swaps it in at the next episode boundary. Status reports say which version is running.
 
-Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
+With each ack and heartbeat the learner grants credit: how many more rows this robot may record. A lockstep robot waits
+for it between episodes, so a slow learner slows the robot instead of falling behind (the agent reads
+`credit_through`). Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
 thread owns both sockets, and no call blocks without a timeout.
 """
 
@@ -33,7 +35,7 @@ from robot_app.agent.transition_log import PendingChunk, TransitionLog
 from robot_app.logs import first_and_doubling
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
-    Ack, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
+    Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
     TransitionChunk, decode, encode,
 )
 
@@ -81,6 +83,7 @@ class RobotLink:
         self.acked_through = transitions.acked_through()
         self.cursor = self.highest_sent = self.acked_through  # the last seq sent; the highest ever sent
         self.sent = self.acked = self.resends = 0
+        self.credit_through: int | None = None  # lockstep: the last seq the learner lets this robot record (Credit)
         self.learner_alive = False
         self.rejected = 0  # messages from the learner that did not decode
         self.errors = 0  # turns of the loop that raised (and were survived)
@@ -169,7 +172,7 @@ class RobotLink:
 
     def _receive_all(self) -> None:
         """Everything waiting (bounded by the socket's queue); the acks among it are applied in one transaction."""
-        acked_to = self.acked_through
+        acked_to, credit = self.acked_through, None
         while True:
             try:
                 data = self.socket.recv(zmq.NOBLOCK)
@@ -178,10 +181,14 @@ class RobotLink:
             message = self._receive(data)
             if isinstance(message, Ack) and message.outbox_id == self.transitions.outbox_id:
                 acked_to = max(acked_to, min(message.up_to_seq, self.highest_sent))
+            elif isinstance(message, Credit) and message.robot_id == self.robot_id:
+                credit = message.rows
         if acked_to > self.acked_through:
             self.acked += self.transitions.acknowledge(acked_to)
             self.acked_through, self.cursor = acked_to, max(self.cursor, acked_to)
             self.in_flight = [(last, sent) for last, sent in self.in_flight if last > acked_to]
+        if credit is not None:  # counted from the acks taken with it: the learner sent it after them
+            self.credit_through = self.acked_through + credit
 
     def _receive(self, data: bytes):
         try:
