@@ -8,6 +8,7 @@ The demo supervises them: one that dies is restarted with backoff, and the run g
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import shutil
@@ -178,14 +179,16 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
                 "--trusted-key", str(keys / "gate.sign_pub")], depends_on=device))
         started = time.monotonic()
         next_progress = started + 15.0
+        seen: collections.deque[tuple[float, int]] = collections.deque(maxlen=5)  # the last minute's progress
         while (elapsed := time.monotonic() - started) < budget_s:
             time.sleep(min(1.0, budget_s - elapsed))
             supervisor.check()
             row = _last_progress(out / "learner" / "progress.jsonl")
             done = transitions is not None and row is not None and row["transitions"] >= transitions
-            if time.monotonic() >= next_progress or done:
+            if (time.monotonic() >= next_progress or done) and row:
                 next_progress += 15.0
-                _print_progress(row, time.monotonic() - started, transitions)
+                seen.append((time.monotonic() - started, row["transitions"]))
+                _print_progress(row, seen, transitions)
             if done:
                 break
     finally:
@@ -193,13 +196,13 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})
 
 
-def _print_progress(row: dict | None, elapsed: float, budget: int | None) -> None:
-    if not row:
-        return
+def _print_progress(row: dict, seen: collections.deque, budget: int | None) -> None:
+    """One line; the ETA is at the pace of the last minute (the learner's pace, once it paces the robots)."""
+    (then, before), (now, count) = seen[0], seen[-1]
     eta = ""
-    if budget and row["transitions"]:
-        eta = f" (of {budget}, ETA {max(0.0, elapsed * (budget / row['transitions'] - 1)) / 60:4.1f} min)"
-    print(f"  {elapsed / 60:5.1f} min  transitions {row['transitions']:6d}{eta}  updates {row['updates']:6d}  "
+    if budget and count > before:
+        eta = f" (of {budget}, ETA {max(0, budget - count) * (now - then) / (count - before) / 60:4.1f} min)"
+    print(f"  {now / 60:5.1f} min  transitions {count:6d}{eta}  updates {row['updates']:6d}  "
           f"episodes {row['episodes']:4d}  return (last 10 episodes) {row['recent_return']}  "
           f"gate {_gate_line(row['gate'])}", flush=True)
 

@@ -355,6 +355,10 @@ class Agent:
         lacks = through is None or self.transitions.appended_through + self.task.max_episode_steps > through
         if lacks and not self._waiting_for_credit:
             self.credit_waits += 1
+            if first_and_doubling(self.credit_waits):
+                log.info("waiting for the learner's credit: it covers seqs through %s, the next episode needs %d "
+                         "(%d waits so far)", through, self.transitions.appended_through + self.task.max_episode_steps,
+                         self.credit_waits)
         self._waiting_for_credit = lacks
         return lacks
 

@@ -236,9 +236,10 @@ class IngestServer:
         self.robots: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.last_heard: dict[str, float] = {}
         self.statuses: dict[str, Status] = {}  # the latest each robot reported
-        # Lockstep pacing: given how many robots were heard lately, the rows they may still send, all together (the
-        # learner's, from the updates it has made); None grants without limit. Each robot gets an equal share.
-        self.credit: Callable[[int], int] | None = None
+        # Lockstep pacing: (robots heard lately, rows stored for training) -> the rows they may still send, all
+        # together (the learner's, from the updates it has made); None grants without limit. Each gets an equal share.
+        self.credit: Callable[[int, int], int] | None = None
+        self.stored_rows = store.count()  # for training, quarantined rows aside; kept up to date as batches land
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -319,6 +320,7 @@ class IngestServer:
             stats = self.robots[batch.robot_id]
             stats["batches"] += 1
             stats["transitions" if problem is None else "quarantined"] += verdict.stored
+            self.stored_rows += verdict.stored if problem is None else 0
             stats["duplicates"] += verdict.duplicates
             stats["out_of_order"] += verdict.out_of_order
             if problem is not None and verdict.stored:
@@ -340,7 +342,7 @@ class IngestServer:
         else:
             now = time.monotonic()
             active = sum(1 for heard in self.last_heard.values() if now - heard < ACTIVE_ROBOT_S)
-            rows = max(0, self.credit(max(active, 1)) // max(active, 1))
+            rows = max(0, self.credit(max(active, 1), self.stored_rows) // max(active, 1))
         self.socket.send_multipart([route, encode(Credit(robot_id, rows))])
 
     def _handle(self, frames: list[zmq.Frame]):

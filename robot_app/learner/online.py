@@ -89,12 +89,13 @@ class OnlineLearner:
         self.transitions += rows
         return rows
 
-    def credit(self, robots: int) -> int:
-        """Lockstep pacing: how many more transitions `robots` robots may send, all together. They are granted in
-        proportion to the updates made, at updates_per_transition, plus credit_rows each to run ahead with; a slow or
-        busy learner then slows the robots, and the curve per transition is the same on any machine."""
+    def credit(self, robots: int, received: int) -> int:
+        """Lockstep pacing: how many more transitions `robots` robots may send, all together, when `received` are
+        stored. They are granted in proportion to the updates made, at updates_per_transition, plus credit_rows each
+        to run ahead with; a slow or busy learner then slows the robots, and the curve per transition is the same on
+        any machine."""
         granted = self.warmup + math.ceil(self.updates / self.ratio) + robots * self.credit_rows
-        return granted - self.transitions
+        return granted - received
 
     @property
     def owed_updates(self) -> int:
@@ -133,7 +134,7 @@ class OnlineLearner:
 
     def losses(self) -> dict[str, float]:
         """The latest update's losses, alpha and entropy (one host-device sync)."""
-        return {name: round(float(value), 6) for name, value in self.metrics.items()}
+        return {name: round(float(value.detach()), 6) for name, value in self.metrics.items()}
 
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
         bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
