@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/robot-app demo --out runs/demo --minutes 10
+	$(BIN)/robot-app demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

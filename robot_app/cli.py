@@ -77,7 +77,9 @@ def _virtual_robot(args) -> int:
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
                     args.estop_after, args.reboot_after)
-    robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed,
+    if args.randomise and not args.lockstep:
+        raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
+    robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
                          robot_id=args.robot_id or f"{spec.name}-virtual-0")
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
     signal.signal(signal.SIGINT, lambda *_: robot.stop())
@@ -351,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     virtual.add_argument("--lockstep", action="store_true", help="advance one control period per command")
     virtual.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
     virtual.add_argument("--seed", type=int, default=0)
+    virtual.add_argument("--randomise", action="store_true",
+                         help="lockstep: draw the unit's physics anew from the spec's randomisation ranges each time "
+                              "it comes to rest hanging, between episodes (domain randomisation for sim-first training)")
     virtual.add_argument("--robot-id", help="the id the device reports in HELLO")
     virtual.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
     virtual.add_argument("--audit-out", help="write the device-side audit (JSON) here at exit")

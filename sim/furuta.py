@@ -31,6 +31,7 @@ class FurutaPhysics:
         arm = spec.joint("arm")
         self._arm_qpos = self.model.joint("arm").qposadr[0]
         self._arm_dof = self.model.joint("arm").dofadr[0]
+        self._pendulum_qpos = self.model.joint("pendulum").qposadr[0]  # 0: hanging
         self._stops = arm.hard_stop
         self.hard_stop_speeds: list[float] = []  # |arm velocity| at each arrival at a hard stop
         self._at_stop = False
@@ -41,6 +42,18 @@ class FurutaPhysics:
     def is_physical(name: str) -> bool:
         """Whether a randomisation range of the spec names a physical parameter (the rest are the device's)."""
         return name.partition("_")[2] in ("damping", "friction", "mass") or name in ("motor_gain", "cable_stiffness")
+
+    def draw(self, rng: np.random.Generator) -> dict[str, float]:
+        """Physical parameters drawn uniformly from the spec's randomisation ranges, and set (domain randomisation)."""
+        params = {name: float(rng.uniform(low, high)) for name, (low, high) in sorted(self.spec.randomisation.items())
+                  if self.is_physical(name)}
+        self.randomise(params)
+        return params
+
+    def hanging_still(self) -> bool:
+        """Arm near centre, pendulum hanging, both nearly still: where a reset leaves the robot between episodes."""
+        return bool(np.all(np.abs(self.data.qvel) < 0.05)) and abs(self.data.qpos[self._arm_qpos]) < 0.2 and abs(
+            math.remainder(self.data.qpos[self._pendulum_qpos], 2 * math.pi)) < 0.1
 
     def randomise(self, params: dict[str, float]) -> None:
         """Set physical parameters by the names of the spec's randomisation ranges (those that are physics)."""
@@ -104,9 +117,7 @@ class FurutaEnv:
         if task_name not in (spec.task, f"{spec.task}-randomised"):
             raise UnknownEnvironmentError(f"unknown environment 'furuta:{task_name}'; known: furuta:{spec.task}, "
                                           f"furuta:{spec.task}-randomised")
-        # -randomised: every episode on physics drawn from the spec's randomisation ranges, as the gate draws them
-        self._ranges = {name: r for name, r in sorted(spec.randomisation.items()) if FurutaPhysics.is_physical(name)
-                        } if task_name.endswith("-randomised") else {}
+        self._randomised = task_name.endswith("-randomised")  # each episode on physics drawn as the gate draws them
         self.task = make_task(spec)
         self.physics = FurutaPhysics(spec)
         encoders = load_calibration(spec.name).for_sensors(list(self.task.sensors))
@@ -127,8 +138,8 @@ class FurutaEnv:
         return self.pipeline.update(self.physics.counts(), self.physics.time_s)
 
     def reset(self) -> np.ndarray:
-        if self._ranges:
-            self.physics.randomise({name: self._rng.uniform(low, high) for name, (low, high) in self._ranges.items()})
+        if self._randomised:
+            self.physics.draw(self._rng)
         # Hanging near rest, as the agent's reset phase leaves the real robot.
         self.physics.reset(qpos=self._rng.uniform(-0.05, 0.05, 2), qvel=self._rng.uniform(-0.1, 0.1, 2))
         self.pipeline.reset()

@@ -32,6 +32,7 @@ from robot_app.robot.spec import RobotSpec
 from sim.furuta import FurutaPhysics
 
 log = logging.getLogger(__name__)
+REDRAW_AFTER_S = 4.0  # --randomise: simulated seconds between physics draws, at the least
 AMPLIFIER_LIMIT_V = 15.0
 _MOTOR_ENABLED, _WATCHDOG_TRIPPED, _ESTOP_LATCHED, _LOCKSTEP = (
     int(flag) for flag in (SensorStatus.MOTOR_ENABLED, SensorStatus.WATCHDOG_TRIPPED, SensorStatus.ESTOP_LATCHED,
@@ -85,8 +86,12 @@ class DeviceAudit:
 
 class VirtualRobot:
     def __init__(self, spec: RobotSpec, lockstep: bool = False, faults: Faults = Faults(), seed: int = 0,
-                 robot_id: str = "furuta-virtual-0", initial_qpos=None, variation: Variation = Variation()):
+                 robot_id: str = "furuta-virtual-0", initial_qpos=None, variation: Variation = Variation(),
+                 randomise: bool = False):
+        """randomise: domain randomisation for sim-first training. The unit's physics are drawn anew from the spec's
+        ranges each time it comes to rest hanging (between episodes, after the agent's reset), at most every 4 s."""
         self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
+        self.randomise, self._next_draw_s = randomise, 0.0
         if (variation.latency_s or variation.jitter_s) and not lockstep:
             raise ValueError("simulated-time latency and jitter need lockstep; use Faults.latency_s in realtime")
         if variation.count_offsets and len(variation.count_offsets) != len(spec.sensors):
@@ -104,6 +109,7 @@ class VirtualRobot:
         self._substep_s = self.physics.model.opt.timestep
         self._max_delay_substeps = round(spec.period_s / self._substep_s) - 1  # the command lands inside its period
         self._random = random.Random(seed)
+        self._draws = np.random.default_rng([seed, 1])
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # binary-clean: no echo, no newline translation
         os.set_blocking(self._master, False)
@@ -304,6 +310,10 @@ class VirtualRobot:
         if delay > 0:
             self.physics.step(before, delay)
         self.physics.step(self._applied(), self.spec.period_s - delay)
+        if self.randomise and self.physics.time_s >= self._next_draw_s and self.physics.hanging_still():
+            self._next_draw_s = self.physics.time_s + REDRAW_AFTER_S
+            self.counters["physics_draws"] += 1
+            log.debug("physics drawn anew: %s", self.physics.draw(self._draws))
 
     def _applied(self) -> tuple[float, ...]:
         if self._enabled and not self._estop and not self._watchdog_tripped:

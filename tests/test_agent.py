@@ -596,3 +596,20 @@ def test_a_sampling_agent_records_each_sampled_action_with_the_seed_that_replays
         noise = np.random.default_rng(int(seeds[i])).standard_normal(1).astype(np.float32)
         np.testing.assert_allclose(replay.sample(rows["obs"][i], noise), rows["policy_action"][i], atol=1e-5)
     assert not np.allclose(rows["policy_action"], [replay(obs) for obs in rows["obs"]])  # sampled, not the mean
+
+
+def test_a_randomised_virtual_robot_draws_new_physics_when_it_comes_to_rest_between_episodes(tmp_path):
+    from sim.virtual_robot import VirtualRobot
+
+    device = VirtualRobot(SPEC, lockstep=True, randomise=True, seed=3)
+    nominal = device.physics.model.dof_damping.copy()
+    serving = threading.Thread(target=device.serve, daemon=True)
+    serving.start()
+    kicks = iter([4.0] * 10 + [0.0] * 10_000)  # each episode starts with a kick: the robot moves, then settles
+    make_agent(device.port, FnPolicy(lambda obs: np.array([next(kicks)]), "kick")).run(episodes=3)
+    device.stop()
+    serving.join(timeout=10)
+    low, high = SPEC.randomisation["pendulum_damping"]
+    assert device.counters["physics_draws"] >= 2  # at rest before the first episode, and again after a settle
+    damping = device.physics.model.dof_damping[device.physics.model.joint("pendulum").dofadr[0]]
+    assert low <= damping <= high and not np.allclose(device.physics.model.dof_damping, nominal)

@@ -55,6 +55,7 @@ class SafetySupervisor:
         self.latches: collections.Counter[str] = collections.Counter()  # times each fault latched
         self.starts: collections.Counter[str] = collections.Counter()  # times each intervention began
         self._last = self._safe
+        self._maybe_off = False  # the motor may be off: the next command ramps from the safe value as well
         self._active: set[str] = set()
 
     # ---- latches ------------------------------------------------------------------------------------------------
@@ -108,8 +109,7 @@ class SafetySupervisor:
         command = self._guard_joints(command, state, reasons)
         if self.fault is not None:
             reasons.append(self.fault)
-        stepped = tuple(min(max(c, last - step), last + step) for c, last, step in zip(command, self._last,
-                                                                                        self.max_step))
+        stepped = self._ramp(command)
         if stepped != command:
             reasons.append("rate_limited")
         self._last = stepped
@@ -126,8 +126,23 @@ class SafetySupervisor:
         return self._verdict(self._safe, False, reasons)
 
     def motor_was_off(self) -> None:
-        """The motor drove nothing (the driver was off, or the device's watchdog cut it): ramp from the safe value."""
-        self._last = self._safe
+        """The motor may have driven nothing (the driver turned off, or the device says its watchdog cut it). Either may
+        not have happened (a lost disable frame, a false status bit), so the next command ramps from both values."""
+        self._maybe_off = True
+
+    def _ramp(self, command: tuple[float, ...]) -> tuple[float, ...]:
+        """The rate limit: each command within max_step of what the motor may be driving. That is the last command,
+        and the safe value too once the motor may be off; where those lie over two steps apart, halfway between."""
+        out = []
+        for value, last, safe, step in zip(command, self._last, self._safe, self.max_step):
+            low, high = last - step, last + step
+            if self._maybe_off:
+                low, high = max(low, safe - step), min(high, safe + step)
+                if low > high:
+                    low = high = (last + safe) / 2
+            out.append(min(max(value, low), high))
+        self._maybe_off = False
+        return tuple(out)
 
     def _brake_to_rest(self, state: JointState) -> tuple[float, ...]:
         return tuple(min(max(safe - state.velocity[i] * (high - low), low), high)
