@@ -192,6 +192,12 @@ def _learner(args) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise _UsageError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     options = {"horizon": args.horizon, "warmup": args.warmup, "candidate_every": args.candidate_every,
                "seed": args.seed}
     deployment = None
@@ -425,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--candidate-every", type=int, default=500, help="updates between candidate exports")
     learner.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
     learner.add_argument("--seed", type=int, default=0)
+    learner.add_argument("--torch-threads", type=int, metavar="N",
+                         help="CPU threads for the updates (default: torch's, every core); the demo gives 1, leaving "
+                              "the other cores to the robots and the gate")
     _add_link_arguments(learner)
     learner.set_defaults(handler=_learner)
 

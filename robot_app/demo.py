@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import socket
@@ -125,6 +126,22 @@ class _Supervisor:
                         _stop(dependant.proc)
                         self._start(dependant)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each role's process has used, and (as `<name> children`) what its exited children used: the
+        learner's gate workers. Linux only (from /proc); empty elsewhere."""
+        used: dict[str, float] = {}
+        for role in self.roles:
+            try:
+                fields = Path(f"/proc/{role.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            tick = os.sysconf("SC_CLK_TCK")
+            used[role.name] = used.get(role.name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            children = (int(fields[13]) + int(fields[14])) / tick
+            if children:
+                used[f"{role.name} children"] = used.get(f"{role.name} children", 0.0) + children
+        return used
+
     def stop(self) -> None:
         for role in reversed(self.roles):  # agents first (a safe stop each), then devices, then the learner
             if role.proc is not None:
@@ -168,7 +185,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
         supervisor.add(_Role("learner", lambda: [
             "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
             "--horizon", str(horizon), "--registry", str(out / "registry"), "--signing-key",
-            str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy"], quiet=False))
+            str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--torch-threads",
+            "1"], quiet=False))
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
                 "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i)], prints_port=True))
@@ -191,6 +209,10 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
                 _print_progress(row, seen, transitions)
             if done:
                 break
+        cpu = supervisor.cpu_seconds()
+        write_atomic(out / "cpu.json", json.dumps({"wall_s": time.monotonic() - started, "cpu_s": cpu}).encode())
+        print(f"demo: CPU seconds by process in {(time.monotonic() - started) / 60:.1f} min: "
+              + ", ".join(f"{name} {seconds:.0f}" for name, seconds in cpu.items()), flush=True)
     finally:
         supervisor.stop()
     return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})

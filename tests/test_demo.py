@@ -51,3 +51,5 @@ def test_the_demo_streams_every_transition_once_through_the_whole_stack_and_outl
     assert ran <= {"random"} | deployed  # ... and robots ran only what the gate validated and signed
     registry.close()
     assert (out / "plots" / "learning.png").stat().st_size > 0  # the curve, drawn at the end
+    cpu = json.loads((out / "cpu.json").read_text())["cpu_s"]  # where the CPU went, by process
+    assert cpu["learner"] > 0 and cpu["furuta-virtual-0-agent"] > 0
