@@ -56,8 +56,9 @@ def _keys(out: Path, robot_ids: list[str]) -> Path:
 
 
 def _last_progress(path: Path) -> dict | None:
+    """The learner's last whole progress row (it may be writing the next one)."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text().split("\n")[:-1]  # what follows the last newline is not whole yet
     except FileNotFoundError:
         return None
     return json.loads(lines[-1]) if lines else None
@@ -248,11 +249,15 @@ def _report(out: Path, restarts: dict[str, int]) -> int:
         return 1
     from robot_app.plots import plot_folder
 
-    curve = plot_folder(out)[0]
     print(f"demo: swing-up return (mean of the last 10 episodes) went from {returns[0]:.1f} to {returns[-1]:.1f} "
           f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
           f"{progress[-1]['transitions']} transitions")
-    print(f"demo: {_deployed_line(out / 'registry')}; curve in {curve}")
+    try:
+        deployed, curve = _deployed_line(out / "registry"), plot_folder(out)[0]
+    except Exception as error:  # the run itself is done and recorded: say what failed, in one line
+        print(f"demo: the final report failed ({type(error).__name__}: {error}); the run is in {out}")
+        return 1
+    print(f"demo: {deployed}; curve in {curve}")
     return 0
 
 

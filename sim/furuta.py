@@ -117,7 +117,7 @@ class FurutaEnv:
         if task_name not in (spec.task, f"{spec.task}-randomised"):
             raise UnknownEnvironmentError(f"unknown environment 'furuta:{task_name}'; known: furuta:{spec.task}, "
                                           f"furuta:{spec.task}-randomised")
-        self._randomised = task_name.endswith("-randomised")  # each episode on physics drawn as the gate draws them
+        self._randomised = task_name.endswith("-randomised")  # each episode's physics drawn as the gate draws them
         self.task = make_task(spec)
         self.physics = FurutaPhysics(spec)
         encoders = load_calibration(spec.name).for_sensors(list(self.task.sensors))

@@ -89,7 +89,8 @@ class VirtualRobot:
                  robot_id: str = "furuta-virtual-0", initial_qpos=None, variation: Variation = Variation(),
                  randomise: bool = False):
         """randomise: domain randomisation for sim-first training. The unit's physics are drawn anew from the spec's
-        ranges each time it comes to rest hanging (between episodes, after the agent's reset), at most every 4 s."""
+        ranges each time it comes to rest hanging, at most every 4 s: between episodes, after the agent's reset, and
+        also in an episode where the robot stays hanging still."""
         self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
         self.randomise, self._next_draw_s = randomise, 0.0
         if (variation.latency_s or variation.jitter_s) and not lockstep:

@@ -114,3 +114,17 @@ def test_no_output_ever_leaves_the_command_or_rate_limits(ticks):
         previous = command
         if clear:
             supervisor.clear_fault()
+
+
+def test_after_the_motor_may_have_been_cut_the_next_command_ramps_from_both_the_last_and_the_safe_value(supervisor):
+    """A device's false 'watchdog tripped' once let a command ramp from 0 V while the motor still drove -3.8 V."""
+    supervisor.check([-3.8], state(), 0.0)
+    supervisor.motor_was_off()
+    verdict = supervisor.check([5.0], state(), 0.0)  # 0 V + 5 V is allowed; -3.8 V + 5 V is the bound
+    assert verdict.command[0] == pytest.approx(1.2) and "rate_limited" in verdict.reasons
+    assert supervisor.check([5.0], state(), 0.0).command[0] == pytest.approx(5.0)  # one tick: then from the last
+    fast = SafetySupervisor(SPEC, ["arm", "pendulum"], 0.002)  # 0.5 V a tick: no command is near both -2 V and 0 V
+    for _ in range(4):
+        fast.check([-5.0], state(), 0.0)
+    fast.motor_was_off()
+    assert fast.check([-5.0], state(), 0.0).command[0] == pytest.approx(-0.5)  # from 0 V, the likely truth

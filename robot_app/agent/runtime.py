@@ -56,7 +56,7 @@ class Agent:
                  outbox_limit: int | None = None, tick_error_limit: int = 50,
                  credit: Callable[[], int | None] | None = None):
         """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
-        an episode starts only once the credit covers all of it. A realtime robot never waits for it."""
+        an episode starts only while some credit is left. A realtime robot never waits for it."""
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
         self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
@@ -170,7 +170,7 @@ class Agent:
             self._state = self._update_state(reading)
             self._state_obs = None  # observed when first needed: the next action's obs is the last one's next_obs
             self._last_seq = reading.seq
-            if reading.frame.status & _WATCHDOG_TRIPPED:  # the device cut the motor: the next command ramps from 0
+            if reading.frame.status & _WATCHDOG_TRIPPED:  # the device says it cut the motor: ramp from 0 V too
                 self.supervisor.motor_was_off()
         self._reopen_lost_session(reading, now, episodes)
         state = self._state
@@ -347,18 +347,17 @@ class Agent:
         return full
 
     def _lacks_credit(self) -> bool:
-        """Lockstep: the learner's credit must cover a whole episode before it starts, so the robot runs ahead of a
-        slow learner by a bounded number of transitions, however busy the machine."""
+        """Lockstep: an episode starts only while the learner's credit lasts, so the robot runs ahead of a slow learner
+        by at most the credit and one episode, however busy the machine."""
         if self.credit is None or self.transitions is None or not self.robot.lockstep:
             return False
         through = self.credit()
-        lacks = through is None or self.transitions.appended_through + self.task.max_episode_steps > through
+        lacks = through is None or self.transitions.appended_through >= through
         if lacks and not self._waiting_for_credit:
             self.credit_waits += 1
             if first_and_doubling(self.credit_waits):
-                log.info("waiting for the learner's credit: it covers seqs through %s, the next episode needs %d "
-                         "(%d waits so far)", through, self.transitions.appended_through + self.task.max_episode_steps,
-                         self.credit_waits)
+                log.info("waiting for the learner's credit: it covers seqs through %s, %d are recorded (%d waits so "
+                         "far)", through, self.transitions.appended_through, self.credit_waits)
         self._waiting_for_credit = lacks
         return lacks
 

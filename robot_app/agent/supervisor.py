@@ -132,14 +132,15 @@ class SafetySupervisor:
 
     def _ramp(self, command: tuple[float, ...]) -> tuple[float, ...]:
         """The rate limit: each command within max_step of what the motor may be driving. That is the last command,
-        and the safe value too once the motor may be off; where those lie over two steps apart, halfway between."""
+        and the safe value too once the motor may be off. Where those lie over two steps apart (a fast loop), no
+        command is near both; it ramps from the safe value, as the motor most likely is off."""
         out = []
         for value, last, safe, step in zip(command, self._last, self._safe, self.max_step):
             low, high = last - step, last + step
             if self._maybe_off:
                 low, high = max(low, safe - step), min(high, safe + step)
                 if low > high:
-                    low = high = (last + safe) / 2
+                    low, high = safe - step, safe + step
             out.append(min(max(value, low), high))
         self._maybe_off = False
         return tuple(out)

@@ -50,7 +50,7 @@ class Transition:
     command_time_ns: int  # host monotonic time the command was written
     next_obs_time_ns: int
     device_time_us: int  # the device's clock at the observation
-    sample_seed: int = -1  # the seed of the draw that sampled the policy's action (-1: a deterministic policy)
+    sample_seed: int = -1  # the seed of the draw that sampled the policy's action (-1: the policy records none)
 
 
 @dataclasses.dataclass(frozen=True)

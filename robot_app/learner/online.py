@@ -35,14 +35,15 @@ class OnlineLearner:
                  updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
                  replay_capacity: int = 1_000_000, on_chunk=None, credit_rows: int | None = None):
         """on_chunk(robot_id, chunk) sees every TransitionChunk as it enters replay (for episode returns).
-        credit_rows: how far each lockstep robot may run ahead of the updates (default two episodes; see credit)."""
+        credit_rows: how far each lockstep robot may run ahead of the updates, besides the episode it may finish past
+        its credit (default one episode; see credit)."""
         if updates_per_transition <= 0:
             raise ValueError(f"updates_per_transition must be positive, got {updates_per_transition}")
         self.store, self.out, self.spec = store, Path(out), spec
         task = make_task(spec)
-        self.credit_rows = 2 * task.max_episode_steps if credit_rows is None else credit_rows
-        if self.credit_rows < task.max_episode_steps:
-            raise ValueError(f"credit_rows {self.credit_rows} must cover an episode ({task.max_episode_steps} steps)")
+        self.credit_rows = task.max_episode_steps if credit_rows is None else credit_rows
+        if self.credit_rows < 1:
+            raise ValueError(f"credit_rows must be at least 1, got {self.credit_rows}")
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
         self.env_name = f"{spec.name}:{spec.task}"
         self.low = np.array([a.command_limit[0] for a in spec.actuators], np.float32)

@@ -99,7 +99,7 @@ class Ack(Message):
 @dataclasses.dataclass(frozen=True)
 class Credit(Message):
     """Lockstep pacing: `robot_id` may record `rows` more transitions past the last one the learner has acked. A robot
-    in lockstep starts an episode only when the credit covers all of it; a realtime robot ignores credit."""
+    in lockstep starts an episode only while credit is left; a realtime robot ignores credit."""
 
     KIND: ClassVar[str] = "credit"
     robot_id: str
@@ -162,7 +162,7 @@ COLUMNS = {
     "interventions": ("<i8", 1),  # bit i set: intervention_names[i] acted on this row's command
     "obs_time_ns": ("<i8", 1), "command_time_ns": ("<i8", 1), "next_obs_time_ns": ("<i8", 1),
     "device_time_us": ("<i8", 1),
-    "sample_seed": ("<i8", 1),  # the seed of the draw that sampled this row's action; -1 when none was drawn
+    "sample_seed": ("<i8", 1),  # the seed of the draw that sampled this row's action; -1: the policy records none
 }
 MAX_INTERVENTION_NAMES = 63
 

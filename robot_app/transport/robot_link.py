@@ -187,7 +187,7 @@ class RobotLink:
             self.acked += self.transitions.acknowledge(acked_to)
             self.acked_through, self.cursor = acked_to, max(self.cursor, acked_to)
             self.in_flight = [(last, sent) for last, sent in self.in_flight if last > acked_to]
-        if credit is not None:  # counted from the acks taken with it: the learner sent it after them
+        if credit is not None:  # from the acks taken with it (a heartbeat's may predate an ack: a batch too generous)
             self.credit_through = self.acked_through + credit
 
     def _receive(self, data: bytes):
