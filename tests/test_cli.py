@@ -44,6 +44,11 @@ def test_train_evaluate_export_smoke(tmp_path):
     result = robot_app("evaluate", onnx_path, "--episodes", "1")
     assert result.returncode == 0, result.stderr
 
+    result = robot_app("plot", run)
+    assert result.returncode == 0, result.stderr
+    assert [Path(line).name for line in result.stdout.split()] == ["evaluation.png", "progress.png", "losses.png"]
+    assert all((run / "plots" / name).stat().st_size > 0 for name in ("evaluation.png", "progress.png", "losses.png"))
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -65,11 +70,17 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["policies", "deploy", "nope", "--registry", "{tmp}/registry"], "no policy 'nope'"),
         (["policies", "add", "{tmp}/garbage.onnx", "--registry", "{tmp}/registry"], "not an ONNX model"),
         (["learner", "--out", "{tmp}/l", "--auto-deploy", "--insecure-local-dev"], "need --registry"),
+        (["learner", "--out", "{tmp}/l", "--torch-threads", "0", "--insecure-local-dev"], "at least 1, got 0"),
+        (["virtual-robot", "--randomise"], "--randomise needs --lockstep"),
+        (["plot", "{tmp}"], "holds no curves"),
+        (["plot", "{tmp}/broken"], "broken/eval.jsonl:2: not a JSON row"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):
     (tmp_path / "garbage.pt").write_bytes(b"junk")
     (tmp_path / "garbage.onnx").write_bytes(b"junk")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "eval.jsonl").write_text('{"env_step": 1}\n{"env_st')  # cut off mid-row
     result = robot_app(*[a.format(tmp=tmp_path) for a in args], timeout=120)
     assert result.returncode == 2
     assert message in result.stderr
