@@ -131,16 +131,15 @@ class _Supervisor:
         """CPU seconds each role's process has used, and (as `<name> children`) what its exited children used: the
         learner's gate workers. Linux only (from /proc); empty elsewhere."""
         used: dict[str, float] = {}
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         for role in self.roles:
             try:
                 fields = Path(f"/proc/{role.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            tick = os.sysconf("SC_CLK_TCK")
-            used[role.name] = used.get(role.name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-            children = (int(fields[13]) + int(fields[14])) / tick
-            if children:
-                used[f"{role.name} children"] = used.get(f"{role.name} children", 0.0) + children
+            used[role.name] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            if children := (int(fields[13]) + int(fields[14])) / tick:  # cutime + cstime
+                used[f"{role.name} children"] = children
         return used
 
     def stop(self) -> None:
@@ -239,16 +238,15 @@ def _gate_line(gate: dict | None) -> str:
 
 
 def _report(out: Path, restarts: dict[str, int]) -> int:
-    progress_file = out / "learner" / "progress.jsonl"
-    progress = [json.loads(line) for line in progress_file.read_text().splitlines()] if progress_file.exists() else []
+    from robot_app.plots import plot_folder, read_rows
+
+    progress = read_rows(out / "learner" / "progress.jsonl")
     returns = [row["recent_return"] for row in progress if row["recent_return"] is not None]
     if restarts:
         print(f"demo: restarted {', '.join(f'{name} {n} time(s)' for name, n in restarts.items())}")
     if not returns:
         print("demo: no episode finished; see the logs")
         return 1
-    from robot_app.plots import plot_folder
-
     print(f"demo: swing-up return (mean of the last 10 episodes) went from {returns[0]:.1f} to {returns[-1]:.1f} "
           f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
           f"{progress[-1]['transitions']} transitions")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 
-def _rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file (none if it is missing); a bad line is a ValueError naming the file and line."""
     if not path.is_file():
         return []
     rows = []
@@ -24,8 +25,8 @@ def plot_folder(folder: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     folder = Path(folder)
-    progress = _rows(folder / "learner" / "progress.jsonl")
-    evaluations, metrics = _rows(folder / "eval.jsonl"), _rows(folder / "metrics.jsonl")
+    progress = read_rows(folder / "learner" / "progress.jsonl")
+    evaluations, metrics = read_rows(folder / "eval.jsonl"), read_rows(folder / "metrics.jsonl")
     if not (progress or evaluations or metrics):
         raise ValueError(f"{folder} holds no curves: give a run folder (eval.jsonl, metrics.jsonl) or a demo folder "
                          "(learner/progress.jsonl)")

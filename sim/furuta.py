@@ -109,8 +109,8 @@ class FurutaPhysics:
 
 
 class FurutaEnv:
-    """`furuta:<task>[-randomised]`: the robot spec's task on simulated physics, observed through the robot's calibration and
-    sensor pipeline exactly as the agent observes the real robot. One decision per control period (times repeat)."""
+    """`furuta:<task>[-randomised]`: the robot spec's task on simulated physics, observed through the robot's calibration
+    and sensor pipeline exactly as the agent observes the real robot. One decision per control period (times repeat)."""
 
     def __init__(self, task_name: str, seed: int, action_repeat: int | None = None, robot: str = "furuta"):
         spec = load_robot_spec(robot)

@@ -25,8 +25,8 @@ from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.learner.ingest import REFUSED, IngestServer, IngestStore, RowSchema
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.messages import (
-    SCHEMA_VERSION, Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch, TransitionChunk, decode,
-    encode,
+    SCHEMA_VERSION, Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch, TransitionChunk,
+    decode, encode,
 )
 from robot_app.transport.robot_link import RobotLink
 from sim.virtual_robot import AMPLIFIER_LIMIT_V, VirtualRobot

@@ -70,11 +70,14 @@ class OnnxPolicy:
             return self._action[0].copy()
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0]
 
+    def check_stochastic(self) -> None:
+        if not self.stochastic:
+            raise ArtifactError(f"{self.path} holds the deterministic action only; export it again to sample from it")
+
     def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Native-unit action tanh(mean + std * noise) of the stochastic actor, for one observation and a standard
         normal draw [action_dim]: SAC's own exploration, with the temperature the learner tuned."""
-        if not self.stochastic:
-            raise ArtifactError(f"{self.path} holds the deterministic action only; export it again to sample from it")
+        self.check_stochastic()
         self._obs[0] = obs
         self._session.run_with_iobinding(self._binding)
         return np.tanh(self._mean[0] + self._std[0] * noise) * self._half_range + self._centre
@@ -144,8 +147,7 @@ class SampledPolicy:
     own exploration). Evaluation and the gate run the deterministic action instead. `sample_seed` is the last draw's."""
 
     def __init__(self, policy: OnnxPolicy, seed: int = 0):
-        if not policy.stochastic:
-            raise ArtifactError(f"{policy.path} holds the deterministic action only; export it again to sample from it")
+        policy.check_stochastic()  # refused at load, not at the first tick
         self.policy, self.version, self.sample_seed = policy, policy.version, -1
         self._draws = SeededDraws(_stream_seed(seed, policy))
 

@@ -34,8 +34,8 @@ from robot_app.robot.task import make_task
 from robot_app.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
-    MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status,
-    TransitionBatch, TransitionChunk, decode, encode,
+    MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest,
+    Status, TransitionBatch, TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,8 @@ class IngestServer:
             rows = MAX_SEQ - 1
         else:
             now = time.monotonic()
-            active = sum(1 for heard in self.last_heard.values() if now - heard < ACTIVE_ROBOT_S)
-            rows = max(0, self.credit(max(active, 1), self.stored_rows) // max(active, 1))
+            active = max(1, sum(1 for heard in self.last_heard.values() if now - heard < ACTIVE_ROBOT_S))
+            rows = max(0, self.credit(active, self.stored_rows) // active)
         self.socket.send_multipart([route, encode(Credit(robot_id, rows))])
 
     def _handle(self, frames: list[zmq.Frame]):

@@ -13,7 +13,9 @@ swaps it in at the next episode boundary. Status reports say which version is ru
 
 With each ack and heartbeat the learner grants credit: how many more rows this robot may record. A lockstep robot waits
 for it between episodes, so a slow learner slows the robot instead of falling behind (the agent reads
-`credit_through`). Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
+`credit_through`).
+
+Heartbeats tell the link whether the learner is alive; ZeroMQ reconnects underneath with exponential backoff. One
 thread owns both sockets, and no call blocks without a timeout.
 """
 
