@@ -205,11 +205,12 @@ def _learner(args) -> int:
         from policies.signing import load_signing_key
         from sim.gate import load_gate_config
 
+        gate_config = load_gate_config(args.gate_config, episodes=args.gate_episodes)
         deployment = {"registry": args.registry, "auto_deploy": args.auto_deploy,
                       "signing_key": load_signing_key(args.signing_key) if args.signing_key else None,
-                      "gate_config": load_gate_config(args.gate_config, episodes=args.gate_episodes)}
-    elif args.signing_key or args.auto_deploy:
-        raise _UsageError("--signing-key and --auto-deploy need --registry")
+                      "gate_config": gate_config.for_exploring() if args.explore_below_bar else gate_config}
+    elif args.signing_key or args.auto_deploy or args.explore_below_bar:
+        raise _UsageError("--signing-key, --auto-deploy and --explore-below-bar need --registry")
     summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
                             _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
                             stop, duration_s=args.duration, deployment_options=deployment)
@@ -282,7 +283,7 @@ def _demo(args) -> int:
     from robot_app.demo import run_demo
 
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
-                    transitions=args.transitions or None)
+                    transitions=args.transitions or None, randomise=args.randomise)
 
 
 def _plot(args) -> int:
@@ -426,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--gate-episodes", type=int, help="episodes per validation (default from the config)")
     learner.add_argument("--auto-deploy", action="store_true",
                          help="deploy each candidate the gate validates (off by default: an operator deploys)")
+    learner.add_argument("--explore-below-bar", action="store_true",
+                         help="learning from scratch: validate candidates on every safety check, but on the gate "
+                              "config's `exploring` task bars, so robots explore with policies that do not balance yet "
+                              "(their reports still give the success rate)")
     learner.add_argument("--horizon", type=int, default=3)
     learner.add_argument("--warmup", type=int, default=1000, help="transitions before the first update")
     learner.add_argument("--candidate-every", type=int, default=500, help="updates between candidate exports")
@@ -466,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the budget: transitions the learner takes (default 25000; 0: until --minutes)")
     demo.add_argument("--minutes", type=float, default=20.0, help="a cap on the wall time (default 20)")
     demo.add_argument("--horizon", type=int, default=3, help="the learner's SVG horizon; 0 is SAC (default 3)")
+    demo.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=False,
+                      help="draw each virtual robot's physics anew between episodes from the ranges the gate draws "
+                           "from (domain randomisation)")
     demo.set_defaults(handler=_demo)
 
     plot = sub.add_parser("plot", help="PNG curves of a training run or a demo folder, beside its files")

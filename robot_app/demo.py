@@ -4,6 +4,10 @@ A learner (ingest, online SAC-SVG(H); each candidate goes through the policy reg
 only what passes is signed and deployed), and for each robot a lockstep virtual Furuta on a pty and an agent that
 drives it through pyserial, ships its transitions over CURVE-secured ZeroMQ, and loads only gate-signed policies.
 The demo supervises them: one that dies is restarted with backoff, and the run goes on.
+
+While it learns, the gate holds candidates to every safety check but not yet to its success bar (`learner
+--explore-below-bar`): a robot learning from scratch explores with policies that do not balance yet. At the end the
+best few go through the full gate, and the best that passes it is released (deployed).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from robot_app.transport.keys import generate_keys
 CLI = [sys.executable, "-m", "robot_app.cli"]
 MARKER = "demo.json"
 PROCESSES = "processes.json"  # each role's current pid, rewritten at every (re)start
+RELEASE_SHORTLIST = 3  # the best policies, by their learning-gate reports, that the full gate judges at the end
 
 
 def _free_port() -> int:
@@ -159,10 +164,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 3,
-             transitions: int | None = 25_000, gate_episodes: int = 4) -> int:
+             transitions: int | None = 25_000, gate_episodes: int = 4, randomise: bool = False) -> int:
     """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
     The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
+    randomise: each virtual robot draws its physics anew between episodes, from the ranges the gate draws from.
     A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile."""
     if robots < 1:
         raise ValueError(f"--robots must be at least 1, got {robots}")
@@ -172,7 +178,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     _fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
     (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon,
-                                          "transitions": transitions}))
+                                          "transitions": transitions, "randomise": randomise}))
     keys = _keys(out, robot_ids)
     listen, announce = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     budget_s = minutes * 60
@@ -185,11 +191,12 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
         supervisor.add(_Role("learner", lambda: [
             "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
             "--horizon", str(horizon), "--registry", str(out / "registry"), "--signing-key",
-            str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--torch-threads",
-            "1"], quiet=False))
+            str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--explore-below-bar",
+            "--torch-threads", "1"], quiet=False))
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
-                "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i)], prints_port=True))
+                "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i),
+                *(["--randomise"] if randomise else [])], prints_port=True))
             supervisor.add(_Role(f"{robot_id}-agent", lambda robot_id=robot_id, device=device, i=i: [
                 "agent", "--port", device.port, "--robot-id", robot_id, "--policy", "random", "--sample",
                 "--seed", str(i), "--learner", listen, "--announcements", announce, "--keys", str(keys),
@@ -251,24 +258,52 @@ def _report(out: Path, restarts: dict[str, int]) -> int:
           f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
           f"{progress[-1]['transitions']} transitions")
     try:
-        deployed, curve = _deployed_line(out / "registry"), plot_folder(out)[0]
+        released, curve = _release(out / "registry"), plot_folder(out)[0]
     except Exception as error:  # the run itself is done and recorded: say what failed, in one line
         print(f"demo: the final report failed ({type(error).__name__}: {error}); the run is in {out}")
         return 1
-    print(f"demo: {deployed}; curve in {curve}")
+    print(f"demo: {released}; curve in {curve}")
     return 0
 
 
-def _deployed_line(registry_folder: Path) -> str:
-    """What the robots run at the end: its gate verdict under randomisation, and its deterministic nominal return."""
+def _release(registry_folder: Path, config=None) -> str:
+    """The demo's last step, as an engineer ends a training run: the few best policies the learning gate passed, by
+    their reports, run through the full gate (sim/gate.yaml: the success bar, and episodes of its own), and the best
+    that passes is deployed. The line gives that verdict and the policy's deterministic nominal return.
+    config: the full gate's (default sim/gate.yaml)."""
     from robot_app.learner.registry import PolicyRegistry
     from sim.envs import evaluate_artifact
+    from sim.gate import load_gate_config, validate, write_report
 
-    deployed = PolicyRegistry(registry_folder).deployed() if registry_folder.is_dir() else None
-    if deployed is None:
+    if not registry_folder.is_dir():
         return "no policy passed the gate; the robot ran its bring-up policy"
-    gate = (deployed.report or {}).get("metrics", {})
-    _, nominal = evaluate_artifact(deployed.path, episodes=10, seed=0)
-    return (f"deployed {deployed.version}: gate success {gate.get('success_rate', float('nan')):.2f}, return mean "
-            f"{gate.get('return_mean', float('nan')):.1f} under randomisation; deterministic nominal return "
-            f"{sum(nominal) / len(nominal):.1f} (10 episodes)")
+    registry = PolicyRegistry(registry_folder)
+    try:
+        passed = [p for p in registry.list() if p.state in ("validated", "deployed", "retired")]
+        if not passed:
+            return "no policy passed the gate; the robot ran its bring-up policy"
+        shortlist = sorted(passed, key=lambda p: _merit((p.report or {}).get("metrics", {})), reverse=True)
+        config, verdicts = config or load_gate_config(), []
+        for policy in shortlist[:RELEASE_SHORTLIST]:
+            report = validate(policy.path, config=config)
+            write_report(report, registry.folder / "reports" / f"{policy.version}-release")
+            verdicts.append((policy, report))
+        best, report = max(verdicts, key=lambda v: (v[1]["passed"], *_merit(v[1].get("metrics", {}))))
+        metrics = report.get("metrics", {})
+        summary = (f"success {metrics.get('success_rate', 0.0):.2f}, return mean {metrics.get('return_mean', 0.0):.1f} "
+                   f"over {config.episodes} randomised episodes")
+        if report["passed"]:
+            if best.state != "deployed":
+                registry.deploy(best.version, "demo:release", f"passed the full gate: {summary}")
+            head = f"released {best.version}: it passed the full gate, {summary}"
+        else:
+            head = (f"no policy passed the full gate (the best of {len(verdicts)}, {best.version}: {summary}; "
+                    f"{'; '.join(report['reasons'])}); deployed stays {getattr(registry.deployed(), 'version', None)}")
+        _, nominal = evaluate_artifact(best.path, episodes=10, seed=0)
+        return f"{head}; deterministic nominal return {sum(nominal) / len(nominal):.1f} (10 episodes)"
+    finally:
+        registry.close()
+
+
+def _merit(metrics: dict) -> tuple[float, float]:
+    return metrics.get("success_rate", 0.0), metrics.get("return_mean", 0.0)

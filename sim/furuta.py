@@ -44,8 +44,8 @@ class FurutaPhysics:
         return name.partition("_")[2] in ("damping", "friction", "mass") or name in ("motor_gain", "cable_stiffness")
 
     def draw(self, rng: np.random.Generator) -> dict[str, float]:
-        """Physical parameters drawn uniformly from the spec's randomisation ranges, and set (domain randomisation)."""
-        params = {name: float(rng.uniform(low, high)) for name, (low, high) in sorted(self.spec.randomisation.items())
+        """Physical parameters drawn from the spec's randomisation ranges, and set (domain randomisation)."""
+        params = {name: span.draw(rng) for name, span in sorted(self.spec.randomisation.items())
                   if self.is_physical(name)}
         self.randomise(params)
         return params

@@ -34,6 +34,15 @@ DEFAULT_CONFIG = Path(__file__).parent / "gate.yaml"
 DEVICE_PARAMS = ("sensor_latency_s", "control_jitter_s", "sensor_noise_counts", "calibration_offset_counts")
 
 
+class TaskBars(BaseModel):
+    """What a policy must reach at the task, as opposed to the safety checks."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_return_mean: float
+    min_return_p10: float
+    min_success_rate: float = Field(ge=0, le=1)
+
+
 class GateConfig(BaseModel):
     """How many episodes, from which seed, and what a policy must reach. Limit violations must always be 0."""
 
@@ -50,6 +59,12 @@ class GateConfig(BaseModel):
     # limits. Judged before the supervisor, whose rate limit keeps every command on the wire smooth.
     max_command_step_mean: float = Field(gt=0)
     max_tick_overrun_rate: float = Field(ge=0)  # steps answered more than a control period after their sensor frame
+    exploring: TaskBars  # the task bars for a robot learning from scratch (learner --explore-below-bar)
+
+    def for_exploring(self) -> "GateConfig":
+        """The same safety checks with the exploring task bars: the robot explores with policies that do not balance
+        yet, while every safety limit holds."""
+        return self.model_copy(update=self.exploring.model_dump())
 
 
 def load_gate_config(path: str | Path | None = None, **overrides) -> GateConfig:
@@ -68,11 +83,11 @@ class EpisodePlan:
 
 
 def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan]:
-    """The randomisation of every episode, drawn uniformly from the spec's ranges, from one seed."""
+    """The randomisation of every episode, drawn from the spec's ranges, from one seed."""
     rng = np.random.default_rng(seed)
     plans = []
     for index in range(episodes):
-        draws = {name: float(rng.uniform(low, high)) for name, (low, high) in sorted(spec.randomisation.items())}
+        draws = {name: span.draw(rng) for name, span in sorted(spec.randomisation.items())}
         plans.append(EpisodePlan(index, int(rng.integers(2**31)), draws))
     return plans
 

@@ -609,7 +609,7 @@ def test_a_randomised_virtual_robot_draws_new_physics_when_it_comes_to_rest_betw
     make_agent(device.port, FnPolicy(lambda obs: np.array([next(kicks)]), "kick")).run(episodes=3)
     device.stop()
     serving.join(timeout=10)
-    low, high = SPEC.randomisation["pendulum_damping"]
+    span = SPEC.randomisation["pendulum_damping"]
     assert device.counters["physics_draws"] >= 2  # at rest before the first episode, and again after a settle
     damping = device.physics.model.dof_damping[device.physics.model.joint("pendulum").dofadr[0]]
-    assert low <= damping <= high and not np.allclose(device.physics.model.dof_damping, nominal)
+    assert span.low <= damping <= span.high and not np.allclose(device.physics.model.dof_damping, nominal)

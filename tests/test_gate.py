@@ -22,14 +22,17 @@ from robot_app.robot.task import make_task
 from sim.gate import core_pool, gate_candidate, load_gate_config, validate, write_report
 from tests.test_transport import export_policy
 
-TRAINED = Path(__file__).parent / "fixtures" / "furuta_swingup.onnx"  # robot-app train --env furuta:swingup, exported
+FIXTURES = Path(__file__).parent / "fixtures"
+TRAINED = FIXTURES / "furuta_swingup.onnx"  # robot-app train --env furuta:swingup, exported: swings, never balances
+BALANCING = FIXTURES / "furuta_balance.onnx"  # the same on furuta:swingup-randomised, 28k steps (sim/gate.yaml)
 SPEC = load_robot_spec("furuta")
 LAYOUT = make_task(SPEC).obs_layout
 
 
 def config(episodes=2):
-    """Few episodes; and no verdict on wall-clock timing (tick overruns), which a loaded test machine could trip."""
-    return load_gate_config(episodes=episodes, workers=2, seed=7, max_tick_overrun_rate=1.0)
+    """Few episodes, so the exploring task bars (two episodes show no success rate); and no verdict on wall-clock
+    timing (tick overruns), which a loaded test machine could trip."""
+    return load_gate_config(episodes=episodes, workers=2, seed=7, max_tick_overrun_rate=1.0).for_exploring()
 
 
 def timeless(report):
@@ -49,6 +52,25 @@ def test_a_trained_policy_passes_and_its_report_reproduces(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "returns.png", "traces.png"}
     assert "PASSED" in (folder / "report.md").read_text()
     assert timeless(validate(TRAINED, config=config(4))) == timeless(first)
+
+
+def test_the_full_gate_passes_a_balancing_policy_and_rejects_a_swinging_one_on_success():
+    full = load_gate_config(workers=2, max_tick_overrun_rate=1.0)  # sim/gate.yaml's own episodes and bars
+    balancing = validate(BALANCING, config=full)
+    assert balancing["passed"], balancing["reasons"]
+    assert balancing["metrics"]["success_rate"] >= full.min_success_rate >= 0.5
+    swinging = validate(TRAINED, config=full)
+    assert not swinging["passed"]
+    assert any(reason.startswith("success rate 0.00 <") for reason in swinging["reasons"]), swinging["reasons"]
+
+
+def test_the_exploring_bars_keep_every_safety_check_and_relax_only_the_task():
+    full = load_gate_config()
+    exploring = full.for_exploring()
+    assert exploring.min_success_rate < full.min_success_rate and exploring.min_return_mean < full.min_return_mean
+    task = {"min_return_mean", "min_return_p10", "min_success_rate"}
+    assert {k: v for k, v in exploring.model_dump().items() if k not in task} == {
+        k: v for k, v in full.model_dump().items() if k not in task}
 
 
 def _untrained(path):

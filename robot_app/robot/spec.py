@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -63,6 +64,39 @@ class ActuatorSpec(_Strict):
         return self
 
 
+class RandomRange(_Strict):
+    """A range the gate and sim training draw from: `[low, high]` is uniform; `{low, high, log: true}` is log-uniform,
+    for a quantity known only to within orders of magnitude (each decade equally likely, as OpenAI's in-hand
+    manipulation drew damping and friction scales)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value):
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ValueError(f"a range is [low, high] or {{low, high, log}}, got {list(value)}")
+            return {"low": value[0], "high": value[1]}
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> "RandomRange":
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-uniform range needs low > 0, got {self.low}")
+        return self
+
+    def draw(self, rng) -> float:
+        """One value, from a numpy Generator (one uniform draw either way, so the stream stays aligned)."""
+        if self.log:
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return float(rng.uniform(self.low, self.high))
+
+
 class RobotSpec(_Strict):
     name: str
     mjcf: str
@@ -74,7 +108,7 @@ class RobotSpec(_Strict):
     sensors: list[SensorSpec]
     velocity_cutoff_rad_s: float = Field(gt=0)
     actuators: list[ActuatorSpec]
-    randomisation: dict[str, tuple[float, float]] = {}
+    randomisation: dict[str, RandomRange] = {}
 
     @model_validator(mode="after")
     def _references(self) -> "RobotSpec":
@@ -82,9 +116,6 @@ class RobotSpec(_Strict):
         for part in [*self.sensors, *self.actuators]:
             if part.joint not in joints:
                 raise ValueError(f"{part.name} refers to joint {part.joint!r}; joints are {sorted(joints)}")
-        for name, (low, high) in self.randomisation.items():
-            if low > high:
-                raise ValueError(f"randomisation {name}: low {low} is above high {high}")
         return self
 
     def joint(self, name: str) -> JointSpec:
