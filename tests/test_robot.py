@@ -46,6 +46,19 @@ def test_bad_specs_are_refused_naming_the_problem(spec, tmp_path):
         load_robot_spec(_write_spec(tmp_path, spec, actuators=actuators))
     with pytest.raises(ValueError, match="unknown robot 'quadruped'"):
         load_robot_spec("quadruped")
+    for bad, problem in (([1.0, 2.0, 3.0], "a range is \\[low, high\\]"), ([2.0, 1.0], "low 2.0 is above high 1.0"),
+                         ({"low": 0.0, "high": 1.0, "log": True}, "log-uniform range needs low > 0")):
+        with pytest.raises(ValueError, match=problem):
+            load_robot_spec(_write_spec(tmp_path, spec, randomisation={"arm_damping": bad}))
+
+
+def test_a_log_uniform_range_draws_each_decade_equally_often(spec):
+    span = spec.randomisation["pendulum_damping"]
+    assert span.log and spec.randomisation["pendulum_mass"].log is False
+    draws = np.array([span.draw(np.random.default_rng(seed)) for seed in range(4000)])
+    assert span.low <= draws.min() and draws.max() <= span.high
+    decades = np.histogram(np.log10(draws), bins=[-6, -5, -4])[0] / len(draws)  # 1e-6..1e-4 of 1e-6..5e-4
+    assert abs(decades[0] - decades[1]) < 0.05 and 0.3 < decades[0] < 0.4
 
 
 def test_calibration_applies_offset_scale_and_direction(tmp_path):
