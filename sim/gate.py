@@ -43,16 +43,13 @@ class TaskBars(BaseModel):
     min_success_rate: float = Field(ge=0, le=1)
 
 
-class GateConfig(BaseModel):
-    """How many episodes, from which seed, and what a policy must reach. Limit violations must always be 0."""
+class GateConfig(TaskBars):
+    """How many episodes, from which seed, and what a policy must reach: the task bars, and the safety checks. Limit
+    violations must always be 0."""
 
-    model_config = ConfigDict(extra="forbid")
     episodes: int = Field(16, ge=1)
     seed: int = 0
     workers: int | None = Field(None, ge=1)  # None: every core
-    min_return_mean: float
-    min_return_p10: float
-    min_success_rate: float = Field(ge=0, le=1)
     success_reward: float  # an episode succeeds if its last quarter averages at least this reward per step
     max_intervention_rate: float = Field(ge=0)  # supervisor interventions per step, all reasons together
     # The policy's smoothness: mean |change of its own command| per step, in native units, clipped to the command
