@@ -59,26 +59,11 @@ def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
 
 
 def measure_sb3(steps: int) -> dict:
-    import gymnasium as gym
-    import numpy as np
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sim.envs import make_env
-
-    class Gym(gym.Env):
-        def __init__(self):
-            self.env = make_env(ENV, seed=0, action_repeat=1)
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.env.spec.obs_dim,), np.float32)
-            self.action_space = gym.spaces.Box(-1.0, 1.0, (self.env.spec.action_dim,), np.float32)
-
-        def reset(self, *, seed=None, options=None):
-            return self.env.reset(), {}
-
-        def step(self, action):
-            r = self.env.step(action)
-            return r.obs, r.reward, r.terminated, r.truncated, {}
+    from sb3_env import GymEnv  # beside this script
 
     class Clock(BaseCallback):
         def _on_step(self):
@@ -86,8 +71,8 @@ def measure_sb3(steps: int) -> dict:
                 self.start = time.perf_counter()
             return True
 
-    model = SAC("MlpPolicy", Gym(), batch_size=256, learning_starts=WARM, train_freq=1, gradient_steps=1,
-                policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0)
+    model = SAC("MlpPolicy", GymEnv(ENV, seed=0, action_repeat=1), batch_size=256, learning_starts=WARM, train_freq=1,
+                gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0)
     clock = Clock()
     model.learn(total_timesteps=WARM + 20 + steps, callback=clock)
     elapsed = time.perf_counter() - clock.start
