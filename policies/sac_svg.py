@@ -31,10 +31,6 @@ class SACSVGConfig:
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
     model_lr: float = 1e-3
-    # Delayed updates (TD3's policy delay): the actor and temperature, and the model, learn on every k-th update; the
-    # critic learns on every one. The actor's value expansion and the model are most of an update's cost.
-    actor_every: int = 1
-    model_every: int = 1
     init_alpha: float = 0.1
     target_entropy_init: float | None = None  # None means -|A|
     target_entropy_final: float | None = None  # None means -|A|
@@ -48,7 +44,7 @@ class SACSVGConfig:
         for name in ("horizon", "model_sequence_length"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "model_hidden", "actor_every", "model_every"):
+        for name in ("batch_size", "model_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -119,7 +115,6 @@ class SACSVG(nn.Module):
         self.reward_model = StepModel(obs_dim, action_dim, c.step_model_hidden)
         self.done_model = StepModel(obs_dim, action_dim, c.step_model_hidden)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(c.init_alpha)))
-        self.last_metrics: dict[str, torch.Tensor] = {}  # each loss as of the last update that computed it
         self.to(device)
         self.device = torch.device(device)
 
@@ -151,10 +146,6 @@ class SACSVG(nn.Module):
         x = self.normalizer(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         action = self.actor.act_deterministic(x) if deterministic else self.actor.sample(x)[0]
         return action.cpu().numpy()
-
-    def trains_model_at(self, step: int) -> bool:
-        """Whether update `step` trains the model, and so needs sequences (always the first update of a process)."""
-        return self.config.uses_model and (step % self.config.model_every == 0 or not self.last_metrics)
 
     # ----- losses, written out -----
     @torch.no_grad()
@@ -215,41 +206,45 @@ class SACSVG(nn.Module):
     def update(
         self, batch: Batch, sequences: Batch | None, step: int, max_steps: int, done_pos_weight: float = 1.0
     ) -> dict[str, torch.Tensor]:
-        """One update at update index `step`. Returns every loss, each as of the last update that computed it."""
-        c, first = self.config, not self.last_metrics
-        if self.trains_model_at(step):
+        metrics: dict[str, torch.Tensor] = {}
+        if self.config.uses_model:
             if sequences is None:
-                raise ValueError("SAC-SVG(H>0) needs model sequences on its model updates")
+                raise ValueError("SAC-SVG(H>0) needs model sequences each update")
             model_losses = self.model_loss(sequences, torch.tensor(done_pos_weight, device=self.device))
             self.model_optimizer.zero_grad(set_to_none=True)
             sum(model_losses.values()).backward()
             self.model_optimizer.step()
-            self.last_metrics.update(model_losses)
+            metrics.update(model_losses)
 
         alpha = self.alpha.detach()
         critic_loss = self.critic_loss(batch, alpha)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        self.last_metrics.update(critic_loss=critic_loss.detach(), alpha=alpha)
 
-        if step % c.actor_every == 0 or first:
-            actor_loss, log_prob = self.actor_loss(self.normalizer(batch.obs), alpha)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_optimizer.step()
+        actor_loss, log_prob = self.actor_loss(self.normalizer(batch.obs), alpha)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
 
-            alpha_loss = self.alpha_loss(log_prob, self.target_entropy(step, max_steps))
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optimizer.step()
-            self.last_metrics.update(actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(),
-                                     entropy=-log_prob.detach().mean())
+        entropy_target = self.target_entropy(step, max_steps)
+        alpha_loss = self.alpha_loss(log_prob, entropy_target)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
 
         with torch.no_grad():
             for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
                 target.lerp_(online, self.config.tau)
-        return dict(self.last_metrics)
+
+        metrics.update(
+            critic_loss=critic_loss.detach(),
+            actor_loss=actor_loss.detach(),
+            alpha_loss=alpha_loss.detach(),
+            alpha=alpha,
+            entropy=-log_prob.detach().mean(),
+        )
+        return metrics
 
     # ----- persistence -----
     def training_state(self) -> dict:

@@ -28,8 +28,6 @@ def _train(args) -> int:
         }.items()
         if value is not None
     }
-    if overrides := _agent_overrides(args):
-        settings["agent"] = overrides
     if not args.resume and "env" not in settings:
         raise _UsageError("--env is required for a new run")
     trainer = Trainer.open(args.out, settings, resume=args.resume, overwrite=args.overwrite)
@@ -201,7 +199,7 @@ def _learner(args) -> int:
 
         torch.set_num_threads(args.torch_threads)
     options = {"horizon": args.horizon, "warmup": args.warmup, "candidate_every": args.candidate_every,
-               "seed": args.seed, "agent_overrides": _agent_overrides(args)}
+               "seed": args.seed}
     deployment = None
     if args.registry:
         from policies.signing import load_signing_key
@@ -325,21 +323,6 @@ def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plaintext ZeroMQ, for a development box only")
 
 
-def _add_update_arguments(parser: argparse.ArgumentParser) -> None:
-    for part in ("actor", "model"):
-        parser.add_argument(f"--{part}-every", type=int, metavar="K",
-                            help=f"train the {part} on every K-th update only; the critic learns on every one (default 1)")
-
-
-def _agent_overrides(args) -> dict:
-    """The SACSVGConfig fields given on the command line."""
-    given = {"actor_every": args.actor_every, "model_every": args.model_every}
-    for name, value in given.items():
-        if value is not None and value < 1:
-            raise _UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    return {name: value for name, value in given.items() if value is not None}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robot-app", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -356,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--random-steps", type=int, help="env steps of random actions before learning (default 4000)")
     train.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default 10000)")
     train.add_argument("--out", required=True, help="run folder")
-    _add_update_arguments(train)
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace whatever run is in --out")
@@ -457,7 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--torch-threads", type=int, metavar="N",
                          help="CPU threads for the updates (default: torch's, every core); the demo gives 1, leaving "
                               "the other cores to the robots and the gate")
-    _add_update_arguments(learner)
     _add_link_arguments(learner)
     learner.set_defaults(handler=_learner)
 
@@ -486,10 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--robots", type=int, default=1)
-    demo.add_argument("--transitions", type=int, default=25_000,
-                      help="the budget: transitions the learner takes (default 25000; 0: until --minutes)")
+    demo.add_argument("--transitions", type=int, default=36_000,
+                      help="the budget: transitions the learner takes (default 36000; 0: until --minutes)")
     demo.add_argument("--minutes", type=float, default=20.0, help="a cap on the wall time (default 20)")
-    demo.add_argument("--horizon", type=int, default=3, help="the learner's SVG horizon; 0 is SAC (default 3)")
+    demo.add_argument("--horizon", type=int, default=1,
+                      help="the learner's SVG horizon; 0 is SAC (default 1: about twice H=3's updates per second on "
+                           "a CPU, with most of its sample advantage over SAC; see docs/BENCHMARKS.md)")
     demo.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=True,
                       help="draw each virtual robot's physics anew between episodes from the ranges the gate draws "
                            "from (domain randomisation; default on: the robot learns on what the gate judges)")

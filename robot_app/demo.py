@@ -163,8 +163,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 3,
-             transitions: int | None = 25_000, gate_episodes: int = 4, randomise: bool = True) -> int:
+def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 1,
+             transitions: int | None = 36_000, gate_episodes: int = 4, randomise: bool = True) -> int:
     """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
     The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.

@@ -163,25 +163,3 @@ def test_config_rejects_bad_values_by_name():
         SACSVGConfig(horizon=-1)
     with pytest.raises(ValueError, match="gamma"):
         SACSVGConfig(gamma=1.5)
-
-
-def test_delayed_updates_train_the_actor_and_model_only_on_their_steps_and_report_every_loss():
-    agent = small_agent(horizon=2, actor_every=2, model_every=3)
-    batch = random_batch()
-    sequences = Batch(*(torch.stack([getattr(batch, f)] * 2) for f in ("obs", "action", "reward", "next_obs", "terminated")))
-
-    def snapshot():
-        return {name: torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
-                for name, module in (("actor", agent.actor), ("critic", agent.critic), ("model", agent.dynamics))}
-
-    keys = None
-    for step in range(7):
-        before = snapshot()
-        metrics = agent.update(batch, sequences if agent.trains_model_at(step) else None, step, 100)
-        after = snapshot()
-        moved = {name for name in before if not torch.equal(before[name], after[name])}
-        assert moved == {"critic"} | ({"actor"} if step % 2 == 0 else set()) | ({"model"} if step % 3 == 0 else set())
-        keys = keys or set(metrics)
-        assert set(metrics) == keys and {"actor_loss", "dynamics_loss", "critic_loss"} <= keys
-    with pytest.raises(ValueError, match="model sequences"):
-        agent.update(batch, None, 9, 100)

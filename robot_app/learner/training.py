@@ -96,7 +96,7 @@ def sample_and_update(agent: SACSVG, replay: ReplayBuffer, rng: np.random.Genera
     """One SAC-SVG(H) update from replay: a batch of steps, and of sequences when the model is in use."""
     c = agent.config
     batch = replay.sample(c.batch_size, rng)
-    sequences = replay.sample_sequences(c.batch_size, c.sequence_length, rng) if agent.trains_model_at(update) else None
+    sequences = replay.sample_sequences(c.batch_size, c.sequence_length, rng) if c.uses_model else None
     return agent.update(batch, sequences, update, total_updates, replay.termination_class_weight())
 
 
