@@ -280,8 +280,14 @@ def _policies(args) -> int:
 
 
 def _demo(args) -> int:
+    import signal
+
     from robot_app.demo import run_demo
 
+    def interrupt(*_):  # SIGTERM (what `kill` and docker send) stops the demo's processes too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
                     transitions=args.transitions or None, randomise=args.randomise)
 

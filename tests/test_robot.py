@@ -97,6 +97,10 @@ def test_task_observation_reward_and_termination(spec):
     assert task.reward(upright) == 1.0 and task.reward(hanging) == pytest.approx(0.2)
     assert not task.terminated(upright)
     assert task.terminated(JointState(np.array([1.8, 0.0]), np.zeros(2), 0.0))
+    pendulum_limit = spec.joint("pendulum").velocity_limit  # a spinning pendulum ends the episode inside its limit
+    assert not task.terminated(JointState(np.zeros(2), np.array([0.0, 0.75 * pendulum_limit]), 0.0))
+    assert task.terminated(JointState(np.zeros(2), np.array([0.0, -0.85 * pendulum_limit]), 0.0))
+    assert task.terminated(JointState(np.zeros(2), np.array([0.85 * spec.joint("arm").velocity_limit, 0.0]), 0.0))
     assert task.ready(hanging) and not task.ready(upright)
     assert wrap_angle(3 * math.pi) == pytest.approx(-math.pi)
 

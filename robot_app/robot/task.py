@@ -64,14 +64,21 @@ class FurutaSwingUp:
 
     Angles: arm theta (0 = centred), pendulum alpha (0 = upright, the calibration puts it there). Observation
     [cos θ, sin θ, cos α, sin α, θ̇, α̇]; reward max(0, 1 - (0.8|α| + 0.2|θ|)/π) as in public Furuta work; the episode
-    terminates when the arm passes its software limit and is truncated after spec.episode_s.
+    terminates when the arm passes its software limit or a joint passes SPEED_MARGIN of its velocity limit, and is
+    truncated after spec.episode_s.
     """
+
+    # Within the safety limit: the measured speed is filtered (it lags), and a joint coasts on after the episode ends.
+    # A learner then pays for spinning the pendulum up on a lightly damped robot, as the gate does.
+    SPEED_MARGIN = 0.8
 
     obs_layout = (("arm_cos_sin", 2), ("pendulum_cos_sin", 2), ("velocity", 2))
     sensors = ("arm_encoder", "pendulum_encoder")
 
     def __init__(self, spec: RobotSpec):
         self.arm_limit = spec.joint("arm").position_limit
+        joint_of = {sensor.name: sensor.joint for sensor in spec.sensors}
+        self.speed_limits = tuple(self.SPEED_MARGIN * spec.joint(joint_of[name]).velocity_limit for name in self.sensors)
         self.max_episode_steps = spec.episode_steps
         self.action_layout = tuple(a.name for a in spec.actuators)
 
@@ -86,7 +93,8 @@ class FurutaSwingUp:
         return max(0.0, 1.0 - (0.8 * abs(wrap_angle(pendulum)) + 0.2 * abs(arm)) / math.pi)
 
     def terminated(self, state: JointState) -> bool:
-        return not self.arm_limit[0] <= state.position[0] <= self.arm_limit[1]
+        return (not self.arm_limit[0] <= state.position[0] <= self.arm_limit[1]
+                or any(abs(v) > limit for v, limit in zip(state.velocity, self.speed_limits)))
 
     # Between episodes a real robot cannot be teleported: a PD loop centres the arm while the pendulum settles.
     def reset_command(self, state: JointState) -> np.ndarray:
