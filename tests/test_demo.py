@@ -75,3 +75,24 @@ def test_the_demo_releases_the_best_policy_that_passes_the_full_gate(tmp_path):
     assert registry.deployed().version == balancing
     assert (tmp_path / "registry" / "reports" / f"{swinging}-release" / "report.json").is_file()  # judged too
     registry.close()
+
+
+def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path):
+    """`kill` (and docker) send SIGTERM: the demo once died of it and left its learner, robot and agent running."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    demo = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "demo", "--out", str(out), "--transitions", "0",
+                             "--minutes", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    processes = out / "processes.json"
+    wait_until(lambda: processes.exists() and len(json.loads(processes.read_text())) == 3, timeout_s=120)
+    started = json.loads(processes.read_text())
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=120) == 130, demo.stderr.read()
+    for role, pid in started.items():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"{role} (pid {pid}) outlived the demo")
