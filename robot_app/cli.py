@@ -285,6 +285,8 @@ def _demo(args) -> int:
     from robot_app.demo import run_demo
 
     def interrupt(*_):  # SIGTERM (what `kill` and docker send) stops the demo's processes too, as Ctrl-C does
+        for name in (signal.SIGTERM, signal.SIGINT):  # once: a second signal must not cut that stop short
+            signal.signal(name, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)

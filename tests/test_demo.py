@@ -84,15 +84,25 @@ def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path):
 
     out = tmp_path / "demo"
     demo = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "demo", "--out", str(out), "--transitions", "0",
-                             "--minutes", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    processes = out / "processes.json"
-    wait_until(lambda: processes.exists() and len(json.loads(processes.read_text())) == 3, timeout_s=120)
-    started = json.loads(processes.read_text())
-    demo.send_signal(signal.SIGTERM)
-    assert demo.wait(timeout=120) == 130, demo.stderr.read()
-    for role, pid in started.items():
+                             "--minutes", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: whatever is left can be killed at once
+    try:
+        processes = out / "processes.json"
+        wait_until(lambda: processes.exists() and len(json.loads(processes.read_text())) == 3, timeout_s=120)
+        started = json.loads(processes.read_text())
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=300) == 130, demo.stderr.read()  # it stops each child in turn, up to 60 s each
+        outlived = []
+        for role, pid in started.items():
+            try:
+                os.kill(pid, 0)
+                outlived.append(role)
+            except ProcessLookupError:
+                pass
+        assert not outlived, f"{outlived} outlived the demo"
+    finally:
         try:
-            os.kill(pid, 0)
+            os.killpg(demo.pid, signal.SIGKILL)
         except ProcessLookupError:
-            continue
-        raise AssertionError(f"{role} (pid {pid}) outlived the demo")
+            pass
+        demo.wait()

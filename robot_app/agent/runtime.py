@@ -68,9 +68,8 @@ class Agent:
         self._waiting_for_credit = False
         self._idle = DeadlineSchedule(spec.period_s, spin_s=0.0)  # lockstep, held at rest: ticks at the control rate
         self.task = make_task(spec)
-        sensors = {s.name: s for s in spec.sensors}
         self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
-        self.supervisor = SafetySupervisor(spec, [sensors[name].joint for name in self.task.sensors], spec.period_s)
+        self.supervisor = SafetySupervisor(spec, list(self.task.joints), spec.period_s)
         self.status_every_s = status_every_s
         self.reset_ticks = math.ceil(reset_timeout_s / spec.period_s)
         self.schedule: DeadlineSchedule | None = None

@@ -78,7 +78,8 @@ class FurutaSwingUp:
     def __init__(self, spec: RobotSpec):
         self.arm_limit = spec.joint("arm").position_limit
         joint_of = {sensor.name: sensor.joint for sensor in spec.sensors}
-        self.speed_limits = tuple(self.SPEED_MARGIN * spec.joint(joint_of[name]).velocity_limit for name in self.sensors)
+        self.joints = tuple(joint_of[name] for name in self.sensors)  # the joint of each angle in a JointState
+        self.speed_limits = tuple(self.SPEED_MARGIN * spec.joint(joint).velocity_limit for joint in self.joints)
         self.max_episode_steps = spec.episode_steps
         self.action_layout = tuple(a.name for a in spec.actuators)
 
