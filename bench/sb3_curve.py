@@ -16,10 +16,9 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 
 
 def main() -> None:
-    from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from sb3_env import GymEnv  # beside this script
+    from sb3_env import GymEnv, sb3_sac  # beside this script
     from robot_app.learner.training import EVAL_SEED_OFFSET
     from sim.envs import evaluate_returns, make_env
 
@@ -48,8 +47,7 @@ def main() -> None:
                       flush=True)
             return True
 
-    model = SAC("MlpPolicy", GymEnv(args.env, args.seed), batch_size=256, learning_starts=args.random_steps,
-                train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=args.seed)
+    model = sb3_sac(GymEnv(args.env, args.seed), args.random_steps, args.seed)
     model.learn(total_timesteps=args.steps, callback=Evaluate())
 
 

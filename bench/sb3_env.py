@@ -1,4 +1,4 @@
-"""Bench only: our simulated envs as gymnasium envs, so SB3's SAC runs on exactly what our trainer runs on."""
+"""Bench only: our simulated envs as gymnasium envs, and SB3's SAC set up as ours (256x256, batch 256, 1 update/step)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ class GymEnv(gym.Env):
     def step(self, action):
         result = self.env.step(action)
         return result.obs, result.reward, result.terminated, result.truncated, {}
+
+
+def sb3_sac(env: GymEnv, random_steps: int, seed: int):
+    from stable_baselines3 import SAC
+
+    return SAC("MlpPolicy", env, batch_size=256, learning_starts=random_steps, train_freq=1, gradient_steps=1,
+               policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=seed)

@@ -59,11 +59,10 @@ def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
 
 
 def measure_sb3(steps: int) -> dict:
-    from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sb3_env import GymEnv  # beside this script
+    from sb3_env import GymEnv, sb3_sac  # beside this script
 
     class Clock(BaseCallback):
         def _on_step(self):
@@ -71,8 +70,7 @@ def measure_sb3(steps: int) -> dict:
                 self.start = time.perf_counter()
             return True
 
-    model = SAC("MlpPolicy", GymEnv(ENV, seed=0, action_repeat=1), batch_size=256, learning_starts=WARM, train_freq=1,
-                gradient_steps=1, policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0)
+    model = sb3_sac(GymEnv(ENV, seed=0, action_repeat=1), WARM, seed=0)
     clock = Clock()
     model.learn(total_timesteps=WARM + 20 + steps, callback=clock)
     elapsed = time.perf_counter() - clock.start
