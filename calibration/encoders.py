@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from robot_app.robot.spec import read_yaml_mapping
+from robot_app.common.files import read_yaml_mapping
 
 CALIBRATION_DIR = Path(__file__).parent
 

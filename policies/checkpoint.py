@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from policies.files import write_atomic
+from robot_app.common.files import write_atomic
 
 
 class CheckpointError(RuntimeError):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.artifact import INPUT_NAME, MEAN_NAME, METADATA_KEY, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
-from policies.files import write_atomic
+from robot_app.common.artifact import INPUT_NAME, MEAN_NAME, METADATA_KEY, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
+from robot_app.common.files import write_atomic
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from policies.files import write_atomic
+from robot_app.common.files import write_atomic
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "episode", "step")
 

@@ -116,7 +116,7 @@ def _agent(args) -> int:
                           "or --accept-unsigned on a development box")
     trusted_key = None
     if args.trusted_key:
-        from policies.signing import load_trusted_key
+        from robot_app.common.signing import load_trusted_key
 
         trusted_key = load_trusted_key(args.trusted_key)
     elif args.accept_unsigned:
@@ -131,7 +131,7 @@ def _agent(args) -> int:
     policy = checked_policy(args.policy)
     if args.learner and not args.robot_id:
         raise _UsageError("--learner needs --robot-id (the robot's key name and the id its device reports)")
-    from robot_app.agent.schedule import pin_to_cpus, request_realtime_priority
+    from robot_app.common.schedule import pin_to_cpus, request_realtime_priority
 
     if args.cpus:
         pin_to_cpus({int(cpu) for cpu in args.cpus.split(",")})
@@ -202,7 +202,7 @@ def _learner(args) -> int:
                "seed": args.seed}
     deployment = None
     if args.registry:
-        from policies.signing import load_signing_key
+        from robot_app.common.signing import load_signing_key
         from sim.gate import load_gate_config
 
         gate_config = load_gate_config(args.gate_config, episodes=args.gate_episodes)
@@ -262,7 +262,7 @@ def _policies(args) -> int:
             print(f"  {move['at']}  {move['from_state'] or '-'} -> {move['to_state']}  by {move['actor']}: "
                   f"{move['reason']}")
     elif args.action == "validate":
-        from policies.signing import load_signing_key
+        from robot_app.common.signing import load_signing_key
         from sim.gate import gate_candidate, load_gate_config
 
         if not args.signing_key:
@@ -312,7 +312,7 @@ def _estop(args) -> int:
 
 def _keys(args) -> int:
     if args.signing:
-        from policies.signing import generate_signing_keys as generate_keys
+        from robot_app.common.signing import generate_signing_keys as generate_keys
     else:
         from robot_app.transport.keys import generate_keys
 
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pydantic import ValidationError
 
-    from policies.artifact import ArtifactError
+    from robot_app.common.artifact import ArtifactError
 
     expected: tuple[type[Exception], ...] = (_UsageError, ValidationError, ArtifactError, ValueError, OSError)
     try:

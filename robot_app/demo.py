@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from policies.files import write_atomic
-from policies.signing import generate_signing_keys
+from robot_app.common.files import write_atomic
+from robot_app.common.signing import generate_signing_keys
 from robot_app.transport.keys import generate_keys
 
 CLI = [sys.executable, "-m", "robot_app.cli"]

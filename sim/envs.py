@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
+
+from sim.env import Env, EnvSpec, StepResult, UnknownEnvironmentError
 
 os.environ.setdefault("MUJOCO_GL", "disable")
 
 # Agent decisions are repeated this many simulator steps unless the caller says otherwise (PlaNet's choices).
 DEFAULT_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "pendulum": 4, "cheetah": 4, "finger": 2, "walker": 2}
-
-
-class UnknownEnvironmentError(ValueError):
-    """The environment name names no registered family or task."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvSpec:
-    """What a learner and an exporter need to know about an environment."""
-
-    name: str
-    obs_layout: tuple[tuple[str, int], ...]  # (field, width) in the order the flat observation holds them
-    action_layout: tuple[str, ...]
-    action_low: tuple[float, ...]  # native units; the agent acts in [-1, 1] and the env rescales
-    action_high: tuple[float, ...]
-    action_repeat: int
-    max_episode_steps: int  # agent decisions per episode before truncation
-
-    @property
-    def obs_dim(self) -> int:
-        return sum(width for _, width in self.obs_layout)
-
-    @property
-    def action_dim(self) -> int:
-        return len(self.action_layout)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepResult:
-    obs: np.ndarray
-    reward: float
-    terminated: bool  # a true end: do not bootstrap
-    truncated: bool  # a time limit: bootstrap through it
-
-
-class Env(Protocol):
-    spec: EnvSpec
-
-    def reset(self) -> np.ndarray: ...
-
-    def step(self, action: np.ndarray) -> StepResult: ...
-
-    def get_rng_state(self) -> dict: ...
-
-    def set_rng_state(self, state: dict) -> None: ...
 
 
 class DMControlEnv:
@@ -125,7 +81,7 @@ def _make_dmc(rest: str, seed: int, action_repeat: int | None) -> Env:
 
 
 def _make_furuta(rest: str, seed: int, action_repeat: int | None) -> Env:
-    from sim.furuta import FurutaEnv
+    from sim.furuta import FurutaEnv  # mujoco and the robot's model load only for this family
 
     return FurutaEnv(rest, seed, action_repeat)
 

@@ -11,7 +11,7 @@ import numpy as np
 from calibration.encoders import load_calibration
 from robot_app.robot.spec import RobotSpec, load_robot_spec
 from robot_app.robot.task import SensorPipeline, make_task
-from sim.envs import EnvSpec, StepResult, UnknownEnvironmentError
+from sim.env import EnvSpec, StepResult, UnknownEnvironmentError
 
 ASSETS = Path(__file__).parent / "assets"
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from robot_app.robot.spec import RobotSpec, load_robot_spec, read_yaml_mapping
+from robot_app.common.files import read_yaml_mapping
+from robot_app.robot.spec import RobotSpec, load_robot_spec
 from robot_app.robot.task import make_task
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _keep_to_one_core(cores: list[int], started) -> None:
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
              progress: bool = False) -> dict:
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
-    from policies.artifact import ArtifactError
+    from robot_app.common.artifact import ArtifactError
     from robot_app.agent.policy_runner import load_policy
 
     config = config or load_gate_config()
@@ -345,8 +346,8 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
                    actor: str = "gate", progress: bool = False) -> dict:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
-    from policies.files import write_atomic
-    from policies.signing import sign
+    from robot_app.common.files import write_atomic
+    from robot_app.common.signing import sign
     from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 
     record = registry.move(version, "validating", actor, "sim validation started")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.files import write_atomic
-from robot_app.agent.schedule import DeadlineSchedule, tighten_timer_slack
+from robot_app.common.files import write_atomic
+from robot_app.common.schedule import DeadlineSchedule, tighten_timer_slack
 from robot_app.hardware.protocol import (
     PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
     SensorStatus, encode_frame, parse,

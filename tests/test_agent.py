@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from calibration.encoders import load_calibration
-from policies.artifact import ArtifactError
+from robot_app.common.artifact import ArtifactError
 from robot_app.agent.policy_runner import ConstantPolicy, load_policy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog

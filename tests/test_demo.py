@@ -57,7 +57,7 @@ def test_the_demo_streams_every_transition_once_through_the_whole_stack_and_outl
 
 def test_the_demo_releases_the_best_policy_that_passes_the_full_gate(tmp_path):
     """The robots explored with what the exploring bars passed; at the end the full gate picks what is released."""
-    from policies.signing import generate_signing_keys, load_signing_key
+    from robot_app.common.signing import generate_signing_keys, load_signing_key
     from robot_app.demo import _release
     from sim.gate import gate_candidate, load_gate_config
     from tests.test_gate import BALANCING, TRAINED

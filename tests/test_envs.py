@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sim.envs import DMControlEnv, UnknownEnvironmentError, make_env
+from sim.env import UnknownEnvironmentError
+from sim.envs import DMControlEnv, make_env
 
 
 def test_cartpole_layout_and_episode_length_with_action_repeat():

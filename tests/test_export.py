@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from policies.artifact import METADATA_KEY, ArtifactError
+from robot_app.common.artifact import METADATA_KEY, ArtifactError
 from policies.export import DeployedPolicy, export_onnx, weights_sha256
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer

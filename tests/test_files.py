@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from policies.files import STALE_TEMPORARY_S, write_atomic
+from robot_app.common.files import STALE_TEMPORARY_S, write_atomic
 
 
 def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):

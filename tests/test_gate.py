@@ -13,8 +13,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from policies.artifact import ArtifactError
-from policies.signing import generate_signing_keys, load_signing_key, load_trusted_key
+from robot_app.common.artifact import ArtifactError
+from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key
 from robot_app.agent.policy_runner import load_policy
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 from robot_app.robot.spec import load_robot_spec
@@ -152,7 +152,7 @@ def test_a_registry_candidate_is_validated_signed_and_the_agent_refuses_it_alter
 
 
 def test_the_learner_offers_robots_only_what_the_gate_signed_and_the_registry_deployed(tmp_path):
-    from policies.signing import verify
+    from robot_app.common.signing import verify
     from robot_app.learner.service import GatedDeployment
 
     class Server:  # stands in for IngestServer.publish

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robot_app.agent.transition_log import Transition, TransitionLog
+from robot_app.common.transition_chunk import COLUMNS
 from robot_app.transport.messages import (
-    COLUMNS, KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement,
+    KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement,
     Status, TransitionBatch, TransitionChunk, decode, encode,
 )
 from tests.conftest import wait_until

@@ -70,7 +70,7 @@ def test_online_learning_exports_candidates_and_resumes(tmp_path):
 
 
 def test_a_candidate_that_fails_export_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
-    from policies.artifact import ArtifactError
+    from robot_app.common.artifact import ArtifactError
 
     def broken_export(*args, **kwargs):
         raise ArtifactError("ONNX parity check failed (simulated)")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from robot_app.agent import schedule as schedule_module
-from robot_app.agent.schedule import DeadlineSchedule
+from robot_app.common import schedule as schedule_module
+from robot_app.common.schedule import DeadlineSchedule
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.artifact import INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
+from robot_app.common.artifact import INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
 from robot_app.robot.spec import RobotSpec
 
 
@@ -185,7 +185,7 @@ def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, t
         return RandomPolicy(low, high, seed)
     data = None
     if trusted_key is not None:
-        from policies.signing import verify
+        from robot_app.common.signing import verify
 
         path, signature_file = Path(name_or_path), Path(name_or_path + SIGNATURE_SUFFIX)
         if not path.is_file():

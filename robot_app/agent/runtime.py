@@ -18,12 +18,12 @@ from typing import Callable
 import numpy as np
 
 from calibration.encoders import RobotCalibration
-from robot_app.agent.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
+from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError
 from robot_app.hardware.protocol import SensorStatus
 from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
-from robot_app.logs import first_and_doubling
+from robot_app.common.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from robot_app.logs import first_and_doubling
+from robot_app.common.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_app.storage import DurableSQLite
-from robot_app.transport.messages import TransitionChunk
+from robot_app.common.storage import DurableSQLite
+from robot_app.common.transition_chunk import TransitionChunk
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3  # 3: transition chunks carry sample_seed

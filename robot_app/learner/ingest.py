@@ -28,10 +28,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from robot_app.learner.registry import read_metadata
-from robot_app.logs import first_and_doubling
+from robot_app.common.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
-from robot_app.storage import DurableSQLite
+from robot_app.common.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
     MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest,

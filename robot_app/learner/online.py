@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policies.artifact import ArtifactError
+from robot_app.common.artifact import ArtifactError
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
+from policies.learning import default_device, non_finite, sample_and_update
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
 from robot_app.learner.ingest import IngestStore, RowSchema
-from robot_app.learner.training import default_device, sample_and_update
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
-from robot_app.transport.messages import MAX_EPISODE
+from robot_app.common.transition_chunk import MAX_EPISODE
 
 log = logging.getLogger(__name__)
 EPISODES_PER_ROBOT = MAX_EPISODE  # replay episode id = robot index * this + the robot's own episode number
@@ -138,7 +138,7 @@ class OnlineLearner:
         return {name: round(float(value.detach()), 6) for name, value in self.metrics.items()}
 
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
-        bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+        bad = non_finite(metrics)
         if bad:
             raise FloatingPointError(f"non-finite {', '.join(bad)} at update {self.updates}; last checkpoint kept")
 

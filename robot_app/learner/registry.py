@@ -15,9 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from policies.artifact import ArtifactError, PolicyMetadata
-from policies.files import write_atomic
-from robot_app.storage import DurableSQLite
+from robot_app.common.artifact import ArtifactError, PolicyMetadata
+from robot_app.common.files import write_atomic
+from robot_app.common.storage import DurableSQLite
 
 SCHEMA_VERSION = 1
 STATES = ("candidate", "validating", "validated", "rejected", "deployed", "retired")

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
+from policies.learning import default_device, non_finite, sample_and_update
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
-from sim.envs import Env, EnvSpec, evaluate_returns, make_env
+from sim.env import Env, EnvSpec
+from sim.envs import evaluate_returns, make_env
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
@@ -74,10 +76,6 @@ def tune_cpu_allocator() -> None:
         pass
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_agent(env: Env, config: TrainConfig, device: torch.device) -> SACSVG:
     return SACSVG(env.spec.obs_dim, env.spec.action_dim, config.agent_config(), device)
 
@@ -89,15 +87,6 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (give a run folder or a .pt file)")
     return path
-
-
-def sample_and_update(agent: SACSVG, replay: ReplayBuffer, rng: np.random.Generator, update: int,
-                      total_updates: int) -> dict[str, torch.Tensor]:
-    """One SAC-SVG(H) update from replay: a batch of steps, and of sequences when the model is in use."""
-    c = agent.config
-    batch = replay.sample(c.batch_size, rng)
-    sequences = replay.sample_sequences(c.batch_size, c.sequence_length, rng) if c.uses_model else None
-    return agent.update(batch, sequences, update, total_updates, replay.termination_class_weight())
 
 
 class LoadedRun(NamedTuple):
@@ -253,7 +242,7 @@ class Trainer:
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> None:
         if not metrics:
             return
-        bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+        bad = non_finite(metrics)
         if bad:
             raise TrainingDiverged(
                 f"non-finite {', '.join(bad)} at env step {self.env_steps} (update {self.updates}); "

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from robot_app.common.files import read_yaml_mapping
 
 SPEC_DIR = Path(__file__).parent
 
@@ -143,17 +144,3 @@ def load_robot_spec(name_or_path: str | Path) -> RobotSpec:
             known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
             raise ValueError(f"unknown robot {str(name_or_path)!r}; known robots: {known}, or pass a .yaml path")
     return RobotSpec.model_validate(read_yaml_mapping(path, "robot spec"))
-
-
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: 10x faster
-
-
-def read_yaml_mapping(path: Path, what: str) -> dict:
-    """A YAML file that must hold a mapping; a clear ValueError naming `what` and the path otherwise."""
-    try:
-        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read {what} {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {path} is not a YAML mapping")
-    return data

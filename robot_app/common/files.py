@@ -1,4 +1,5 @@
-"""Whole files written so that a reader, a kill -9 or a power cut finds the old file or the whole new one, never a part."""
+"""Whole files: written so that a reader, a kill -9 or a power cut finds the old file or the whole new one, never a part;
+YAML mappings read with a clear error."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+import yaml
 
 STALE_TEMPORARY_S = 3600.0  # a temporary file untouched this long was left by a writer that died (kill -9, power cut)
 
@@ -53,3 +56,17 @@ def _remove_stale_temporaries(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):  # another writer may sweep it first
             if os.stat(name).st_mtime < cutoff:
                 os.unlink(name)
+
+
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: 10x faster
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; a clear ValueError naming `what` and the path otherwise."""
+    try:
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} is not a YAML mapping")
+    return data

@@ -1,5 +1,5 @@
 """SQLite files that must survive kill -9 and power loss: WAL, synchronous=FULL, one connection per thread.
-(Whole files go through policies.files.write_atomic.)"""
+(Whole files go through robot_app.common.files.write_atomic.)"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from policies.artifact import ArtifactError
+from robot_app.common.artifact import ArtifactError
 
 
 def generate_signing_keys(directory: str | Path, name: str) -> tuple[Path, Path]:

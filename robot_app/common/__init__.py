@@ -1,0 +1,2 @@
+"""Torch-free contracts and utilities that both the robot side and the learner side use: the policy artifact, its
+signature, whole-file writes and YAML reads, durable SQLite, the deadline schedule and log throttling."""

@@ -1,0 +1,53 @@
+"""The environment interface every simulated task implements, and what a learner and an exporter know of one."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+
+class UnknownEnvironmentError(ValueError):
+    """The environment name names no registered family or task."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """What a learner and an exporter need to know about an environment."""
+
+    name: str
+    obs_layout: tuple[tuple[str, int], ...]  # (field, width) in the order the flat observation holds them
+    action_layout: tuple[str, ...]
+    action_low: tuple[float, ...]  # native units; the agent acts in [-1, 1] and the env rescales
+    action_high: tuple[float, ...]
+    action_repeat: int
+    max_episode_steps: int  # agent decisions per episode before truncation
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(width for _, width in self.obs_layout)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    obs: np.ndarray
+    reward: float
+    terminated: bool  # a true end: do not bootstrap
+    truncated: bool  # a time limit: bootstrap through it
+
+
+class Env(Protocol):
+    spec: EnvSpec
+
+    def reset(self) -> np.ndarray: ...
+
+    def step(self, action: np.ndarray) -> StepResult: ...
+
+    def get_rng_state(self) -> dict: ...
+
+    def set_rng_state(self, state: dict) -> None: ...
