@@ -121,13 +121,32 @@ def _spins_lasting(target_us: float) -> int:
     return iterations
 
 
-def bench_round_trip(lockstep: bool, rate: float, trips: int = 2000) -> dict:
+def echo_timing_robot(port: str):
+    """A SerialRobot that sends heartbeats and notes when each echo arrives: the bench's probe, not the agent's."""
+    from robot_app.hardware.protocol import MessageType
     from robot_app.hardware.serial_robot import SerialRobot
 
+    class EchoTimingRobot(SerialRobot):
+        def __init__(self, port: str):
+            super().__init__(port)
+            self.heartbeat_echo_ns: dict[int, int] = {}
+
+        def send_heartbeat(self) -> int:
+            return self._send(MessageType.HEARTBEAT, b"")
+
+        def _dispatch(self, frame, message, received_ns: int) -> None:
+            if frame.type == MessageType.HEARTBEAT:
+                self.heartbeat_echo_ns[frame.seq] = received_ns
+            super()._dispatch(frame, message, received_ns)
+
+    return EchoTimingRobot(port)
+
+
+def bench_round_trip(lockstep: bool, rate: float, trips: int = 2000) -> dict:
     flags = ["--lockstep"] if lockstep else []
     proc, port = start_virtual_robot(*flags, "--rate", str(rate))
     try:
-        robot = SerialRobot(port)
+        robot = echo_timing_robot(port)
         robot.connect()
         samples = []
         for _ in range(trips):
@@ -190,6 +209,7 @@ def bench_adversarial(seconds: float, rate: float, tmp: Path, lockstep: bool = F
 
 def run_adversary(name: str, port: str, rate: float, seconds: float, commands_out: str) -> None:
     from calibration.encoders import load_calibration
+    from robot_app.agent.policy_runner import PolicyKind
     from robot_app.agent.runtime import Agent
     from robot_app.hardware.serial_robot import SerialRobot
     from robot_app.robot.spec import load_robot_spec
@@ -204,7 +224,10 @@ def run_adversary(name: str, port: str, rate: float, seconds: float, commands_ou
     }
 
     class Adversary:
-        version = name
+        version, kind, sample_seed = name, PolicyKind.BRING_UP, -1
+
+        def reset(self):
+            pass
 
         def __call__(self, obs):
             return policies[name](obs)

@@ -109,7 +109,7 @@ def _agent(args) -> int:
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name)
     obs_layout = make_task(spec).obs_layout
-    limits = ([a.command_limit[0] for a in spec.actuators], [a.command_limit[1] for a in spec.actuators])
+    limits = spec.command_limits
 
     if args.learner and not (args.trusted_key or args.accept_unsigned):
         raise _UsageError("a robot that takes policies from a learner needs --trusted-key (the gate's .sign_pub), "

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Protocol
 
 import numpy as np
+
+from robot_app.common.actions import ActionScaler
 
 
 class UnknownEnvironmentError(ValueError):
@@ -31,6 +34,17 @@ class EnvSpec:
     @property
     def action_dim(self) -> int:
         return len(self.action_layout)
+
+    @functools.cached_property
+    def action_scaler(self) -> ActionScaler:
+        return ActionScaler(self.action_low, self.action_high)
+
+    def native_action(self, action) -> np.ndarray:
+        """An agent's action in [-1, 1] (clipped to it) in the env's native units; a non-finite one is refused."""
+        action = np.asarray(action, dtype=np.float64).reshape(self.action_dim)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"non-finite action {action!r}")
+        return self.action_scaler.to_native(np.clip(action, -1.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from robot_app.common.actions import ActionScaler
 from sim.env import Env, EnvSpec, StepResult, UnknownEnvironmentError
 
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -29,16 +30,14 @@ class DMControlEnv:
             raise ValueError(f"action_repeat must be >= 1, got {repeat}")
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
         action_spec = self._env.action_spec()
-        self._low = np.asarray(action_spec.minimum, dtype=np.float64)
-        self._high = np.asarray(action_spec.maximum, dtype=np.float64)
         obs_layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
         time_limit_steps = int(round(self._env._step_limit)) if np.isfinite(self._env._step_limit) else 1000
         self.spec = EnvSpec(
             name=f"dmc:{domain}-{task}",
             obs_layout=obs_layout,
             action_layout=tuple(f"action[{i}]" for i in range(action_spec.shape[0])),
-            action_low=tuple(self._low.tolist()),
-            action_high=tuple(self._high.tolist()),
+            action_low=tuple(np.broadcast_to(action_spec.minimum, action_spec.shape).tolist()),
+            action_high=tuple(np.broadcast_to(action_spec.maximum, action_spec.shape).tolist()),
             action_repeat=repeat,
             max_episode_steps=-(-time_limit_steps // repeat),
         )
@@ -50,10 +49,7 @@ class DMControlEnv:
         return self._flatten(self._env.reset().observation)
 
     def step(self, action: np.ndarray) -> StepResult:
-        action = np.asarray(action, dtype=np.float64).reshape(self._low.shape)
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"non-finite action {action!r}")
-        native = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+        native = self.spec.native_action(action)
         reward = 0.0
         for _ in range(self.spec.action_repeat):
             time_step = self._env.step(native)
@@ -121,5 +117,5 @@ def evaluate_artifact(path, episodes: int, seed: int) -> tuple[str, list[float]]
     meta = policy.metadata
     env = make_env(meta.env, seed, meta.action_repeat)
     policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
-    low, high = np.asarray(meta.action_low), np.asarray(meta.action_high)
-    return meta.env, evaluate_returns(env, lambda obs: 2.0 * (policy(obs) - low) / (high - low) - 1.0, episodes)
+    scaler = ActionScaler(meta.action_low, meta.action_high)
+    return meta.env, evaluate_returns(env, lambda obs: scaler.to_unit(policy(obs)), episodes)

@@ -125,8 +125,7 @@ class FurutaEnv:
         self._period = spec.period_s
         self._rng = np.random.default_rng(seed)
         repeat = action_repeat or 1
-        low, high = zip(*(a.command_limit for a in spec.actuators))
-        self._low, self._high = np.array(low), np.array(high)
+        low, high = spec.command_limits
         self.spec = EnvSpec(
             name=f"furuta:{task_name}", obs_layout=self.task.obs_layout, action_layout=self.task.action_layout,
             action_low=low, action_high=high, action_repeat=repeat,
@@ -147,10 +146,7 @@ class FurutaEnv:
         return self.task.observe(self._observe())
 
     def step(self, action: np.ndarray) -> StepResult:
-        action = np.asarray(action, dtype=np.float64).reshape(self._low.shape)
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"non-finite action {action!r}")
-        volts = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+        volts = self.spec.native_action(action)
         reward, terminated = 0.0, False
         for _ in range(self.spec.action_repeat):
             self.physics.step(volts, self._period)

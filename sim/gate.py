@@ -90,27 +90,12 @@ def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan
     return plans
 
 
-class EpisodeRecorder:
-    """Stands in for the agent's transition log: keeps the episode's transitions in memory."""
-
-    def __init__(self):
-        self.rows = []
-
-    def append(self, transition) -> None:
-        self.rows.append(transition)
-
-    def next_episode(self, robot_id: str) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
 def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     """One randomised episode through the agent runtime, measured. Runs in a worker process."""
     from calibration.encoders import load_calibration
     from robot_app.agent.policy_runner import load_policy
     from robot_app.agent.runtime import Agent
+    from robot_app.agent.transition_log import TransitionRecorder
     from robot_app.hardware.serial_robot import SerialRobot
     from sim.virtual_robot import Variation, VirtualRobot
 
@@ -129,7 +114,7 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     audit = {}
     serving = threading.Thread(target=lambda: audit.update(dataclasses.asdict(virtual.serve())), daemon=True)
     serving.start()
-    recorder = EpisodeRecorder()
+    recorder = TransitionRecorder()
     policy = load_policy(artifact, spec, make_task(spec).obs_layout)
     agent = Agent(SerialRobot(virtual.port), spec, load_calibration(spec.name), policy, recorder, status_every_s=1e9)
     summary = agent.run(episodes=1)
@@ -141,7 +126,7 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
 def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict, audit: dict, seconds: float) -> dict:
     rewards = np.array([t.reward for t in rows])
     commands = np.array([t.action for t in rows]).reshape(len(rows), -1)
-    low, high = zip(*(a.command_limit for a in spec.actuators))
+    low, high = spec.command_limits
     asked = np.nan_to_num(np.clip(np.array([t.policy_action for t in rows]).reshape(len(rows), -1), low, high))
     tail = rewards[-max(1, len(rewards) // 4):]
     joints = spec.joints

@@ -129,7 +129,7 @@ class VirtualRobot:
         self._ack_seq = 0
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self._max_step = tuple(a.rate_limit * spec.period_s * (1 + 1e-6) + 1e-6 for a in spec.actuators)
-        self._limits = tuple(a.command_limit for a in spec.actuators)
+        self._limits = tuple(zip(*spec.command_limits))
         self.audit = DeviceAudit()
         self.counters: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()  # frames refused with a FAULT, by its code

@@ -17,9 +17,9 @@ import pytest
 
 from calibration.encoders import load_calibration
 from robot_app.common.artifact import ArtifactError
-from robot_app.agent.policy_runner import ConstantPolicy, load_policy
+from robot_app.agent.policy_runner import ConstantPolicy, PolicyKind, load_policy
 from robot_app.agent.runtime import Agent
-from robot_app.agent.transition_log import TransitionLog
+from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
 from robot_app.hardware.protocol import Fault, FaultCode, MessageType, SensorStatus
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
@@ -60,8 +60,13 @@ def virtual_robot(tmp_path, *flags):
 
 
 class FnPolicy:
+    kind, sample_seed = PolicyKind.BRING_UP, -1
+
     def __init__(self, fn, version):
         self.fn, self.version = fn, version
+
+    def reset(self):
+        pass
 
     def __call__(self, obs):
         return self.fn(obs)
@@ -144,7 +149,7 @@ def test_adversarial_policies_never_put_an_unsafe_command_on_the_wire(tmp_path, 
 
 def test_a_steady_push_into_a_limit_is_held_off_smoothly_not_chattered(tmp_path):
     """Braking once turned a steady +5 V push into ±5 V chatter: 31-36% of consecutive commands flipped sign."""
-    log = Recorder()
+    log = TransitionRecorder()
     with virtual_robot(tmp_path, "--lockstep") as robot:
         make_agent(robot.port, FnPolicy(ADVERSARIES["steady_push"], "push"), log).run(episodes=2)
         audit = robot.stop()
@@ -409,19 +414,6 @@ COUNTS_PER_RAD = 2048 / (2 * math.pi)
 HANGING = 2048  # pendulum counts with the pendulum hanging (the calibration puts upright at 1024)
 
 
-class Recorder:
-    """Stands in for the transition log."""
-
-    def __init__(self):
-        self.rows = []
-
-    def append(self, transition):
-        self.rows.append(transition)
-
-    def next_episode(self, robot_id):
-        return 0
-
-
 def arm_counts(step):
     """The scripted arm: centred and still for 20 steps (an episode starts), then swinging slowly."""
     return round(0.6 * math.sin(max(0, step - 20) / 15) * COUNTS_PER_RAD)
@@ -450,7 +442,7 @@ def test_a_device_clock_jump_is_a_latched_fault_and_the_state_keeps_following_th
             time_us = time_us + jump_us if jump_us != "restart" else (step - 60) * 20_000 + 1
         return device.sensor(time_us, (arm_counts(step), HANGING))
 
-    recorder = Recorder()
+    recorder = TransitionRecorder()
     with FakeDevice(script) as device:
         agent, summary = run_against(device, steps=240, recorder=recorder)  # the reset times out at step 210
     assert agent.robot.counters["device_clock_jumps"] == 1 and agent.supervisor.latches["device_clock"] == 1
@@ -483,7 +475,7 @@ def test_a_sensor_frame_with_the_wrong_number_of_values_is_dropped_and_counted()
         return frames + device.sensor(step * 20_000 + 10, (0, HANGING))
 
     with FakeDevice(script) as device:
-        agent, summary = run_against(device, recorder=Recorder(), steps=100)
+        agent, summary = run_against(device, recorder=TransitionRecorder(), steps=100)
     assert summary["stop_reason"] == "script done" and summary["tick_errors"] == 0
     assert summary["link"]["sensor_wrong_shape"] == 3 and summary["transitions"] > 50
 
@@ -503,7 +495,7 @@ def test_a_device_that_loses_its_session_is_handshaken_again_with_the_motor_off_
         return device.sensor((len(device.commands) - device.session_start) * 20_000 + 1, (0, HANGING))
 
     with FakeDevice(script) as device:
-        agent, summary = run_against(device, recorder=Recorder(), steps=150)
+        agent, summary = run_against(device, recorder=TransitionRecorder(), steps=150)
         received = list(device.received)
     answered = [i for i, (kind, _) in enumerate(received) if kind == MessageType.HELLO][-1]
     assert device.hellos() > 2 and summary["link"]["session_restarts"] == 1  # asked again until answered
@@ -523,14 +515,14 @@ def test_a_device_that_says_it_has_no_session_is_handshaken_again_at_once():
         return device.sensor((len(device.commands) - device.session_start) * 20_000 + 1, (0, HANGING))
 
     with FakeDevice(script) as device:
-        agent, summary = run_against(device, recorder=Recorder(), steps=80)
+        agent, summary = run_against(device, recorder=TransitionRecorder(), steps=80)
     assert device.hellos() == 2 and summary["link"]["session_restarts"] == 1
     assert "failed_hellos" not in summary["link"]  # it asked once, at once: the device had said why it was silent
 
 
 def test_the_virtual_robot_rebooting_mid_run_is_recovered_from(tmp_path):
     with virtual_robot(tmp_path, "--lockstep", "--reboot-after", "1.0") as robot:
-        agent = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random"), Recorder())
+        agent = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random"), TransitionRecorder())
         agent.lockstep_pace = None
         thread, summary = _run_in_thread(agent, duration_s=4.0)
         thread.join(timeout=30)
@@ -539,7 +531,7 @@ def test_the_virtual_robot_rebooting_mid_run_is_recovered_from(tmp_path):
     assert_device_saw_only_safe_commands(audit)
 
 
-class FailingRecorder(Recorder):
+class FailingRecorder(TransitionRecorder):
     def __init__(self, fail_on):
         super().__init__()
         self.fail_on, self.calls = fail_on, 0

@@ -110,7 +110,7 @@ def test_the_exported_stochastic_actor_samples_as_torch_does(exported):
     with torch.no_grad():
         unit, _ = policy.actor.sample(policy.normalizer(torch.from_numpy(obs)).expand(20_000, -1))
         torch_draws = policy.to_native(unit).numpy()
-    half_range = policy.half_range.numpy()
+    half_range = policy.scaler.half_range.numpy()
     assert onnx_draws.std(axis=0).min() > 0.05 * half_range.min()  # a real spread, not the deterministic action
     np.testing.assert_allclose(onnx_draws.mean(axis=0) / half_range, torch_draws.mean(axis=0) / half_range, atol=0.02)
     np.testing.assert_allclose(onnx_draws.std(axis=0) / half_range, torch_draws.std(axis=0) / half_range, atol=0.02)

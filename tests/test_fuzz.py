@@ -33,7 +33,8 @@ from sim.virtual_robot import AMPLIFIER_LIMIT_V, VirtualRobot
 from tests.conftest import reply, wait_until
 from tests.fake_device import FakeDevice, write_all
 from tests.strategies import ANYTHING, bodies, hostile_commands, hostile_sensor_frames, serial_pieces
-from tests.test_agent import HANGING, Recorder
+from robot_app.agent.transition_log import TransitionRecorder
+from tests.test_agent import HANGING
 from tests.test_transport import client, keys, transition  # noqa: F401  (keys: the fixture)
 
 SPEC = load_robot_spec("furuta")
@@ -150,7 +151,7 @@ def test_the_agent_survives_any_serial_input_keeps_every_command_inside_the_limi
             out += device.sensor(device.step * 20_000 + 1, (0, HANGING))
         return out
 
-    recorder = Recorder()
+    recorder = TransitionRecorder()
     with FakeDevice(script) as device:
         agent = Agent(SerialRobot(device.port), QUICK_WATCHDOG, load_calibration("furuta"), RandomPolicy([-5.0], [5.0]),
                       recorder, status_every_s=60, reset_timeout_s=0.1)

@@ -45,7 +45,7 @@ def test_credit_keeps_the_ratio_when_the_learner_is_slowed(tmp_path, monkeypatch
             linking = threading.Thread(target=link.run, daemon=True)
             linking.start()
             agent = Agent(SerialRobot(device.port), spec, load_calibration("furuta"),
-                          RandomPolicy(*zip(*(a.command_limit for a in spec.actuators))), log, status_every_s=60,
+                          RandomPolicy(*spec.command_limits), log, status_every_s=60,
                           credit=lambda: link.credit_through)
             stopper = threading.Thread(target=lambda: (wait_until(lambda: log.appended_through >= TRANSITIONS, 120),
                                                        agent.request_stop("test done")))

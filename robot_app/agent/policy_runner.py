@@ -1,18 +1,44 @@
-"""Runs an exported ONNX policy with onnxruntime, checking its metadata against what it is asked to drive."""
+"""The policies the agent runs, behind one `Policy` seam: exported ONNX actors (onnxruntime, metadata checked against the
+robot), the samplers that explore with them, and the bring-up policies."""
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from robot_app.common.actions import ActionScaler
 from robot_app.common.artifact import INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
 from robot_app.robot.spec import RobotSpec
 
 
+class PolicyKind(str, enum.Enum):
+    BRING_UP = "bring-up"  # zero or random commands, for a robot's first power-on
+    ONNX_ACTOR = "onnx-actor"  # an exported actor network, run deterministically or sampled
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the agent runs: an observation in, a native-unit action out, once per tick. A policy may keep state between
+    calls; `reset()` comes at every episode start. `sample_seed` is the seed of the last action's random draw, -1 when
+    the action drew none; it is recorded with the transition."""
+
+    version: str
+    kind: PolicyKind
+    sample_seed: int
+
+    def reset(self) -> None: ...
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray: ...
+
+
 class OnnxPolicy:
-    """One policy artifact, loaded for single-threaded low-latency inference."""
+    """One policy artifact, loaded for single-threaded low-latency inference: its deterministic action."""
+
+    kind, sample_seed = PolicyKind.ONNX_ACTOR, -1
 
     def __init__(self, path: str | os.PathLike, data: bytes | None = None):
         """data: the file's bytes, when the caller has already read (and verified) them: exactly those are run."""
@@ -50,8 +76,11 @@ class OnnxPolicy:
         bound = ((OUTPUT_NAME, self._action), (MEAN_NAME, self._mean), (STD_NAME, self._std))
         for name, buffer in bound[:3 if self.stochastic else 1]:
             self._binding.bind_ortvalue_output(name, onnxruntime.OrtValue.ortvalue_from_numpy(buffer))
-        low, high = np.array(self.metadata.action_low, np.float32), np.array(self.metadata.action_high, np.float32)
-        self._half_range, self._centre = (high - low) / 2, (high + low) / 2
+        self._scaler = ActionScaler(self.metadata.action_low, self.metadata.action_high,
+                                    as_array=lambda array: array.astype(np.float32))
+
+    def reset(self) -> None:
+        pass
 
     def check_compatible(self, obs_dim: int, action_dim: int) -> None:
         """Refuse to drive something of another shape, naming both sides."""
@@ -80,7 +109,7 @@ class OnnxPolicy:
         self.check_stochastic()
         self._obs[0] = obs
         self._session.run_with_iobinding(self._binding)
-        return np.tanh(self._mean[0] + self._std[0] * noise) * self._half_range + self._centre
+        return self._scaler.to_native(np.tanh(self._mean[0] + self._std[0] * noise))
 
     @property
     def version(self) -> str:
@@ -103,10 +132,13 @@ class OnnxPolicy:
 class ConstantPolicy:
     """Bring-up policy `zero`: the robot's safe command on every tick."""
 
-    version = "zero"
+    version, kind, sample_seed = "zero", PolicyKind.BRING_UP, -1
 
     def __init__(self, command):
         self._command = np.asarray(command, dtype=np.float32)
+
+    def reset(self) -> None:
+        pass
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self._command.copy()
@@ -115,11 +147,14 @@ class ConstantPolicy:
 class RandomPolicy:
     """Bring-up policy `random`: uniform over the command limits on every tick (a full-rate stress test)."""
 
-    version = "random"
+    version, kind, sample_seed = "random", PolicyKind.BRING_UP, -1
 
     def __init__(self, low, high, seed: int = 0):
         self._low, self._high = np.asarray(low, np.float32), np.asarray(high, np.float32)
         self._rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self._rng.uniform(self._low, self._high).astype(np.float32)
@@ -148,8 +183,11 @@ class SampledPolicy:
 
     def __init__(self, policy: OnnxPolicy, seed: int = 0):
         policy.check_stochastic()  # refused at load, not at the first tick
-        self.policy, self.version, self.sample_seed = policy, policy.version, -1
+        self.policy, self.version, self.kind, self.sample_seed = policy, policy.version, policy.kind, -1
         self._draws = SeededDraws(_stream_seed(seed, policy))
+
+    def reset(self) -> None:
+        self.policy.reset()
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         noise, self.sample_seed = self._draws.normal(self.policy.metadata.action_dim)
@@ -160,10 +198,13 @@ class ExploringPolicy:
     """A behaviour policy for bring-up: the policy's action plus Gaussian noise of `sigma` half-ranges. The supervisor
     still clamps the result; transitions keep the noisy action as what was done, and the seed of its draw."""
 
-    def __init__(self, policy, sigma: float, low, high, seed: int = 0):
-        self.policy, self.version, self.sample_seed = policy, policy.version, -1
+    def __init__(self, policy: Policy, sigma: float, low, high, seed: int = 0):
+        self.policy, self.version, self.kind, self.sample_seed = policy, policy.version, policy.kind, -1
         self._scale = sigma * (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2
         self._draws = SeededDraws(_stream_seed(seed, policy))
+
+    def reset(self) -> None:
+        self.policy.reset()
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         action = self.policy(obs)
@@ -174,11 +215,10 @@ class ExploringPolicy:
 SIGNATURE_SUFFIX = ".sig"  # beside an artifact: the gate's signature of its bytes, in hex
 
 
-def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, trusted_key=None):
+def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, trusted_key=None) -> Policy:
     """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits. With a trusted
     key (an Ed25519 public key), the file must carry the gate's signature in <file>.sig, or it is refused."""
-    low = [a.command_limit[0] for a in spec.actuators]
-    high = [a.command_limit[1] for a in spec.actuators]
+    low, high = spec.command_limits
     if name_or_path == "zero":
         return ConstantPolicy([a.safe_command for a in spec.actuators])
     if name_or_path == "random":

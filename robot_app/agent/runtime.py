@@ -20,9 +20,10 @@ import numpy as np
 from calibration.encoders import RobotCalibration
 from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.agent.supervisor import SafetySupervisor
-from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError
+from robot_app.agent.policy_runner import Policy
+from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError, TransitionSink
 from robot_app.hardware.protocol import SensorStatus
-from robot_app.hardware.serial_robot import HandshakeError, LinkLost, SensorReading, SerialRobot
+from robot_app.hardware.robot_io import HandshakeError, LinkLost, RobotIO, SensorReading
 from robot_app.common.logs import first_and_doubling
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
@@ -50,13 +51,15 @@ class _OpenStep:
 class Agent:
     """One robot's control loop. The transition log is the caller's: the agent appends to it and never closes it."""
 
-    def __init__(self, robot: SerialRobot, spec: RobotSpec, calibration: RobotCalibration, policy,
-                 transitions: TransitionLog | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
+    def __init__(self, robot: RobotIO, spec: RobotSpec, calibration: RobotCalibration, policy: Policy,
+                 transitions: TransitionSink | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
                  outbox_limit: int | None = None, tick_error_limit: int = 50,
                  credit: Callable[[], int | None] | None = None):
         """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
         an episode starts only while some credit is left. A realtime robot never waits for it."""
+        if (outbox_limit is not None or credit is not None) and not isinstance(transitions, TransitionLog):
+            raise ValueError("an outbox limit and a learner's credit need the durable TransitionLog to count in")
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
         self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
@@ -92,7 +95,7 @@ class Agent:
         self._estop_request: str | None = None
         self._estop_reset = False
         self._estop_released_ns = 0
-        self._next_policy = None
+        self._next_policy: Policy | None = None
         # The loop's cursor: phase ('reset' between episodes, 'run' in one), the action awaiting its outcome, the state.
         self._phase, self._phase_ticks, self._step = "reset", 0, 0
         self._open: _OpenStep | None = None
@@ -111,7 +114,7 @@ class Agent:
     def request_estop_reset(self) -> None:
         self._estop_reset = True
 
-    def request_policy(self, policy) -> None:
+    def request_policy(self, policy: Policy) -> None:
         """Swap to `policy` at the next episode boundary (it must already be loaded and checked)."""
         self._next_policy = policy
 
@@ -186,12 +189,13 @@ class Agent:
                 if self._next_policy is not None:
                     self.policy, self._next_policy = self._next_policy, None
                     log.info("policy swapped to %s at the start of episode %d", self.policy.version, self.episode)
+                self.policy.reset()
         if self._phase == "run" and state is not None:
             obs = self._observation()
             started = time.perf_counter_ns()
             try:
                 policy_action = np.asarray(self.policy(obs), dtype=np.float64)
-                sample_seed = getattr(self.policy, "sample_seed", -1)  # a sampling policy's last draw
+                sample_seed = self.policy.sample_seed
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on
                 log.error("policy raised: %s", error)
                 policy_action, sample_seed = np.full(len(self.spec.actuators), np.nan), -1

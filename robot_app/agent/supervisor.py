@@ -38,8 +38,7 @@ class SafetySupervisor:
         """joint_order names the joint of each entry of JointState.position, e.g. ['arm', 'pendulum']."""
         self.spec = spec
         acts = spec.actuators
-        self.low = tuple(float(a.command_limit[0]) for a in acts)
-        self.high = tuple(float(a.command_limit[1]) for a in acts)
+        self.low, self.high = spec.command_limits
         self._safe = tuple(float(a.safe_command) for a in acts)
         self.safe = np.array(self._safe)
         self.max_step = tuple(a.rate_limit * period_s for a in acts)
@@ -47,7 +46,7 @@ class SafetySupervisor:
         self.joint_index = [joint_order.index(a.joint) for a in acts]
         # A command is held one period, and the velocity it is judged on lags by the filter's time constant.
         self.hold_s = period_s + 1.0 / spec.velocity_cutoff_rad_s
-        self.ramp_s = tuple((a.command_limit[1] - a.command_limit[0]) / a.rate_limit for a in acts)
+        self.ramp_s = tuple((high - low) / a.rate_limit for low, high, a in zip(self.low, self.high, acts))
         self.watchdog_s = spec.watchdog_timeout_s
         self.estop_reason: str | None = None
         self.fault: str | None = None

@@ -1,4 +1,6 @@
-"""The agent's durable local log of transitions, which is also its outbox: SQLite (WAL, synchronous=FULL), in chunks.
+"""Where the agent records transitions (`TransitionSink`): the durable log that is also its outbox, or memory.
+
+The durable log is SQLite (WAL, synchronous=FULL), in chunks.
 
 A writer thread commits what the control loop appended every 20 ms, so the loop never waits on the disk. Each commit numbers the
 new transitions with the next seqs and stores them as packed TransitionChunks, the very bytes the link sends. The
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -61,8 +64,32 @@ class PendingChunk:
     packed: bytes  # a TransitionChunk, as stored and as sent
 
 
+class TransitionSink(Protocol):
+    """What the agent appends each closed step to. It never closes a sink: the caller owns it."""
+
+    def append(self, transition: Transition) -> None: ...
+
+    def next_episode(self, robot_id: str) -> int:
+        """The number `robot_id`'s next episode takes (numbers never repeat within one sink)."""
+        ...
+
+
+class TransitionRecorder:
+    """A TransitionSink in memory, for one run: the gate's episodes and the tests."""
+
+    def __init__(self):
+        self.rows: list[Transition] = []
+
+    def append(self, transition: Transition) -> None:
+        self.rows.append(transition)
+
+    def next_episode(self, robot_id: str) -> int:
+        return 0
+
+
 class TransitionLog:
-    """Append from the control loop; a background thread commits. Reopening continues where the last run stopped."""
+    """The durable TransitionSink and outbox. Append from the control loop; a background thread commits. Reopening
+    continues where the last run stopped."""
 
     def __init__(self, path: str | Path, flush_interval_s: float = 0.02, chunk_rows: int = 256, retry_s: float = 10.0):
         """retry_s: how long a commit that fails in a way that may pass (busy, locked, I/O, disk full) is retried,

@@ -6,7 +6,6 @@ The same class drives real firmware and the virtual robot's pseudo-terminal. Not
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import os
 import select
@@ -18,28 +17,14 @@ from robot_app.hardware.protocol import (
     PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
     SensorStatus, encode_frame, parse,
 )
+from robot_app.hardware.robot_io import HandshakeError, LinkLost, SensorReading  # noqa: F401  (raised to callers)
 
 log = logging.getLogger(__name__)
 _READ_SIZE = 4096
 
 
-class LinkLost(ConnectionError):
-    """The serial device went away (unplugged, closed, or the port errored)."""
-
-
-class HandshakeError(ConnectionError):
-    """The device did not answer HELLO in time, or answered with something this host cannot drive."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SensorReading:
-    frame: SensorFrame
-    seq: int
-    received_ns: int  # host monotonic clock
-
-
 class SerialRobot:
-    """One serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*(); handshake() again when
+    """The RobotIO over one serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*(); handshake() again when
     the device has lost its session."""
 
     def __init__(self, port: str, baudrate: int = 921_600):
@@ -54,7 +39,6 @@ class SerialRobot:
         self.latest: SensorReading | None = None
         self.device_estop: EStop | None = None  # an e-stop the device reported and nobody consumed yet
         self.faults: collections.deque[Fault] = collections.deque(maxlen=64)
-        self.heartbeat_echo_ns: dict[int, int] = {}
         self.counters: collections.Counter[str] = collections.Counter()
 
     # ---- link ---------------------------------------------------------------------------------------------------
@@ -136,24 +120,26 @@ class SerialRobot:
                 self.counters["malformed"] += 1
                 log.debug("dropped a malformed frame: %s", error)
                 continue
-            if isinstance(message, SensorFrame):
-                self._take_sensor(message, frame.seq, now)
-            elif isinstance(message, Hello):
-                if self.device is None:  # the answer to our HELLO; one out of turn changes nothing, and is counted
-                    self.device, self._sensor_seq, self.session_lost = message, None, False
-                else:
-                    self.counters["unsolicited_hello"] += 1
-            elif isinstance(message, EStop):
-                if message.engage:
-                    self.device_estop = message
-            elif isinstance(message, Fault):
-                self.faults.append(message)
-                self.counters["device_faults"] += 1
-                if message.code == FaultCode.NO_SESSION:
-                    self.session_lost = True
-            elif frame.type == MessageType.HEARTBEAT:
-                self.heartbeat_echo_ns[frame.seq] = now
+            self._dispatch(frame, message, now)
         return len(frames)
+
+    def _dispatch(self, frame, message, received_ns: int) -> None:
+        """One parsed frame from the device."""
+        if isinstance(message, SensorFrame):
+            self._take_sensor(message, frame.seq, received_ns)
+        elif isinstance(message, Hello):
+            if self.device is None:  # the answer to our HELLO; one out of turn changes nothing, and is counted
+                self.device, self._sensor_seq, self.session_lost = message, None, False
+            else:
+                self.counters["unsolicited_hello"] += 1
+        elif isinstance(message, EStop):
+            if message.engage:
+                self.device_estop = message
+        elif isinstance(message, Fault):
+            self.faults.append(message)
+            self.counters["device_faults"] += 1
+            if message.code == FaultCode.NO_SESSION:
+                self.session_lost = True
 
     def _take_sensor(self, message: SensorFrame, seq: int, received_ns: int) -> None:
         """A sensor frame is a protocol fault, counted and dropped, unless it comes in a session, is newer than the
@@ -209,6 +195,3 @@ class SerialRobot:
 
     def send_estop(self, engage: bool, reason: str = "") -> int:
         return self._send(MessageType.ESTOP, EStop(engage, reason).pack())
-
-    def send_heartbeat(self) -> int:
-        return self._send(MessageType.HEARTBEAT, b"")

@@ -59,7 +59,7 @@ class RowSchema:
 
     @classmethod
     def of(cls, spec: RobotSpec) -> "RowSchema":
-        low, high = zip(*(a.command_limit for a in spec.actuators))
+        low, high = spec.command_limits
         return cls(sum(width for _, width in make_task(spec).obs_layout), low, high)
 
     def problem(self, chunk: TransitionChunk) -> tuple[str, str] | None:

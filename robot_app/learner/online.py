@@ -46,8 +46,7 @@ class OnlineLearner:
             raise ValueError(f"credit_rows must be at least 1, got {self.credit_rows}")
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
         self.env_name = f"{spec.name}:{spec.task}"
-        self.low = np.array([a.command_limit[0] for a in spec.actuators], np.float32)
-        self.high = np.array([a.command_limit[1] for a in spec.actuators], np.float32)
+        self.scaler = spec.action_scaler
         obs_dim = sum(width for _, width in self.obs_layout)
         self.device = default_device()
         torch.manual_seed(seed)
@@ -79,8 +78,7 @@ class OnlineLearner:
         for _, robot_id, chunk in chunks:
             robot = self.robots.setdefault(robot_id, len(self.robots))
             c = chunk.columns
-            unit_action = 2.0 * (c["action"] - self.low) / (self.high - self.low) - 1.0
-            self.replay.add_many(c["obs"], np.clip(unit_action, -1.0, 1.0), c["reward"], c["next_obs"], c["terminated"],
+            self.replay.add_many(c["obs"], np.clip(self.scaler.to_unit(c["action"]), -1.0, 1.0), c["reward"], c["next_obs"], c["terminated"],
                                  robot * EPISODES_PER_ROBOT + c["episode"], c["step"])
             if update_normalizer:
                 self.agent.normalizer.update(torch.tensor(c["obs"], device=self.device))
@@ -144,7 +142,7 @@ class OnlineLearner:
 
     def export_candidate(self) -> Path:
         path = self.out / "candidates" / f"candidate-{self.updates:08d}.onnx"
-        policy = DeployedPolicy(self.agent.normalizer, self.agent.actor, self.low.tolist(), self.high.tolist())
+        policy = DeployedPolicy(self.agent.normalizer, self.agent.actor, self.scaler.low, self.scaler.high)
         export_onnx(policy, path, env=self.env_name, obs_layout=self.obs_layout, action_layout=self.action_layout,
                     action_repeat=1, training_step=self.transitions, source_run=str(self.out),
                     horizon=self.agent.config.horizon)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from robot_app.common.actions import ActionScaler
 from robot_app.common.files import read_yaml_mapping
 
 SPEC_DIR = Path(__file__).parent
@@ -118,6 +119,16 @@ class RobotSpec(_Strict):
             if part.joint not in joints:
                 raise ValueError(f"{part.name} refers to joint {part.joint!r}; joints are {sorted(joints)}")
         return self
+
+    @property
+    def command_limits(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(low, high) of every actuator's command in native units: where everything reads them."""
+        return tuple(a.command_limit[0] for a in self.actuators), tuple(a.command_limit[1] for a in self.actuators)
+
+    @property
+    def action_scaler(self) -> ActionScaler:
+        """Actions in [-1, 1] onto the command limits."""
+        return ActionScaler(*self.command_limits)
 
     def joint(self, name: str) -> JointSpec:
         return next(j for j in self.joints if j.name == name)
