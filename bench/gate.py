@@ -37,14 +37,14 @@ def _raw_episode(job) -> tuple[int, float]:
     return len(commands), time.perf_counter() - started
 
 
-def raw_replay(episodes: list[dict], workers: int) -> tuple[float, list[tuple[int, float]]]:
+def raw_replay(episodes, workers: int) -> tuple[float, list[tuple[int, float]]]:
     """Raw stepping of the gate's episodes (their physics draws, their recorded commands) on the same pinned pool:
     the wall it took, and each episode's steps and seconds."""
     from sim.gate import core_pool
 
     started = time.perf_counter()
     with core_pool(workers) as pool:
-        raw = list(pool.map(_raw_episode, [(e["draws"], e["trace"]["command"]) for e in episodes]))
+        raw = list(pool.map(_raw_episode, [(e.draws, e.trace.command) for e in episodes]))
     return time.perf_counter() - started, raw
 
 
@@ -60,13 +60,13 @@ def main() -> None:
     started = time.perf_counter()
     report = validate(args.policy, config=config)
     gate_s = time.perf_counter() - started
-    raw_s, raw = raw_replay(report["episodes"], workers)
+    raw_s, raw = raw_replay(report.episodes, workers)
     steps = sum(n for n, _ in raw)
-    gate_episode_s = float(np.mean([e["seconds"] for e in report["episodes"]]))
+    gate_episode_s = float(np.mean([e.seconds for e in report.episodes]))
     raw_episode_s = float(np.mean([seconds for _, seconds in raw]))
     results = {
         "machine": f"{platform.node()} {workers} cpus", "date": time.strftime("%Y-%m-%d"), "policy": args.policy,
-        "episodes": args.episodes, "steps": steps, "workers": workers, "passed": report["passed"],
+        "episodes": args.episodes, "steps": steps, "workers": workers, "passed": report.passed,
         "gate_s": gate_s, "gate_episodes_per_min": 60 * args.episodes / gate_s,
         "gate_episode_s_in_worker": gate_episode_s,
         "raw_s": raw_s, "raw_episodes_per_min": 60 * args.episodes / raw_s, "raw_episode_s_in_worker": raw_episode_s,

@@ -165,11 +165,11 @@ def _agent(args) -> int:
                 link.stop()
                 link_thread.join(timeout=10)
     if args.summary_out:
-        Path(args.summary_out).write_text(json.dumps(summary, indent=1))
-    print(f"agent stopped ({summary['stop_reason']}): {summary['episodes']} episodes, "
-          f"{summary['transitions']} transitions logged to {args.log}; interventions {summary['interventions']}")
-    if summary["failure"]:
-        print(f"robot-app agent: stopped on a fault, after a safe stop: {summary['failure']}", file=sys.stderr)
+        Path(args.summary_out).write_text(summary.model_dump_json(indent=1))
+    print(f"agent stopped ({summary.stop_reason}): {summary.episodes} episodes, "
+          f"{summary.transitions} transitions logged to {args.log}; interventions {summary.interventions}")
+    if summary.failure:
+        print(f"robot-app agent: stopped on a fault, after a safe stop: {summary.failure}", file=sys.stderr)
         return 1
     return 0
 
@@ -186,6 +186,7 @@ def _learner(args) -> int:
     import signal
     import threading
 
+    from robot_app.common.reports import DeploymentOptions, LearnerOptions
     from robot_app.learner.service import serve_learner
     from robot_app.robot.spec import load_robot_spec
 
@@ -198,17 +199,13 @@ def _learner(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    options = {"horizon": args.horizon, "warmup": args.warmup, "candidate_every": args.candidate_every,
-               "seed": args.seed}
+    options = LearnerOptions(horizon=args.horizon, warmup=args.warmup, candidate_every=args.candidate_every,
+                             seed=args.seed)
     deployment = None
     if args.registry:
-        from robot_app.common.signing import load_signing_key
-        from sim.gate import load_gate_config
-
-        gate_config = load_gate_config(args.gate_config, episodes=args.gate_episodes)
-        deployment = {"registry": args.registry, "auto_deploy": args.auto_deploy,
-                      "signing_key": load_signing_key(args.signing_key) if args.signing_key else None,
-                      "gate_config": gate_config.for_exploring() if args.explore_below_bar else gate_config}
+        deployment = DeploymentOptions(registry=args.registry, signing_key=args.signing_key,
+                                       gate_config=args.gate_config, gate_episodes=args.gate_episodes,
+                                       explore_below_bar=args.explore_below_bar, auto_deploy=args.auto_deploy)
     elif args.signing_key or args.auto_deploy or args.explore_below_bar:
         raise _UsageError("--signing-key, --auto-deploy and --explore-below-bar need --registry")
     summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
@@ -219,17 +216,16 @@ def _learner(args) -> int:
     return 0
 
 
-def _print_verdict(report: dict) -> None:
-    print(f"{report.get('version') or report['artifact']}: {'PASSED' if report['passed'] else 'REJECTED'}")
-    for reason in report["reasons"]:
+def _print_verdict(report) -> None:
+    print(f"{report.version or report.artifact}: {'PASSED' if report.passed else 'REJECTED'}")
+    for reason in report.reasons:
         print(f"  - {reason}")
-    metrics = report.get("metrics")
-    if metrics:
-        print(f"  return mean {metrics['return_mean']:.1f} (min {metrics['return_min']:.1f}, p10 "
-              f"{metrics['return_p10']:.1f}), success {metrics['success_rate']:.2f}, interventions "
-              f"{metrics['interventions']}, violations {metrics['wire_violations']} at the wire and "
-              f"{metrics['joint_violations']} at the joints; {len(report['episodes'])} episodes in "
-              f"{report['wall_s']:.1f} s on {report['workers']} workers")
+    m = report.metrics
+    if m is not None:
+        print(f"  return mean {m.return_mean:.1f} (min {m.return_min:.1f}, p10 {m.return_p10:.1f}), success "
+              f"{m.success_rate:.2f}, interventions {m.interventions}, violations {m.wire_violations} at the wire and "
+              f"{m.joint_violations} at the joints; {len(report.episodes)} episodes in {report.wall_s:.1f} s on "
+              f"{report.workers} workers")
 
 
 def _validate(args) -> int:
@@ -240,7 +236,7 @@ def _validate(args) -> int:
     folder = write_report(report, args.report or Path(args.policy).with_suffix(".validation"))
     _print_verdict(report)
     print(f"report: {folder}/report.md")
-    return 0 if report["passed"] else 1
+    return 0 if report.passed else 1
 
 
 def _policies(args) -> int:
@@ -271,7 +267,7 @@ def _policies(args) -> int:
                                 load_gate_config(args.config, episodes=args.episodes), args.robot, actor,
                                 progress=sys.stderr.isatty())
         _print_verdict(report)
-        return 0 if report["passed"] else 1
+        return 0 if report.passed else 1
     elif args.action == "deploy":
         print(f"{registry.deploy(args.target, actor).version} deployed; the learner pushes it to the robots")
     elif args.action == "rollback":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from robot_app.common.files import write_atomic
+from robot_app.common.reports import GateReport
 from robot_app.common.signing import generate_signing_keys
 from robot_app.transport.keys import generate_keys
 
@@ -282,28 +283,30 @@ def _release(registry_folder: Path, config=None) -> str:
         passed = [p for p in registry.list() if p.state in ("validated", "deployed", "retired")]
         if not passed:
             return "no policy passed the gate; the robot ran its bring-up policy"
-        shortlist = sorted(passed, key=lambda p: _merit((p.report or {}).get("metrics", {})), reverse=True)
+        shortlist = sorted(passed, key=lambda p: _merit(GateReport.model_validate(p.report) if p.report else None),
+                           reverse=True)
         config, verdicts = config or load_gate_config(), []
         for policy in shortlist[:RELEASE_SHORTLIST]:
             report = validate(policy.path, config=config)
             write_report(report, registry.folder / "reports" / f"{policy.version}-release")
             verdicts.append((policy, report))
-        best, report = max(verdicts, key=lambda v: (v[1]["passed"], *_merit(v[1].get("metrics", {}))))
-        metrics = report.get("metrics", {})
-        summary = (f"success {metrics.get('success_rate', 0.0):.2f}, return mean {metrics.get('return_mean', 0.0):.1f} "
-                   f"over {config.episodes} randomised episodes")
-        if report["passed"]:
+        best, report = max(verdicts, key=lambda v: (v[1].passed, *_merit(v[1])))
+        success, return_mean = _merit(report)
+        summary = f"success {success:.2f}, return mean {return_mean:.1f} over {config.episodes} randomised episodes"
+        if report.passed:
             if best.state != "deployed":
                 registry.deploy(best.version, "demo:release", f"passed the full gate: {summary}")
             head = f"released {best.version}: it passed the full gate, {summary}"
         else:
             head = (f"no policy passed the full gate (the best of {len(verdicts)}, {best.version}: {summary}; "
-                    f"{'; '.join(report['reasons'])}); deployed stays {getattr(registry.deployed(), 'version', None)}")
+                    f"{'; '.join(report.reasons)}); deployed stays {getattr(registry.deployed(), 'version', None)}")
         _, nominal = evaluate_artifact(best.path, episodes=10, seed=0)
         return f"{head}; deterministic nominal return {sum(nominal) / len(nominal):.1f} (10 episodes)"
     finally:
         registry.close()
 
 
-def _merit(metrics: dict) -> tuple[float, float]:
-    return metrics.get("success_rate", 0.0), metrics.get("return_mean", 0.0)
+def _merit(report: GateReport | None) -> tuple[float, float]:
+    """(success rate, mean return): how the demo ranks the policies the gate judged."""
+    metrics = report.metrics if report is not None else None
+    return (metrics.success_rate, metrics.return_mean) if metrics is not None else (0.0, 0.0)

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from robot_app.common.files import read_yaml_mapping
+from robot_app.common.reports import AgentSummary, EpisodeResult, EpisodeTrace, GateMetrics, GateReport
 from robot_app.robot.spec import RobotSpec, load_robot_spec
 from robot_app.robot.task import make_task
 
@@ -90,7 +91,7 @@ def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan
     return plans
 
 
-def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
+def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> EpisodeResult:
     """One randomised episode through the agent runtime, measured. Runs in a worker process."""
     from calibration.encoders import load_calibration
     from robot_app.agent.policy_runner import load_policy
@@ -123,7 +124,8 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> dict:
     return _measure(spec, plan, variation, recorder.rows, summary, audit, time.perf_counter() - started)
 
 
-def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict, audit: dict, seconds: float) -> dict:
+def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: AgentSummary, audit: dict,
+             seconds: float) -> EpisodeResult:
     rewards = np.array([t.reward for t in rows])
     commands = np.array([t.action for t in rows]).reshape(len(rows), -1)
     low, high = spec.command_limits
@@ -133,20 +135,20 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: dict,
     over_speed = [speed for speed in audit["hard_stop_speeds"]  # the virtual robot watches the arm's stops
                   if speed > spec.joint("arm").max_hard_stop_speed]
     velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
-    return {
-        "index": plan.index, "seed": plan.seed, "draws": plan.draws, "count_offsets": list(variation.count_offsets),
-        "steps": len(rows), "return": float(rewards.sum()), "tail_reward": float(tail.mean()) if len(rows) else 0.0,
-        "interventions": dict(summary["interventions"]), "faults": dict(summary["faults"]),
-        "wire_violations": audit["limit_violations"] + audit["rate_violations"],
-        "joint_violations": len(over_speed) + len(velocity_over),
-        "hard_stop_speeds": audit["hard_stop_speeds"], "velocity_over_limit": velocity_over,
-        "max_abs_position": dict(zip([j.name for j in joints], audit["max_abs_position"])),
-        "max_abs_velocity": dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
-        "command_step_mean": float(np.abs(np.diff(asked, axis=0)).mean()) if len(rows) > 1 else 0.0,
-        "policy_p99_us": summary["policy_p99_us"], "tick_overruns": summary["overruns"],
-        "stop_reason": summary["stop_reason"], "seconds": seconds,
-        "trace": {"obs": [t.obs.tolist() for t in rows], "command": commands.tolist(), "reward": rewards.tolist()},
-    }
+    return EpisodeResult(
+        index=plan.index, seed=plan.seed, draws=plan.draws, count_offsets=list(variation.count_offsets),
+        steps=len(rows), episode_return=float(rewards.sum()), tail_reward=float(tail.mean()) if len(rows) else 0.0,
+        interventions=summary.interventions, faults=summary.faults,
+        wire_violations=audit["limit_violations"] + audit["rate_violations"],
+        joint_violations=len(over_speed) + len(velocity_over),
+        hard_stop_speeds=audit["hard_stop_speeds"], velocity_over_limit=velocity_over,
+        max_abs_position=dict(zip([j.name for j in joints], audit["max_abs_position"])),
+        max_abs_velocity=dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
+        command_step_mean=float(np.abs(np.diff(asked, axis=0)).mean()) if len(rows) > 1 else 0.0,
+        policy_p99_us=summary.policy_p99_us, tick_overruns=summary.overruns,
+        stop_reason=summary.stop_reason, seconds=seconds,
+        trace=EpisodeTrace(obs=[t.obs.tolist() for t in rows], command=commands.tolist(), reward=rewards.tolist()),
+    )
 
 
 def _episode_job(job):
@@ -193,7 +195,7 @@ def _keep_to_one_core(cores: list[int], started) -> None:
 
 
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False) -> GateReport:
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
     from robot_app.common.artifact import ArtifactError
     from robot_app.agent.policy_runner import load_policy
@@ -204,7 +206,7 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
     try:
         version = load_policy(str(artifact), spec, make_task(spec).obs_layout).version  # fits this robot at all?
     except ArtifactError as error:
-        return report | {"version": None, "passed": False, "reasons": [f"artifact: {error}"], "episodes": []}
+        return GateReport(**report, version=None, passed=False, reasons=[f"artifact: {error}"])
     plans = plan_episodes(spec, config.episodes, config.seed)
     workers = min(config.workers or os.cpu_count() or 1, len(plans))
     jobs = [(str(artifact), robot, plan) for plan in plans]
@@ -216,55 +218,52 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
 
             results = tqdm(results, total=len(jobs), desc="validating", unit="episode")
         try:
-            episodes = sorted((future.result() for future in results), key=lambda e: e["index"])
+            episodes = sorted((future.result() for future in results), key=lambda e: e.index)
         except concurrent.futures.process.BrokenProcessPool as error:
             raise RuntimeError(f"a validation worker died ({error}); the gate did not finish") from None
-    report |= {"version": version, "workers": workers, "wall_s": time.perf_counter() - started, "episodes": episodes}
-    return report | judge(episodes, config)
+    metrics, reasons = judge(episodes, config)
+    return GateReport(**report, version=version, workers=workers, wall_s=time.perf_counter() - started,
+                      episodes=episodes, passed=not reasons, reasons=reasons, metrics=metrics)
 
 
-def judge(episodes: list[dict], config: GateConfig) -> dict:
-    returns = np.array([e["return"] for e in episodes])
-    steps = sum(e["steps"] for e in episodes)
-    interventions, faults = _sum_counts(e["interventions"] for e in episodes), _sum_counts(e["faults"] for e in episodes)
-    metrics = {
-        "return_mean": float(returns.mean()), "return_min": float(returns.min()),
-        "return_p10": float(np.percentile(returns, 10)), "return_p50": float(np.percentile(returns, 50)),
-        "return_p90": float(np.percentile(returns, 90)),
-        "success_rate": float(np.mean([e["tail_reward"] >= config.success_reward for e in episodes])),
-        "interventions": interventions, "intervention_rate": sum(interventions.values()) / max(steps, 1),
-        "faults": faults,
-        "wire_violations": sum(e["wire_violations"] for e in episodes),
-        "joint_violations": sum(e["joint_violations"] for e in episodes),
-        "max_abs_position": {name: max(e["max_abs_position"][name] for e in episodes)
-                             for name in episodes[0]["max_abs_position"]},
-        "max_abs_velocity": {name: max(e["max_abs_velocity"][name] for e in episodes)
-                             for name in episodes[0]["max_abs_velocity"]},
-        "command_step_mean": float(np.mean([e["command_step_mean"] for e in episodes])),
-        "tick_overruns": sum(e["tick_overruns"] for e in episodes),
-        "policy_p99_us_max": max(e["policy_p99_us"] for e in episodes),
-    }
+def judge(episodes: list[EpisodeResult], config: GateConfig) -> tuple[GateMetrics, list[str]]:
+    """The episodes' metrics together, and the reasons they fail the config (none: the policy passes)."""
+    returns = np.array([e.episode_return for e in episodes])
+    steps = sum(e.steps for e in episodes)
+    interventions, faults = _sum_counts(e.interventions for e in episodes), _sum_counts(e.faults for e in episodes)
+    m = GateMetrics(
+        return_mean=float(returns.mean()), return_min=float(returns.min()),
+        return_p10=float(np.percentile(returns, 10)), return_p50=float(np.percentile(returns, 50)),
+        return_p90=float(np.percentile(returns, 90)),
+        success_rate=float(np.mean([e.tail_reward >= config.success_reward for e in episodes])),
+        interventions=interventions, intervention_rate=sum(interventions.values()) / max(steps, 1),
+        faults=faults,
+        wire_violations=sum(e.wire_violations for e in episodes),
+        joint_violations=sum(e.joint_violations for e in episodes),
+        max_abs_position={name: max(e.max_abs_position[name] for e in episodes) for name in episodes[0].max_abs_position},
+        max_abs_velocity={name: max(e.max_abs_velocity[name] for e in episodes) for name in episodes[0].max_abs_velocity},
+        command_step_mean=float(np.mean([e.command_step_mean for e in episodes])),
+        tick_overruns=sum(e.tick_overruns for e in episodes),
+        policy_p99_us_max=max(e.policy_p99_us for e in episodes),
+    )
     checks = [
-        (metrics["wire_violations"] == 0, f"{metrics['wire_violations']} commands outside the limits at the wire"),
-        (metrics["joint_violations"] == 0, f"{metrics['joint_violations']} joint limit violations (hard-stop impacts "
-                                           "too fast, or speeds over a joint's limit)"),
+        (m.wire_violations == 0, f"{m.wire_violations} commands outside the limits at the wire"),
+        (m.joint_violations == 0, f"{m.joint_violations} joint limit violations (hard-stop impacts too fast, or speeds "
+                                  "over a joint's limit)"),
         (not faults, f"the supervisor latched a safe stop: {faults}"),
-        (metrics["return_mean"] >= config.min_return_mean,
-         f"mean return {metrics['return_mean']:.1f} < {config.min_return_mean}"),
-        (metrics["return_p10"] >= config.min_return_p10,
-         f"10th-percentile return {metrics['return_p10']:.1f} < {config.min_return_p10}"),
-        (metrics["success_rate"] >= config.min_success_rate,
-         f"success rate {metrics['success_rate']:.2f} < {config.min_success_rate}"),
-        (metrics["intervention_rate"] <= config.max_intervention_rate,
-         f"{metrics['intervention_rate']:.3f} supervisor interventions per step > {config.max_intervention_rate} "
-         f"({metrics['interventions']})"),
-        (metrics["tick_overruns"] <= config.max_tick_overrun_rate * steps,
-         f"{metrics['tick_overruns']} of {steps} steps answered later than a control period"),
-        (metrics["command_step_mean"] <= config.max_command_step_mean,
-         f"rough commands: mean step {metrics['command_step_mean']:.3f} > {config.max_command_step_mean}"),
+        (m.return_mean >= config.min_return_mean, f"mean return {m.return_mean:.1f} < {config.min_return_mean}"),
+        (m.return_p10 >= config.min_return_p10,
+         f"10th-percentile return {m.return_p10:.1f} < {config.min_return_p10}"),
+        (m.success_rate >= config.min_success_rate, f"success rate {m.success_rate:.2f} < {config.min_success_rate}"),
+        (m.intervention_rate <= config.max_intervention_rate,
+         f"{m.intervention_rate:.3f} supervisor interventions per step > {config.max_intervention_rate} "
+         f"({m.interventions})"),
+        (m.tick_overruns <= config.max_tick_overrun_rate * steps,
+         f"{m.tick_overruns} of {steps} steps answered later than a control period"),
+        (m.command_step_mean <= config.max_command_step_mean,
+         f"rough commands: mean step {m.command_step_mean:.3f} > {config.max_command_step_mean}"),
     ]
-    reasons = [reason for ok, reason in checks if not ok]
-    return {"passed": not reasons, "reasons": reasons, "metrics": metrics}
+    return m, [reason for ok, reason in checks if not ok]
 
 
 def _sum_counts(counters) -> dict[str, int]:
@@ -275,28 +274,26 @@ def _sum_counts(counters) -> dict[str, int]:
     return total
 
 
-def write_report(report: dict, folder: str | Path) -> Path:
+def write_report(report: GateReport, folder: str | Path) -> Path:
     """report.json (episodes without their traces), report.md, returns.png and traces.png in `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    episodes = report.get("episodes", [])
-    slim = report | {"episodes": [{k: v for k, v in e.items() if k != "trace"} for e in episodes]}
-    (folder / "report.json").write_text(json.dumps(slim, indent=1))
-    lines = [f"# Sim validation of {report.get('version') or report['artifact']}: "
-             f"{'PASSED' if report['passed'] else 'REJECTED'}", ""]
-    lines += [f"- {reason}" for reason in report["reasons"]] or ["- every check passed"]
-    if "metrics" in report:
+    (folder / "report.json").write_text(report.to_json())
+    lines = [f"# Sim validation of {report.version or report.artifact}: {'PASSED' if report.passed else 'REJECTED'}",
+             ""]
+    lines += [f"- {reason}" for reason in report.reasons] or ["- every check passed"]
+    if report.metrics is not None:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value if not isinstance(value, float) else round(value, 4)} |"
-                  for name, value in report["metrics"].items()]
-        lines += ["", f"{len(episodes)} episodes on {report['workers']} workers in {report['wall_s']:.1f} s, "
-                      f"seed {report['config']['seed']}. Plots: returns.png, traces.png."]
-        _plots(episodes, folder, make_task(load_robot_spec(report["robot"])).obs_layout)
+                  for name, value in report.metrics.model_dump().items()]
+        lines += ["", f"{len(report.episodes)} episodes on {report.workers} workers in {report.wall_s:.1f} s, "
+                      f"seed {report.config['seed']}. Plots: returns.png, traces.png."]
+        _plots(report.episodes, folder, make_task(load_robot_spec(report.robot)).obs_layout)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def _plots(episodes: list[dict], folder: Path, obs_layout) -> None:
+def _plots(episodes: list[EpisodeResult], folder: Path, obs_layout) -> None:
     """returns.png, and traces.png: per joint angle the observation carries as a (cos, sin) pair, its distance from
     the joint's zero (for the Furuta pendulum, from upright)."""
     import matplotlib
@@ -305,7 +302,7 @@ def _plots(episodes: list[dict], folder: Path, obs_layout) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar([e["index"] for e in episodes], [e["return"] for e in episodes])
+    axis.bar([e.index for e in episodes], [e.episode_return for e in episodes])
     axis.set(xlabel="episode", ylabel="return", title="returns under randomisation")
     figure.tight_layout()
     figure.savefig(folder / "returns.png", dpi=80)
@@ -317,7 +314,7 @@ def _plots(episodes: list[dict], folder: Path, obs_layout) -> None:
                                 squeeze=False)
     for axis, (joint, start) in zip(axes[:, 0], angles):
         for episode in episodes:
-            obs = np.array(episode["trace"]["obs"])
+            obs = np.array(episode.trace.obs if episode.trace else [])
             if len(obs):
                 axis.plot(np.abs(np.arctan2(obs[:, start + 1], obs[:, start])), lw=0.7)  # no jumps at +-pi
         axis.set(ylabel=f"|{joint}| from 0 (rad)", ylim=(0, np.pi))
@@ -328,7 +325,7 @@ def _plots(episodes: list[dict], folder: Path, obs_layout) -> None:
 
 
 def gate_candidate(registry, version: str, signing_key, config: GateConfig | None = None, robot: str = "furuta",
-                   actor: str = "gate", progress: bool = False) -> dict:
+                   actor: str = "gate", progress: bool = False) -> GateReport:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
     from robot_app.common.files import write_atomic
@@ -342,9 +339,9 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
         registry.move(version, "candidate", actor, "sim validation did not finish")
         raise
     folder = write_report(report, registry.folder / "reports" / version)
-    stored = json.loads((folder / "report.json").read_text()) | {"folder": str(folder)}
-    if not report["passed"]:
-        registry.move(version, "rejected", actor, "; ".join(report["reasons"]), report=stored)
+    stored = json.loads(report.model_copy(update={"folder": str(folder)}).to_json())
+    if not report.passed:
+        registry.move(version, "rejected", actor, "; ".join(report.reasons), report=stored)
         return report
     signature = sign(Path(record.path).read_bytes(), signing_key)
     write_atomic(record.path + SIGNATURE_SUFFIX, signature.encode())

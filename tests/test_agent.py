@@ -95,7 +95,7 @@ def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):
         summary = make_agent(robot.port, ConstantPolicy([0.0]), log).run(episodes=2)
         audit = robot.stop()
         assert not log.closed  # the log is the caller's: a link may still be shipping from it
-    assert summary["episodes"] == 2 and summary["transitions"] == 2 * SPEC.episode_steps
+    assert summary.episodes == 2 and summary.transitions == 2 * SPEC.episode_steps
     log = TransitionLog(log_path)
     robots, rows, versions = logged(log)
     assert log.next_episode("furuta-virtual-0") == 2  # a restarted agent continues the numbering
@@ -118,8 +118,8 @@ def test_realtime_mode_runs_on_deadlines(tmp_path):
         summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=1.5)
         audit = robot.stop()
     # 75 periods at 50 Hz; the bound is loose because the handshake may wait out a HELLO retry on a loaded machine
-    assert summary["ticks"] >= 25 and summary["transitions"] > 0
-    assert summary["link"]["frames"] >= 25 and "jitter_p99_us" in summary
+    assert summary.ticks >= 25 and summary.transitions > 0
+    assert summary.link["frames"] >= 25 and summary.jitter_p99_us is not None
     assert_device_saw_only_safe_commands(audit)
 
 
@@ -142,9 +142,9 @@ def test_adversarial_policies_never_put_an_unsafe_command_on_the_wire(tmp_path, 
     assert audit["hard_stop_speeds"] == []  # the arm never even reached a stop
     if name == "nan":
         # Each episode ends at its first action: the fault latches, the arm is brought to rest, the next one starts.
-        assert summary["transitions"] == 2 and summary["interventions"]["non_finite_action"] >= 2
+        assert summary.transitions == 2 and summary.interventions["non_finite_action"] >= 2
     else:
-        assert summary["transitions"] == 2 * SPEC.episode_steps  # braking kept it inside the software limit
+        assert summary.transitions == 2 * SPEC.episode_steps  # braking kept it inside the software limit
 
 
 def test_a_steady_push_into_a_limit_is_held_off_smoothly_not_chattered(tmp_path):
@@ -190,8 +190,8 @@ def test_the_device_audit_judges_every_step_and_writes_strict_json(tmp_path):
 def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):
     with virtual_robot(tmp_path, "--hang-after", "0.6") as robot:
         summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=1.5)
-    assert summary["interventions"].get("stale_sensors", 0) > 0
-    assert summary["stop_reason"] == "duration reached"
+    assert summary.interventions.get("stale_sensors", 0) > 0
+    assert summary.stop_reason == "duration reached"
 
 
 def test_a_device_that_stops_reading_never_blocks_a_send(tmp_path):
@@ -229,9 +229,18 @@ def test_firmware_watchdog_cuts_the_motor_when_the_host_goes_silent(tmp_path):
     assert applied == (0.0,) and audit["watchdog_trips"] == 1
 
 
+class _Later:
+    """The summary a thread's agent.run() returns, read once the thread has ended."""
+
+    summary = None
+
+    def __getattr__(self, name):
+        return getattr(self.summary, name)
+
+
 def _run_in_thread(agent, **kwargs):
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(agent.run(**kwargs)))
+    result = _Later()
+    thread = threading.Thread(target=lambda: setattr(result, "summary", agent.run(**kwargs)))
     thread.start()
     return thread, result
 
@@ -251,7 +260,7 @@ def test_estop_latches_until_an_explicit_reset(tmp_path):
         thread.join(timeout=10)
         audit = robot.stop()
     assert latched == "test operator" and agent.supervisor.estop_reason is None
-    assert summary["transitions"] > transitions_while_latched  # it ran again after the reset
+    assert summary.transitions > transitions_while_latched  # it ran again after the reset
     assert audit["estops"] == 1 and audit["limit_violations"] == 0
 
 
@@ -259,7 +268,7 @@ def test_the_device_estop_button_reaches_the_agent_and_latches(tmp_path):
     with virtual_robot(tmp_path, "--estop-after", "0.5") as robot:
         agent = make_agent(robot.port, ConstantPolicy([0.0]))
         summary = agent.run(duration_s=1.5)
-    assert summary["interventions"]["estop"] >= 1
+    assert summary.interventions["estop"] >= 1
     assert agent.supervisor.estop_reason.startswith("device e-stop")
 
 
@@ -320,9 +329,9 @@ def test_corrupted_and_dropped_frames_are_counted_and_survived(tmp_path):
     with virtual_robot(tmp_path, "--corrupt-rate", "0.003", "--drop-rate", "0.05", "--seed", "1") as robot:
         summary = make_agent(robot.port, FnPolicy(ADVERSARIES["random"], "random")).run(duration_s=2.0)
         audit = robot.stop()
-    link = summary["link"]
+    link = summary.link
     assert link.get("bad_crc", 0) + link.get("garbage_bytes", 0) + link.get("oversized", 0) > 0
-    assert summary["transitions"] > 20
+    assert summary.transitions > 20
     assert_device_saw_only_safe_commands(audit)
 
 
@@ -330,8 +339,8 @@ def test_a_disconnect_is_reported_and_nothing_hangs(tmp_path):
     with virtual_robot(tmp_path, "--disconnect-after", "0.5") as robot:
         started = time.monotonic()
         summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=2.0)
-    assert summary["link_losses"] == 1 and time.monotonic() - started < 10
-    assert summary["stop_reason"] == "duration reached"
+    assert summary.link_losses == 1 and time.monotonic() - started < 10
+    assert summary.stop_reason == "duration reached"
 
 
 def test_a_new_policy_takes_over_only_at_an_episode_boundary(tmp_path):
@@ -404,7 +413,7 @@ def test_a_full_outbox_holds_the_robot_at_rest_instead_of_losing_data(tmp_path):
     log = TransitionLog(log_path)
     held = log.held()
     log.close()
-    assert summary["episodes"] == 1 and held == SPEC.episode_steps  # the second episode never started
+    assert summary.episodes == 1 and held == SPEC.episode_steps  # the second episode never started
     assert agent._outbox_full
 
 
@@ -446,8 +455,8 @@ def test_a_device_clock_jump_is_a_latched_fault_and_the_state_keeps_following_th
     with FakeDevice(script) as device:
         agent, summary = run_against(device, steps=240, recorder=recorder)  # the reset times out at step 210
     assert agent.robot.counters["device_clock_jumps"] == 1 and agent.supervisor.latches["device_clock"] == 1
-    assert summary["stop_reason"] == "script done" and summary["episodes"] >= 1  # the fault cleared in the reset
-    assert {0, 1} <= {row.episode for row in recorder.rows} and summary["transitions"] > 60
+    assert summary.stop_reason == "script done" and summary.episodes >= 1  # the fault cleared in the reset
+    assert {0, 1} <= {row.episode for row in recorder.rows} and summary.transitions > 60
     last_frame = agent.robot.latest.frame  # what the last tick read, 180 or more steps after the jump
     assert agent.pipeline.state.position[0] == pytest.approx(last_frame.counts[0] / COUNTS_PER_RAD)  # not frozen
     assert abs(agent.pipeline.state.velocity[0]) < 3.0  # nor a spike in the velocity (the arm moves at <= 2 rad/s)
@@ -476,8 +485,8 @@ def test_a_sensor_frame_with_the_wrong_number_of_values_is_dropped_and_counted()
 
     with FakeDevice(script) as device:
         agent, summary = run_against(device, recorder=TransitionRecorder(), steps=100)
-    assert summary["stop_reason"] == "script done" and summary["tick_errors"] == 0
-    assert summary["link"]["sensor_wrong_shape"] == 3 and summary["transitions"] > 50
+    assert summary.stop_reason == "script done" and summary.tick_errors == 0
+    assert summary.link["sensor_wrong_shape"] == 3 and summary.transitions > 50
 
 
 def test_a_device_that_loses_its_session_is_handshaken_again_with_the_motor_off_meanwhile():
@@ -498,7 +507,7 @@ def test_a_device_that_loses_its_session_is_handshaken_again_with_the_motor_off_
         agent, summary = run_against(device, recorder=TransitionRecorder(), steps=150)
         received = list(device.received)
     answered = [i for i, (kind, _) in enumerate(received) if kind == MessageType.HELLO][-1]
-    assert device.hellos() > 2 and summary["link"]["session_restarts"] == 1  # asked again until answered
+    assert device.hellos() > 2 and summary.link["session_restarts"] == 1  # asked again until answered
     booting = [m for kind, m in received[:answered] if kind == MessageType.COMMAND][40:]
     assert len(booting) >= 10 and not any(c.enable for c in booting)  # driver off while there was no session
     after = [m for kind, m in received[answered:] if kind == MessageType.COMMAND]
@@ -516,8 +525,8 @@ def test_a_device_that_says_it_has_no_session_is_handshaken_again_at_once():
 
     with FakeDevice(script) as device:
         agent, summary = run_against(device, recorder=TransitionRecorder(), steps=80)
-    assert device.hellos() == 2 and summary["link"]["session_restarts"] == 1
-    assert "failed_hellos" not in summary["link"]  # it asked once, at once: the device had said why it was silent
+    assert device.hellos() == 2 and summary.link["session_restarts"] == 1
+    assert "failed_hellos" not in summary.link  # it asked once, at once: the device had said why it was silent
 
 
 def test_the_virtual_robot_rebooting_mid_run_is_recovered_from(tmp_path):
@@ -527,7 +536,7 @@ def test_the_virtual_robot_rebooting_mid_run_is_recovered_from(tmp_path):
         thread, summary = _run_in_thread(agent, duration_s=4.0)
         thread.join(timeout=30)
         audit = robot.stop()
-    assert summary["link"]["session_restarts"] >= 1 and summary["transitions"] > 100
+    assert summary.link["session_restarts"] >= 1 and summary.transitions > 100
     assert_device_saw_only_safe_commands(audit)
 
 
@@ -549,8 +558,8 @@ def test_an_exception_in_a_tick_stops_the_motor_ends_the_episode_and_the_agent_r
     with FakeDevice(lambda device, command: device.sensor(len(device.commands) * 20_000 + 1, (0, HANGING))) as device:
         agent, summary = run_against(device, recorder=recorder, steps=300)
         commands = list(device.commands)
-    assert summary["tick_errors"] == 1 and summary["failure"] is None and summary["stop_reason"] == "script done"
-    assert summary["faults"]["tick_error"] == 1 and summary["episodes"] >= 1
+    assert summary.tick_errors == 1 and summary.failure is None and summary.stop_reason == "script done"
+    assert summary.faults["tick_error"] == 1 and summary.episodes >= 1
     assert not all(c.enable for c in commands) and len(recorder.rows) > 30  # the motor went off, and it ran on
     assert len({t.episode for t in recorder.rows}) >= 2
 
@@ -563,8 +572,8 @@ def test_a_tick_that_fails_every_time_stops_the_agent_with_a_diagnostic():
         summary = agent.run(duration_s=60)
         wait_until(lambda: not device.commands[-1].enable, timeout_s=10)  # the safe stop went out, last
     assert re.match("3 ticks failed, never an episode.s length of good ticks between them; the last: RuntimeError: "
-                    "append", summary["failure"])
-    assert summary["stop_reason"].startswith("fault: ")
+                    "append", summary.failure)
+    assert summary.stop_reason.startswith("fault: ")
 
 
 def test_a_sampling_agent_records_each_sampled_action_with_the_seed_that_replays_it(tmp_path):

@@ -160,8 +160,8 @@ def test_the_agent_survives_any_serial_input_keeps_every_command_inside_the_limi
         done.start()
         summary = agent.run(duration_s=120)
         commands = list(device.commands)
-    assert summary["stop_reason"] == "script done" and summary["tick_errors"] == 0 and summary["failure"] is None
-    assert refusals(summary["link"]) >= min(bad["n"], 1)  # one drop can take several pieces with it
+    assert summary.stop_reason == "script done" and summary.tick_errors == 0 and summary.failure is None
+    assert refusals(summary.link) >= min(bad["n"], 1)  # one drop can take several pieces with it
     previous = 0.0
     for command in commands:
         (volts,) = command.volts

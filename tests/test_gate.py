@@ -14,6 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from robot_app.common.artifact import ArtifactError
+from robot_app.common.reports import GateReport, GateSummary
 from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key
 from robot_app.agent.policy_runner import load_policy
 from robot_app.learner.registry import PolicyRegistry, RegistryError
@@ -37,31 +38,32 @@ def config(episodes=2):
 
 def timeless(report):
     """The report without wall-clock figures, which no seed fixes."""
-    drop = {"seconds", "policy_p99_us", "tick_overruns"}
-    episodes = [{k: v for k, v in e.items() if k not in drop} for e in report["episodes"]]
-    metrics = {k: v for k, v in report["metrics"].items() if k not in ("policy_p99_us_max", "tick_overruns")}
-    return episodes, metrics, report["reasons"]
+    episodes = [e.model_dump(exclude={"seconds", "policy_p99_us", "tick_overruns"}) for e in report.episodes]
+    metrics = report.metrics.model_dump(exclude={"policy_p99_us_max", "tick_overruns"})
+    return episodes, metrics, report.reasons
 
 
 def test_a_trained_policy_passes_and_its_report_reproduces(tmp_path):
     first = validate(TRAINED, config=config(4))
-    assert first["passed"], first["reasons"]
-    assert first["metrics"]["wire_violations"] == first["metrics"]["joint_violations"] == 0
-    assert len({json.dumps(e["draws"]) for e in first["episodes"]}) == 4  # every episode its own robot
+    assert first.passed, first.reasons
+    assert first.metrics.wire_violations == first.metrics.joint_violations == 0
+    assert len({json.dumps(e.draws) for e in first.episodes}) == 4  # every episode its own robot
     folder = write_report(first, tmp_path / "report")
     assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "returns.png", "traces.png"}
     assert "PASSED" in (folder / "report.md").read_text()
+    stored = GateReport.model_validate_json((folder / "report.json").read_text())  # the file reads back, typed
+    assert stored == first.model_copy(update={"episodes": [e.model_copy(update={"trace": None}) for e in first.episodes]})
     assert timeless(validate(TRAINED, config=config(4))) == timeless(first)
 
 
 def test_the_full_gate_passes_a_balancing_policy_and_rejects_a_swinging_one_on_success():
     full = load_gate_config(workers=2, max_tick_overrun_rate=1.0)  # sim/gate.yaml's own episodes and bars
     balancing = validate(BALANCING, config=full)
-    assert balancing["passed"], balancing["reasons"]
-    assert balancing["metrics"]["success_rate"] >= full.min_success_rate >= 0.5
+    assert balancing.passed, balancing.reasons
+    assert balancing.metrics.success_rate >= full.min_success_rate >= 0.5
     swinging = validate(TRAINED, config=full)
-    assert not swinging["passed"]
-    assert any(reason.startswith("success rate 0.00 <") for reason in swinging["reasons"]), swinging["reasons"]
+    assert not swinging.passed
+    assert any(reason.startswith("success rate 0.00 <") for reason in swinging.reasons), swinging.reasons
 
 
 def test_the_exploring_bars_keep_every_safety_check_and_relax_only_the_task():
@@ -123,9 +125,9 @@ def test_bad_policies_are_rejected_with_the_right_reasons(tmp_path, make, reason
     path = tmp_path / "policy.onnx"
     make(path)
     report = validate(path, config=config())
-    assert not report["passed"]
-    matches = [r for r in report["reasons"] if re.search(reason, r)]
-    assert matches, report["reasons"]
+    assert not report.passed
+    matches = [r for r in report.reasons if re.search(reason, r)]
+    assert matches, report.reasons
 
 
 def test_a_registry_candidate_is_validated_signed_and_the_agent_refuses_it_altered(tmp_path):
@@ -134,8 +136,8 @@ def test_a_registry_candidate_is_validated_signed_and_the_agent_refuses_it_alter
     good = registry.add_candidate(TRAINED, "learner").version
     torch.manual_seed(3)
     bad = registry.add_candidate(export_policy(tmp_path / "untrained.onnx", LAYOUT), "learner").version
-    assert gate_candidate(registry, good, load_signing_key(secret), config())["passed"]
-    assert not gate_candidate(registry, bad, load_signing_key(secret), config())["passed"]
+    assert gate_candidate(registry, good, load_signing_key(secret), config()).passed
+    assert not gate_candidate(registry, bad, load_signing_key(secret), config()).passed
     record = registry.get(good)
     assert record.state == "validated" and record.report["passed"] and record.signature
     assert registry.get(bad).state == "rejected" and "mean return" in registry.history(bad)[-1]["reason"]
@@ -175,7 +177,7 @@ def test_the_learner_offers_robots_only_what_the_gate_signed_and_the_registry_de
     deployment.poll()
     (data, signature), = server.published
     verify(data, signature, load_trusted_key(tmp_path / "keys" / "gate.sign_pub"), "offered")
-    assert deployment.summary() == {"states": {"deployed": 1}, "deployed": version}
+    assert deployment.summary() == GateSummary(states={"deployed": 1}, deployed=version)
     registry.close()
 
 

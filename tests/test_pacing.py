@@ -10,6 +10,7 @@ from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.learner import online
+from robot_app.common.reports import LearnerOptions
 from robot_app.learner.service import serve_learner
 from robot_app.robot.spec import RobotSpec, load_robot_spec
 from robot_app.transport.robot_link import RobotLink
@@ -33,7 +34,7 @@ def test_credit_keeps_the_ratio_when_the_learner_is_slowed(tmp_path, monkeypatch
     stop = threading.Event()
     learner = threading.Thread(target=serve_learner, args=(
         spec, tmp_path / "learner", listen, announce, None, False,
-        {"horizon": 0, "agent_overrides": dict(TINY_AGENT), "warmup": WARMUP, "candidate_every": 1 << 30}, stop),
+        LearnerOptions(horizon=0, agent_overrides=dict(TINY_AGENT), warmup=WARMUP, candidate_every=1 << 30), stop),
         kwargs={"progress_every_s": 0.2})
     learner.start()
     device = VirtualRobot(spec, lockstep=True)
@@ -60,7 +61,7 @@ def test_credit_keeps_the_ratio_when_the_learner_is_slowed(tmp_path, monkeypatch
         device.stop()
     rows = [json.loads(line) for line in (tmp_path / "learner" / "progress.jsonl").read_text().splitlines()]
     paced = [row for row in rows if row["transitions"] - WARMUP >= 800]
-    assert summary["credit_waits"] > 10  # the robot was held back, again and again
+    assert summary.credit_waits > 10  # the robot was held back, again and again
     assert paced, rows[-1]
     # Never more than the ratio (updates are owed only by transitions), and within 5% below it, the credit's bound.
     assert all(0.95 <= row["updates_per_transition"] <= 1.0 for row in paced), [

@@ -25,6 +25,7 @@ from robot_app.agent.transition_log import Transition, TransitionLog, Transition
 from robot_app.hardware.protocol import SensorStatus
 from robot_app.hardware.robot_io import HandshakeError, LinkLost, RobotIO, SensorReading
 from robot_app.common.logs import first_and_doubling
+from robot_app.common.reports import AgentSummary
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
 
@@ -120,7 +121,7 @@ class Agent:
 
     # ---- the loop -------------------------------------------------------------------------------------------------
 
-    def run(self, episodes: int | None = None, duration_s: float | None = None) -> dict:
+    def run(self, episodes: int | None = None, duration_s: float | None = None) -> AgentSummary:
         tighten_timer_slack()
         started, cpu_started = time.monotonic(), time.process_time()
         with _collector_between_ticks():
@@ -474,7 +475,7 @@ class Agent:
                 f"tick_errors={self.tick_errors} "
                 f"estop={self.supervisor.estop_reason or 'off'} fault={self.supervisor.fault or 'none'}")
 
-    def summary(self, wall_s: float, cpu_s: float) -> dict:
+    def summary(self, wall_s: float, cpu_s: float) -> AgentSummary:
         out = {
             "robot_id": self.robot_id, "episodes": self.episodes_done, "transitions": self.transitions_recorded,
             "wall_s": wall_s, "cpu_share": cpu_s / wall_s if wall_s > 0 else 0.0,
@@ -496,7 +497,7 @@ class Agent:
         for name, window in windows.items():
             p50, p99 = window.quantiles_us(0.5, 0.99)
             out |= {f"{name}_p50_us": p50, f"{name}_p99_us": p99, f"{name}_max_us": window.max_ns / 1e3}
-        return out
+        return AgentSummary(**out)
 
 
 def device_time_is_consistent(device_dt: float, host_dt: float, tolerance_s: float, lockstep: bool) -> bool:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from pathlib import Path
 
+from robot_app.common.reports import DeploymentOptions, GateSummary, LearnerOptions, ProgressRow
 from robot_app.learner.ingest import IngestServer, IngestStore, RowSchema
 from robot_app.learner.online import OnlineLearner
 from robot_app.robot.spec import RobotSpec
@@ -67,12 +67,12 @@ class GatedDeployment:
             self.server.publish(deployed.path, deployed.signature)
             self.published = deployed.version
 
-    def summary(self) -> dict:
+    def summary(self) -> GateSummary:
         """Policies by registry state, and the deployed version (for progress rows)."""
         states: dict[str, int] = {}
         for policy in self.registry.list():
             states[policy.state] = states.get(policy.state, 0) + 1
-        return {"states": states, "deployed": self.published}
+        return GateSummary(states=states, deployed=self.published)
 
     def _validate(self, version: str) -> None:
         from sim.gate import gate_candidate
@@ -80,32 +80,38 @@ class GatedDeployment:
         try:
             report = gate_candidate(self.registry, version, self.signing_key, self.gate_config, self.robot,
                                     "learner:gate")
-            log.info("gate: %s %s %s", version, "passed" if report["passed"] else "rejected", report["reasons"])
-            if report["passed"] and self.auto_deploy:
+            log.info("gate: %s %s %s", version, "passed" if report.passed else "rejected", report.reasons)
+            if report.passed and self.auto_deploy:
                 self.registry.deploy(version, "learner:auto-deploy")
         except Exception:  # the learner keeps training (a gate that did not finish put the candidate back)
             log.exception("the gate or the deploy failed on %s", version)
 
 
+def gated_deployment(options: DeploymentOptions, server: IngestServer, robot: str) -> GatedDeployment:
+    """The registry, gate config and signing key the options name, loaded."""
+    from robot_app.common.signing import load_signing_key
+    from robot_app.learner.registry import PolicyRegistry
+    from sim.gate import load_gate_config
+
+    config = load_gate_config(options.gate_config, episodes=options.gate_episodes)
+    return GatedDeployment(PolicyRegistry(options.registry), server, robot,
+                           load_signing_key(options.signing_key) if options.signing_key else None,
+                           config.for_exploring() if options.explore_below_bar else config, options.auto_deploy)
+
+
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
-                  security_files: tuple[str, str] | None, push_candidates: bool, learner_options: dict,
+                  security_files: tuple[str, str] | None, push_candidates: bool, learner_options: LearnerOptions,
                   stop: threading.Event, duration_s: float | None = None, progress_every_s: float = 10.0,
-                  deployment_options: dict | None = None) -> dict:
-    """deployment_options: registry (a folder), signing_key, gate_config, auto_deploy (see GatedDeployment)."""
+                  deployment_options: DeploymentOptions | None = None) -> dict:
     out = Path(out)
     store = IngestStore(out / "ingest.sqlite")
     returns = EpisodeReturns()
-    learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options)
+    learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options.model_dump())
     server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
     server.credit = learner.credit  # before the first robot is heard
     server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
     server_thread.start()
-    deployment = None
-    if deployment_options:
-        from robot_app.learner.registry import PolicyRegistry
-
-        options = dict(deployment_options)
-        deployment = GatedDeployment(PolicyRegistry(options.pop("registry")), server, spec.name, **options)
+    deployment = gated_deployment(deployment_options, server, spec.name) if deployment_options else None
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,
              "pushing candidates straight to robots" if push_candidates else
              "candidates go through the registry" if deployment else "candidates are only exported")
@@ -142,18 +148,19 @@ def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestS
               deployment: GatedDeployment | None):
     recent = [e["return"] for e in returns.finished[-10:]]
     past_warmup = learner.transitions - learner.warmup
-    row = {"elapsed_s": round(elapsed, 1), "transitions": learner.transitions, "updates": learner.updates,
-           # what the learner kept up with, against what it was configured for: a realtime robot's shortfall
-           "updates_per_transition": round(learner.updates / past_warmup, 3) if past_warmup > 0 else None,
-           "configured_updates_per_transition": learner.ratio, "owed_updates": learner.owed_updates,
-           "candidates": len(learner.candidates), "episodes": len(returns.finished),
-           "recent_return": round(sum(recent) / len(recent), 1) if recent else None,
-           "robots": {robot: dict(stats) for robot, stats in server.robots.items()},
-           "running": {robot: status.policy_version for robot, status in server.statuses.items()},
-           "rejected": dict(server.rejected), "quarantined": dict(server.quarantined) | learner.quarantined,
-           "gate": deployment.summary() if deployment else None, "losses": learner.losses()}
+    row = ProgressRow(
+        elapsed_s=round(elapsed, 1), transitions=learner.transitions, updates=learner.updates,
+        # what the learner kept up with, against what it was configured for: a realtime robot's shortfall
+        updates_per_transition=round(learner.updates / past_warmup, 3) if past_warmup > 0 else None,
+        configured_updates_per_transition=learner.ratio, owed_updates=learner.owed_updates,
+        candidates=len(learner.candidates), episodes=len(returns.finished),
+        recent_return=round(sum(recent) / len(recent), 1) if recent else None,
+        robots={robot: dict(stats) for robot, stats in server.robots.items()},
+        running={robot: status.policy_version for robot, status in server.statuses.items()},
+        rejected=dict(server.rejected), quarantined=dict(server.quarantined) | learner.quarantined,
+        gate=deployment.summary() if deployment else None, losses=learner.losses())
     with open(out / "progress.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(row.model_dump_json() + "\n")
     log.info("t=%.0fs transitions=%d updates=%d (%s per transition, %d owed) candidates=%d episodes=%d "
-             "return(last 10)=%s", elapsed, learner.transitions, learner.updates, row["updates_per_transition"],
-             learner.owed_updates, len(learner.candidates), len(returns.finished), row["recent_return"])
+             "return(last 10)=%s", elapsed, learner.transitions, learner.updates, row.updates_per_transition,
+             learner.owed_updates, len(learner.candidates), len(returns.finished), row.recent_return)
