@@ -24,13 +24,12 @@ def _raw_episode(job) -> tuple[int, float]:
     seconds it took in the worker (building the model included, as the gate's episode builds its virtual robot)."""
     from robot_app.robot.spec import load_robot_spec
     from sim.furuta import FurutaPhysics
-    from sim.gate import DEVICE_PARAMS
 
     draws, commands = job
     started = time.perf_counter()
     spec = load_robot_spec("furuta")
     physics = FurutaPhysics(spec)
-    physics.randomise({k: v for k, v in draws.items() if k not in DEVICE_PARAMS})
+    physics.randomise(spec.split_draws(draws)[0])
     physics.reset()
     for command in commands:
         physics.step(command, spec.period_s)

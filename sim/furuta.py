@@ -9,11 +9,36 @@ import mujoco
 import numpy as np
 
 from calibration.encoders import load_calibration
-from robot_app.robot.spec import RobotSpec, load_robot_spec
+from robot_app.robot.spec import Parameter, RobotSpec, load_robot_spec
 from robot_app.robot.task import SensorPipeline, make_task
 from sim.env import EnvSpec, StepResult, UnknownEnvironmentError
 
 ASSETS = Path(__file__).parent / "assets"
+
+
+def _set_body_mass(model, body: str, mass: float) -> None:
+    body = model.body(body)  # the body keeps its shape: inertia scales with mass
+    model.body_inertia[body.id] *= mass / model.body_mass[body.id]
+    model.body_mass[body.id] = mass
+
+
+def _set_actuator_gain(model, actuator: str, gain: float) -> None:
+    index = model.actuator(actuator).id  # an affine bias (the back-EMF term, gain * km) scales with the gain
+    model.actuator_biasprm[index, 2] *= gain / model.actuator_gainprm[index, 0]
+    model.actuator_gainprm[index, 0] = gain
+
+
+# How each physical parameter of the spec's randomisation table is set on the MuJoCo model.
+_SET = {
+    Parameter.JOINT_DAMPING: lambda model, joint, value: model.dof_damping.__setitem__(model.joint(joint).dofadr[0],
+                                                                                        value),
+    Parameter.JOINT_FRICTION: lambda model, joint, value: model.dof_frictionloss.__setitem__(
+        model.joint(joint).dofadr[0], value),
+    Parameter.JOINT_STIFFNESS: lambda model, joint, value: model.jnt_stiffness.__setitem__(model.joint(joint).id,
+                                                                                            value),
+    Parameter.BODY_MASS: _set_body_mass,
+    Parameter.ACTUATOR_GAIN: _set_actuator_gain,
+}
 
 
 class FurutaPhysics:
@@ -38,15 +63,10 @@ class FurutaPhysics:
         self.max_abs_qpos = np.zeros(self.model.nq)  # per joint, sampled at the end of every step() call
         self.max_abs_qvel = np.zeros(self.model.nv)
 
-    @staticmethod
-    def is_physical(name: str) -> bool:
-        """Whether a randomisation range of the spec names a physical parameter (the rest are the device's)."""
-        return name.partition("_")[2] in ("damping", "friction", "mass") or name in ("motor_gain", "cable_stiffness")
-
     def draw(self, rng: np.random.Generator) -> dict[str, float]:
         """Physical parameters drawn from the spec's randomisation ranges, and set (domain randomisation)."""
         params = {name: span.draw(rng) for name, span in sorted(self.spec.randomisation.items())
-                  if self.is_physical(name)}
+                  if span.parameter.physical}
         self.randomise(params)
         return params
 
@@ -56,24 +76,18 @@ class FurutaPhysics:
             math.remainder(self.data.qpos[self._pendulum_qpos], 2 * math.pi)) < 0.1
 
     def randomise(self, params: dict[str, float]) -> None:
-        """Set physical parameters by the names of the spec's randomisation ranges (those that are physics)."""
+        """Set physical parameters by the names of the spec's randomisation ranges, as each range maps onto the
+        MJCF (its parameter, of its element)."""
         model = self.model
         for name, value in params.items():
-            joint, _, quantity = name.partition("_")
-            if quantity in ("damping", "friction"):
-                field = model.dof_damping if quantity == "damping" else model.dof_frictionloss
-                field[model.joint(joint).dofadr[0]] = value
-            elif quantity == "mass":  # the body keeps its shape: inertia scales with mass
-                body = model.body(joint)
-                model.body_inertia[body.id] *= value / model.body_mass[body.id]
-                model.body_mass[body.id] = value
-            elif name == "motor_gain":  # kt/Rm; the back-EMF term kt*km/Rm scales with it
-                model.actuator_biasprm[0, 2] *= value / model.actuator_gainprm[0, 0]
-                model.actuator_gainprm[0, 0] = value
-            elif name == "cable_stiffness":
-                model.jnt_stiffness[model.joint("arm").id] = value
-            else:
-                raise ValueError(f"randomisation {name!r} is not a physical parameter of {self.spec.mjcf}")
+            span = self.spec.randomisation.get(name)
+            if span is None or not span.parameter.physical:
+                raise ValueError(f"randomisation {name!r} is not a physical parameter of robot {self.spec.name}")
+            try:
+                _SET[span.parameter](model, span.element, value)
+            except KeyError:
+                raise ValueError(f"randomisation {name!r}: {self.spec.mjcf} has no {span.parameter.value} element "
+                                 f"{span.element!r}") from None
 
     @property
     def time_s(self) -> float:

@@ -17,6 +17,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -28,12 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from robot_app.common.files import read_yaml_mapping
 from robot_app.common.reports import AgentSummary, EpisodeResult, EpisodeTrace, GateMetrics, GateReport
-from robot_app.robot.spec import RobotSpec, load_robot_spec
+from robot_app.robot.spec import Parameter, RobotSpec, load_robot_spec
 from robot_app.robot.task import make_task
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "gate.yaml"
-DEVICE_PARAMS = ("sensor_latency_s", "control_jitter_s", "sensor_noise_counts", "calibration_offset_counts")
 
 
 class TaskBars(BaseModel):
@@ -102,12 +102,11 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> EpisodeResult:
 
     started = time.perf_counter()
     spec = load_robot_spec(robot)
-    draws = dict(plan.draws)
-    device = {name: draws.pop(name, 0.0) for name in DEVICE_PARAMS}
+    physics, device = spec.split_draws(plan.draws)
     rng = np.random.default_rng(plan.seed)
-    offset = device["calibration_offset_counts"]
-    variation = Variation(physics=draws, latency_s=device["sensor_latency_s"], jitter_s=device["control_jitter_s"],
-                          sensor_noise_counts=device["sensor_noise_counts"],
+    offset = device[Parameter.ENCODER_OFFSET]
+    variation = Variation(physics=physics, command_latency_s=device[Parameter.COMMAND_LATENCY],
+                          jitter_s=device[Parameter.CONTROL_JITTER], sensor_noise_counts=device[Parameter.SENSOR_NOISE],
                           count_offsets=tuple(int(round(v)) for v in rng.uniform(-abs(offset), abs(offset),
                                                                                   len(spec.sensors))))
     virtual = VirtualRobot(spec, lockstep=True, seed=plan.seed, robot_id=f"{spec.name}-gate-{plan.index}",
@@ -132,8 +131,8 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: Agent
     asked = np.nan_to_num(np.clip(np.array([t.policy_action for t in rows]).reshape(len(rows), -1), low, high))
     tail = rewards[-max(1, len(rewards) // 4):]
     joints = spec.joints
-    over_speed = [speed for speed in audit["hard_stop_speeds"]  # the virtual robot watches the arm's stops
-                  if speed > spec.joint("arm").max_hard_stop_speed]
+    stop_speed = min((j.max_hard_stop_speed for j in spec.joints if j.hard_stop), default=math.inf)
+    over_speed = [speed for speed in audit["hard_stop_speeds"] if speed > stop_speed]  # the device watches its stops
     velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
     return EpisodeResult(
         index=plan.index, seed=plan.seed, draws=plan.draws, count_offsets=list(variation.count_offsets),

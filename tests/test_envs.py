@@ -1,4 +1,5 @@
-"""The environment interface over dm_control: naming, flattening, action scaling, repeat, seeding, episode ends."""
+"""The environment interface over dm_control: naming, flattening, action scaling, repeat, seeding, episode ends; and
+the robot's randomisation table as it maps onto the MuJoCo model."""
 
 import numpy as np
 import pytest
@@ -68,3 +69,27 @@ def test_unknown_environments_get_a_clear_error(name):
 def test_bad_action_repeat_is_refused():
     with pytest.raises(ValueError, match="action_repeat"):
         DMControlEnv("cartpole", "swingup", seed=0, action_repeat=0)
+
+
+def test_each_physical_range_sets_the_mjcf_element_the_spec_names():
+    from robot_app.robot.spec import load_robot_spec
+    from sim.furuta import FurutaPhysics
+
+    spec = load_robot_spec("furuta")
+    physics = FurutaPhysics(spec)
+    model, nominal = physics.model, FurutaPhysics(spec).model
+    arm, pendulum = (model.joint(name) for name in ("arm", "pendulum"))
+    physics.randomise({"arm_damping": 1e-4, "pendulum_friction": 5e-6, "cable_stiffness": 1e-3, "pendulum_mass": 0.0264,
+                       "motor_gain": 0.0055})
+    assert model.dof_damping[arm.dofadr[0]] == 1e-4 and model.dof_frictionloss[pendulum.dofadr[0]] == 5e-6
+    assert model.jnt_stiffness[arm.id] == 1e-3 and model.body("pendulum").mass[0] == 0.0264
+    np.testing.assert_allclose(model.body("pendulum").inertia, nominal.body("pendulum").inertia * 1.1)  # its shape kept
+    assert model.actuator("motor").gainprm[0] == 0.0055  # and the back-EMF term scales with the gain
+    np.testing.assert_allclose(model.actuator("motor").biasprm[2], nominal.actuator("motor").biasprm[2] * 1.1)
+    def changed(field):
+        return np.flatnonzero(getattr(model, field) != getattr(nominal, field)).tolist()
+
+    assert changed("dof_damping") == [arm.dofadr[0]] and changed("dof_frictionloss") == [pendulum.dofadr[0]]
+    assert changed("body_mass") == [model.body("pendulum").id]  # each range set its own element, nothing else
+    with pytest.raises(ValueError, match="'sensor_noise_counts' is not a physical parameter"):
+        physics.randomise({"sensor_noise_counts": 0.5})

@@ -46,10 +46,19 @@ def test_bad_specs_are_refused_naming_the_problem(spec, tmp_path):
         load_robot_spec(_write_spec(tmp_path, spec, actuators=actuators))
     with pytest.raises(ValueError, match="unknown robot 'quadruped'"):
         load_robot_spec("quadruped")
-    for bad, problem in (([1.0, 2.0, 3.0], "a range is \\[low, high\\]"), ([2.0, 1.0], "low 2.0 is above high 1.0"),
-                         ({"low": 0.0, "high": 1.0, "log": True}, "log-uniform range needs low > 0")):
+    damping = {"parameter": "joint_damping", "element": "arm"}
+    for bad, problem in ((damping | {"low": 2.0, "high": 1.0}, "low 2.0 is above high 1.0"),
+                         (damping | {"low": 0.0, "high": 1.0, "log": True}, "log-uniform range needs low > 0"),
+                         ({"parameter": "joint_damping", "low": 0.0, "high": 1.0}, "joint_damping needs element"),
+                         (damping | {"element": "elbow", "low": 0.0, "high": 1.0}, "'elbow', which is none of"),
+                         ({"parameter": "sensor_noise", "element": "arm", "low": 0, "high": 1}, "takes no element"),
+                         ({"parameter": "warp_drive", "low": 0.0, "high": 1.0}, "parameter"),
+                         ([0.0, 1.0], "valid dictionary")):
         with pytest.raises(ValueError, match=problem):
             load_robot_spec(_write_spec(tmp_path, spec, randomisation={"arm_damping": bad}))
+    noise = {"parameter": "sensor_noise", "low": 0.0, "high": 1.0}
+    with pytest.raises(ValueError, match="a second range for sensor_noise"):
+        load_robot_spec(_write_spec(tmp_path, spec, randomisation={"a": noise, "b": noise}))
 
 
 def test_a_log_uniform_range_draws_each_decade_equally_often(spec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from pathlib import Path
 
@@ -50,12 +51,15 @@ class SensorSpec(_Strict):
 
 
 class ActuatorSpec(_Strict):
-    name: str
+    name: str  # also the actuator's name in the MJCF
     joint: str
     unit: str
     command_limit: tuple[float, float]
     rate_limit: float = Field(gt=0)  # command units per second
     safe_command: float
+    # The reset controller between episodes drives the actuator's joint to 0: -reset_kp * angle - reset_kd * speed.
+    reset_kp: float = Field(0.0, ge=0)  # command units per rad
+    reset_kd: float = Field(0.0, ge=0)  # command units per rad/s
 
     @model_validator(mode="after")
     def _limits(self) -> "ActuatorSpec":
@@ -66,23 +70,39 @@ class ActuatorSpec(_Strict):
         return self
 
 
-class RandomRange(_Strict):
-    """A range the gate and sim training draw from: `[low, high]` is uniform; `{low, high, log: true}` is log-uniform,
-    for a quantity known only to within orders of magnitude (each decade equally likely, as OpenAI's in-hand
-    manipulation drew damping and friction scales)."""
+class Parameter(str, enum.Enum):
+    """What a randomisation range sets. The physical ones set an element of the robot's MJCF, named by `element`;
+    the device's act on the wire and the encoders."""
 
+    JOINT_DAMPING = "joint_damping"  # viscous, N·m·s/rad
+    JOINT_FRICTION = "joint_friction"  # Coulomb, N·m
+    JOINT_STIFFNESS = "joint_stiffness"  # N·m/rad towards the joint's zero (a cable, a spring)
+    BODY_MASS = "body_mass"  # kg; the body keeps its shape, so its inertia scales with the mass
+    ACTUATOR_GAIN = "actuator_gain"  # torque per command unit; a back-EMF term scales with it
+    COMMAND_LATENCY = "command_latency"  # s: each command reaches the motor this far into its period
+    CONTROL_JITTER = "control_jitter"  # s: plus up to this much, drawn every period
+    SENSOR_NOISE = "sensor_noise"  # counts: std of Gaussian noise on every encoder reading
+    ENCODER_OFFSET = "encoder_offset"  # counts: each encoder's zero is off by up to ± this
+
+    @property
+    def physical(self) -> bool:
+        return self in _PHYSICAL
+
+
+_PHYSICAL = frozenset({Parameter.JOINT_DAMPING, Parameter.JOINT_FRICTION, Parameter.JOINT_STIFFNESS,
+                       Parameter.BODY_MASS, Parameter.ACTUATOR_GAIN})
+
+
+class RandomRange(_Strict):
+    """A range the gate and sim training draw `parameter` (of MJCF `element`, for a physical one) from: uniform, or
+    with `log: true` log-uniform, for a quantity known only to within orders of magnitude (each decade equally likely,
+    as OpenAI's in-hand manipulation drew damping and friction scales)."""
+
+    parameter: Parameter
+    element: str | None = None  # the joint, body or actuator a physical parameter belongs to
     low: float
     high: float
     log: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_pair(cls, value):
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2:
-                raise ValueError(f"a range is [low, high] or {{low, high, log}}, got {list(value)}")
-            return {"low": value[0], "high": value[1]}
-        return value
 
     @model_validator(mode="after")
     def _order(self) -> "RandomRange":
@@ -90,6 +110,8 @@ class RandomRange(_Strict):
             raise ValueError(f"low {self.low} is above high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"a log-uniform range needs low > 0, got {self.low}")
+        if self.parameter.physical != (self.element is not None):
+            raise ValueError(f"{self.parameter.value} {'needs' if self.parameter.physical else 'takes no'} element")
         return self
 
     def draw(self, rng) -> float:
@@ -114,11 +136,28 @@ class RobotSpec(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "RobotSpec":
-        joints = {j.name for j in self.joints}
+        joints, actuators = {j.name for j in self.joints}, {a.name for a in self.actuators}
         for part in [*self.sensors, *self.actuators]:
             if part.joint not in joints:
                 raise ValueError(f"{part.name} refers to joint {part.joint!r}; joints are {sorted(joints)}")
+        devices = set()
+        for name, span in self.randomisation.items():
+            p = span.parameter
+            known = joints if p.value.startswith("joint_") else actuators if p is Parameter.ACTUATOR_GAIN else None
+            if known is not None and span.element not in known:
+                raise ValueError(f"randomisation {name}: {p.value} of {span.element!r}, which is none of {sorted(known)}")
+            if not p.physical and p in devices:
+                raise ValueError(f"randomisation {name}: a second range for {p.value}")
+            devices.add(p)
         return self
+
+    def split_draws(self, draws: dict[str, float]) -> tuple[dict[str, float], dict[Parameter, float]]:
+        """A draw of the randomisation ranges, split: the physical parameters by range name (for the physics), and
+        the device's by parameter (0 where the spec draws none)."""
+        physical = {name: value for name, value in draws.items() if self.randomisation[name].parameter.physical}
+        device = {p: 0.0 for p in Parameter if not p.physical}
+        device |= {self.randomisation[name].parameter: value for name, value in draws.items() if name not in physical}
+        return physical, device
 
     @property
     def command_limits(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

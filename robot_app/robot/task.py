@@ -82,6 +82,7 @@ class FurutaSwingUp:
         self.speed_limits = tuple(self.SPEED_MARGIN * spec.joint(joint).velocity_limit for joint in self.joints)
         self.max_episode_steps = spec.episode_steps
         self.action_layout = tuple(a.name for a in spec.actuators)
+        self._reset_joints = [(a, self.joints.index(a.joint)) for a in spec.actuators]
 
     def observe(self, state: JointState) -> np.ndarray:
         arm, pendulum = state.position
@@ -99,7 +100,9 @@ class FurutaSwingUp:
 
     # Between episodes a real robot cannot be teleported: a PD loop centres the arm while the pendulum settles.
     def reset_command(self, state: JointState) -> np.ndarray:
-        return np.array([-8.0 * state.position[0] - 0.4 * state.velocity[0]])
+        """The spec's reset controller: each actuator drives its joint to 0."""
+        return np.array([-a.reset_kp * state.position[i] - a.reset_kd * state.velocity[i]
+                         for a, i in self._reset_joints])
 
     def ready(self, state: JointState) -> bool:
         """Arm centred and still, pendulum hanging and nearly still: a fair start for the next episode."""
