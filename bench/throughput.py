@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "disable")
 ENV, WARM = "dmc:cartpole-swingup", 1000
-VARIANTS = ["ours-sac", "ours-svg3", "sb3-sac", "ours-sac-untuned-malloc"]
+VARIANTS = ["ours-sac", "ours-svg3", "sb3-sac"]
 
 
 def matmul_ceiling_gflops() -> float:
@@ -36,14 +36,11 @@ def matmul_ceiling_gflops() -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start) / 1e9
 
 
-def measure_ours(horizon: int, steps: int, tune: bool) -> dict:
+def measure_ours(horizon: int, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from robot_app.learner import training
     from robot_app.learner.training import TrainConfig, Trainer
 
-    if not tune:
-        training.tune_cpu_allocator = lambda: None
     config = TrainConfig(env=ENV, horizon=horizon, action_repeat=1, steps=WARM + steps, random_steps=WARM, seed=0)
     trainer = Trainer(config, tempfile.mkdtemp())
     for _ in range(WARM - 1):  # random actions, no updates
@@ -83,7 +80,7 @@ def run_variant(variant: str, steps: int) -> dict:
     if variant == "sb3-sac":
         return measure_sb3(steps)
     horizon = 3 if variant == "ours-svg3" else 0
-    return measure_ours(horizon, steps, tune=not variant.endswith("untuned-malloc"))
+    return measure_ours(horizon, steps)
 
 
 def main() -> None:

@@ -475,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the budget: transitions the learner takes (default 36000; 0: until --minutes)")
     demo.add_argument("--minutes", type=float, default=20.0, help="a cap on the wall time (default 20)")
     demo.add_argument("--horizon", type=int, default=1,
-                      help="the learner's SVG horizon; 0 is SAC (default 1: about twice H=3's updates per second on "
-                           "a CPU, with most of its sample advantage over SAC; see docs/BENCHMARKS.md)")
+                      help="the learner's SVG horizon; 0 is SAC (default 1: cheaper updates than H=3 on a CPU, with "
+                           "most of its sample advantage over SAC; docs/BENCHMARKS.md has the figures)")
     demo.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=True,
                       help="draw each virtual robot's physics anew between episodes from the ranges the gate draws "
                            "from (domain randomisation; default on: the robot learns on what the gate judges)")

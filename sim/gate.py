@@ -158,7 +158,7 @@ def _episode_job(job):
 @functools.cache
 def _freeze_worker_heap() -> None:
     """A pool worker runs many episodes. What its imports built lives as long as it does, so it is frozen once, and
-    the agent's full collection before each handshake scans only that episode's objects (30 ms -> about 1 ms)."""
+    the agent's full collection before each handshake scans only that episode's objects (docs/BENCHMARKS.md)."""
     import onnxruntime  # noqa: F401  (what run_episode uses, loaded before the freeze)
 
     import robot_app.agent.policy_runner  # noqa: F401
@@ -173,7 +173,7 @@ def _freeze_worker_heap() -> None:
 def core_pool(workers: int):
     """A process pool whose workers each keep to one core, while there are cores enough. An episode's agent and
     device threads hand every step to each other; on one core they share its caches instead of bouncing between two
-    (measured: an episode 0.47 -> 0.32 s). A worker that dies breaks the pool (BrokenProcessPool) instead of leaving
+    (docs/BENCHMARKS.md). A worker that dies breaks the pool (BrokenProcessPool) instead of leaving
     its task unanswered for ever, as multiprocessing.Pool would."""
     context = multiprocessing.get_context("spawn")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

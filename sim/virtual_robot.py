@@ -103,10 +103,7 @@ class VirtualRobot:
         self.physics.randomise(variation.physics)
         rng = np.random.default_rng(seed)
         self.physics.reset(qpos=initial_qpos if initial_qpos is not None else rng.uniform(-0.02, 0.02, 2))
-        # Per-period draws come from numpy in blocks: one call per 1024 periods instead of one per period.
-        self._jitter_s = _drawn_in_blocks(lambda n: rng.uniform(0, variation.jitter_s, n))
-        self._noise_counts = _drawn_in_blocks(lambda n: rng.normal(0, variation.sensor_noise_counts,
-                                                                    (n, len(spec.sensors))))
+        self._rng = rng  # the per-period jitter and sensor noise
         self._substep_s = self.physics.model.opt.timestep
         self._max_delay_substeps = round(spec.period_s / self._substep_s) - 1  # the command lands inside its period
         self._random = random.Random(seed)
@@ -306,7 +303,7 @@ class VirtualRobot:
     def _step_delayed(self, before: tuple[float, ...]) -> None:
         """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
         variation, substep = self.variation, self._substep_s
-        delay = variation.command_latency_s + (next(self._jitter_s) if variation.jitter_s else 0.0)
+        delay = variation.command_latency_s + (float(self._rng.uniform(0, variation.jitter_s)) if variation.jitter_s else 0.0)
         delay = min(round(delay / substep), self._max_delay_substeps) * substep  # whole substeps, in the period
         if delay > 0:
             self.physics.step(before, delay)
@@ -362,7 +359,8 @@ class VirtualRobot:
         if variation.count_offsets:
             counts = [c + offset for c, offset in zip(counts, variation.count_offsets)]
         if variation.sensor_noise_counts:
-            counts = [c + round(n) for c, n in zip(counts, next(self._noise_counts))]
+            noise = self._rng.normal(0, variation.sensor_noise_counts, len(counts)).tolist()
+            counts = [c + round(n) for c, n in zip(counts, noise)]
         return counts
 
     # ---- the wire, with injected faults -----------------------------------------------------------------------------
@@ -408,12 +406,6 @@ class VirtualRobot:
             written = 0
         if written != len(data):
             self.counters["tx_overflow"] += 1
-
-
-def _drawn_in_blocks(draw, block: int = 1024):
-    """Endless draws, from `draw(block)` (one numpy call) a block at a time, handed out as plain Python values."""
-    while True:
-        yield from draw(block).tolist()
 
 
 def write_audit(audit: DeviceAudit, path: str | Path) -> None:

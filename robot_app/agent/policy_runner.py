@@ -64,7 +64,7 @@ class OnnxPolicy:
                 f"{self.path}: graph input {inputs} does not match metadata obs_dim {self.metadata.obs_dim}"
             )
         # The control loop's single observation runs through preallocated, bound buffers: no per-call allocation or
-        # name lookup. That halved the per-call time of a 256x256 MLP here (see docs/BENCHMARKS.md).
+        # name lookup. docs/BENCHMARKS.md has what that saves.
         outputs = {o.name for o in self._session.get_outputs()}
         # Artifacts exported before 2026-12 carry the deterministic action only.
         self.stochastic = {MEAN_NAME, STD_NAME} <= outputs
@@ -200,7 +200,7 @@ class ExploringPolicy:
 
     def __init__(self, policy: Policy, sigma: float, low, high, seed: int = 0):
         self.policy, self.version, self.kind, self.sample_seed = policy, policy.version, policy.kind, -1
-        self._scale = sigma * (np.asarray(high, np.float32) - np.asarray(low, np.float32)) / 2
+        self._scale = sigma * ActionScaler(low, high, as_array=lambda array: array.astype(np.float32)).half_range
         self._draws = SeededDraws(_stream_seed(seed, policy))
 
     def reset(self) -> None:

@@ -58,7 +58,7 @@ def _remove_stale_temporaries(path: Path) -> None:
                 os.unlink(name)
 
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: 10x faster
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:

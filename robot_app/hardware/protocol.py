@@ -265,12 +265,10 @@ PAYLOADS = {
     MessageType.ESTOP: EStop,
     MessageType.FAULT: Fault,
 }
-_UNPACK = {int(message_type): payload.unpack for message_type, payload in PAYLOADS.items()}  # keyed by plain int
-_HEARTBEAT = int(MessageType.HEARTBEAT)
 
 
 def parse(frame: Frame):
     """The typed payload of a frame (None for HEARTBEAT). Raises ProtocolError if the payload is malformed."""
-    if frame.type == _HEARTBEAT:
+    if frame.type == MessageType.HEARTBEAT:
         return None
-    return _UNPACK[frame.type](frame.payload)
+    return PAYLOADS[frame.type].unpack(frame.payload)

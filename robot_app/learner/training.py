@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
@@ -28,7 +27,6 @@ from sim.envs import evaluate_returns, make_env
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "robot_app.checkpoint/1"
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 EVAL_SEED_OFFSET = 1_000_003
 
 
@@ -60,20 +58,6 @@ class TrainConfig(BaseModel):
 
     def agent_config(self) -> SACSVGConfig:
         return SACSVGConfig(**{"horizon": self.horizon, **self.agent})
-
-
-def tune_cpu_allocator() -> None:
-    """Stop glibc from handing large blocks back to the OS after every op: each reuse then page-faults.
-
-    Activations of a 256-wide layer at batch 256 are 256 KiB, above glibc's mmap threshold; pinning the mmap and trim
-    thresholds high keeps them in the heap (measured in docs/BENCHMARKS.md). A no-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
-        pass
 
 
 def build_agent(env: Env, config: TrainConfig, device: torch.device) -> SACSVG:
@@ -136,7 +120,6 @@ class Trainer:
         self.checkpoint_path = self.out / "checkpoints" / "last.pt"
         self.replay_path = self.out / "checkpoints" / "replay.npz"
         self.device = default_device()
-        tune_cpu_allocator()
         self.env = make_env(config.env, config.seed, config.action_repeat)
         self.eval_env = make_env(config.env, config.seed + EVAL_SEED_OFFSET, config.action_repeat)
         self.spec = self.env.spec

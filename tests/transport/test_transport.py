@@ -13,7 +13,7 @@ from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
 from robot_app.transport.messages import (
-    SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, decode, encode,
+    SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, encode,
 )
 from robot_app.transport.robot_link import RobotLink
 from tests.conftest import reply, stored_keys, wait_until

@@ -8,7 +8,7 @@ import pytest
 
 from robot_app.common.reports import LearnerOptions, ProgressRow, schemas
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 
 def test_the_published_json_schemas_are_current():

@@ -12,7 +12,7 @@ import torch
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 from robot_app.robot.spec import load_robot_spec
 from robot_app.robot.task import make_task
-from tests.test_transport import export_policy
+from tests.transport.test_transport import export_policy
 
 LAYOUT = make_task(load_robot_spec("furuta")).obs_layout
 

@@ -34,8 +34,8 @@ from tests.conftest import reply, wait_until
 from tests.fake_device import FakeDevice, write_all
 from tests.strategies import ANYTHING, bodies, hostile_commands, hostile_sensor_frames, serial_pieces
 from robot_app.agent.transition_log import TransitionRecorder
-from tests.test_agent import HANGING
-from tests.test_transport import client, keys, transition  # noqa: F401  (keys: the fixture)
+from tests.agent.test_agent import HANGING
+from tests.transport.test_transport import client, keys, transition  # noqa: F401  (keys: the fixture)
 
 SPEC = load_robot_spec("furuta")
 ROWS = RowSchema.of(SPEC)

@@ -60,14 +60,14 @@ def test_the_demo_releases_the_best_policy_that_passes_the_full_gate(tmp_path):
     from robot_app.common.signing import generate_signing_keys, load_signing_key
     from robot_app.demo import _release
     from sim.gate import gate_candidate, load_gate_config
-    from tests.test_gate import BALANCING, TRAINED
+    from tests.sim.test_gate import BALANCING, TRAINED
 
     _, secret = generate_signing_keys(tmp_path / "keys", "gate")
     registry = PolicyRegistry(tmp_path / "registry")
     exploring = load_gate_config(episodes=2, seed=7, max_tick_overrun_rate=1.0).for_exploring()
     swinging, balancing = (registry.add_candidate(path, "learner").version for path in (TRAINED, BALANCING))
     for version in (swinging, balancing):
-        assert gate_candidate(registry, version, load_signing_key(secret), exploring)["passed"]
+        assert gate_candidate(registry, version, load_signing_key(secret), exploring).passed
     registry.deploy(swinging, "learner:auto-deploy")
     line = _release(tmp_path / "registry", load_gate_config(max_tick_overrun_rate=1.0))  # no wall-clock verdict
     assert line.startswith(f"released {balancing}: it passed the full gate, success 0.50")

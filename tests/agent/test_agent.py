@@ -199,7 +199,7 @@ def test_a_device_that_stops_reading_never_blocks_a_send(tmp_path):
     with virtual_robot(tmp_path, "--hang-after", "2.0") as robot:  # time enough to connect on a slow machine
         host = SerialRobot(robot.port)
         host.connect()
-        time.sleep(2.5)  # the device has stopped reading
+        wait_until(lambda: host.poll(0.5) == 0, timeout_s=30)  # half a second without a frame: the device has hung
         sender = threading.Thread(target=lambda: [host.send_command([0.0]) for _ in range(frames)], daemon=True)
         sender.start()
         sender.join(timeout=30)
@@ -216,10 +216,11 @@ def test_firmware_watchdog_cuts_the_motor_when_the_host_goes_silent(tmp_path):
         for _ in range(5):
             host.send_command([1.0])
             host.poll(0.02)
-        time.sleep(SPEC.watchdog_timeout_s + 0.2)
-        deadline = time.monotonic() + 2
-        while not host.faults and time.monotonic() < deadline:
+        def faults_reported():  # the host only listens from here on
             host.poll(0.05)
+            return host.faults
+
+        wait_until(faults_reported, timeout_s=10)
         host.poll(0.05)
         status, applied = host.latest.frame.status, host.latest.frame.applied
         host.close()
@@ -249,12 +250,13 @@ def test_estop_latches_until_an_explicit_reset(tmp_path):
     with virtual_robot(tmp_path) as robot:
         agent = make_agent(robot.port, ConstantPolicy([0.0]))
         thread, summary = _run_in_thread(agent, duration_s=3.0)
-        time.sleep(0.8)
+        wait_until(lambda: agent.transitions_recorded > 0, timeout_s=30)
         agent.request_estop("test operator")
-        time.sleep(0.8)
+        estop_ticks = agent.supervisor.counts.__getitem__
+        wait_until(lambda: estop_ticks("estop") >= 5, timeout_s=10)  # latched, and the open step closed
         latched = agent.supervisor.estop_reason
         transitions_while_latched = agent.transitions_recorded
-        time.sleep(0.4)
+        wait_until(lambda: estop_ticks("estop") >= 25, timeout_s=10)
         assert agent.transitions_recorded == transitions_while_latched  # nothing runs while latched
         agent.request_estop_reset()
         thread.join(timeout=10)
@@ -279,11 +281,13 @@ def test_estop_from_the_cli_then_sigterm_brings_a_safe_stop(tmp_path):
         deadline = time.monotonic() + 30
         while "connected to" not in _read_line(agent.stderr, 30) and time.monotonic() < deadline:
             pass
-        time.sleep(0.5)
         estop = subprocess.run([*CLI, "estop", str(agent.pid)], capture_output=True, text=True, timeout=60)
-        time.sleep(0.5)
+        seen = []  # the agent's log up to the e-stop it applied (and passed on to the device in the same tick)
+        while "E-STOP engaged" not in (seen or [""])[-1]:
+            seen.append(_read_line(agent.stderr, 30))
         agent.send_signal(signal.SIGTERM)
         out, err = agent.communicate(timeout=20)
+        err = "\n".join(seen) + "\n" + err
         audit = robot.stop()
     assert estop.returncode == 0 and "E-STOP engaged: signal SIGUSR1" in err
     assert audit["estops"] == 1  # the agent passed the e-stop on to the device

@@ -90,7 +90,7 @@ def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, messag
 
 
 def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
-    fixture = Path(__file__).parent / "fixtures" / "furuta_balance.onnx"
+    fixture = Path(__file__).parents[1] / "fixtures" / "furuta_balance.onnx"
     registry = ["--registry", tmp_path / "registry"]
     assert robot_app("keys", "gate", "--signing", "--dir", tmp_path / "keys").returncode == 0
     added = robot_app("policies", "add", fixture, *registry)
@@ -98,7 +98,7 @@ def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
     version = added.stdout.split()[0]
     refused = robot_app("policies", "deploy", version, *registry)
     assert refused.returncode == 2 and "only a validated policy can be deployed" in refused.stderr
-    # Seed 7, as tests/test_gate.py, whose first two episodes the fixture balances (it does half of seed 0's 16).
+    # Seed 7, as tests/sim/test_gate.py, whose first two episodes the fixture balances (it does half of seed 0's 16).
     config = tmp_path / "gate.yaml"
     config.write_text(DEFAULT_CONFIG.read_text().replace("\nseed: 0\n", "\nseed: 7\n"))
     validated = robot_app("policies", "validate", version, "--episodes", "2", "--signing-key",

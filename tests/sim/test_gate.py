@@ -21,9 +21,9 @@ from robot_app.learner.registry import PolicyRegistry, RegistryError
 from robot_app.robot.spec import load_robot_spec
 from robot_app.robot.task import make_task
 from sim.gate import core_pool, gate_candidate, load_gate_config, validate, write_report
-from tests.test_transport import export_policy
+from tests.transport.test_transport import export_policy
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TRAINED = FIXTURES / "furuta_swingup.onnx"  # robot-app train --env furuta:swingup, exported: swings, never balances
 BALANCING = FIXTURES / "furuta_balance.onnx"  # the same on furuta:swingup-randomised, 28k steps (sim/gate.yaml)
 SPEC = load_robot_spec("furuta")
