@@ -87,7 +87,8 @@ def main() -> None:
             raw_s, _ = raw_replay(episodes, 2)
             print(f"round {round_}: pty {pty_s:.2f} s, socketpair {pair_s:.2f} s, raw {raw_s:.2f} s: "
                   f"{pty_s / raw_s:.2f}x and {pair_s / raw_s:.2f}x; return sums "
-                  f"{sum(e.episode_return for e in episodes):.3f} and {sum(e.episode_return for e in paired):.3f}", flush=True)
+                  f"{sum(e.episode_return for e in episodes):.3f} and "
+                  f"{sum(e.episode_return for e in paired):.3f}", flush=True)
         else:
             walls = {}
             for at_once in (1, 2, 3):

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from robot_app.common.artifact import INPUT_NAME, MEAN_NAME, METADATA_KEY, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
-from robot_app.common.actions import ActionScaler
-from robot_app.common.files import write_atomic
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
+from robot_app.common.actions import ActionScaler
+from robot_app.common.artifact import (
+    INPUT_NAME, MEAN_NAME, METADATA_KEY, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata,
+)
+from robot_app.common.files import write_atomic
 
 log = logging.getLogger(__name__)
 OUTPUT_NAMES = (OUTPUT_NAME, MEAN_NAME, STD_NAME)

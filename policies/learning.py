@@ -1,4 +1,4 @@
-"""The update step both trainers share: one SAC-SVG(H) update sampled from replay, the device, and the divergence check."""
+"""What both trainers share: one SAC-SVG(H) update sampled from replay, the device, and the divergence check."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from robot_app.common.actions import ActionScaler
+from robot_app.common.artifact import Layouts
 
 
 class UnknownEnvironmentError(ValueError):
@@ -16,7 +17,7 @@ class UnknownEnvironmentError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class EnvSpec:
+class EnvSpec(Layouts):
     """What a learner and an exporter need to know about an environment."""
 
     name: str
@@ -26,14 +27,6 @@ class EnvSpec:
     action_high: tuple[float, ...]
     action_repeat: int
     max_episode_steps: int  # agent decisions per episode before truncation
-
-    @property
-    def obs_dim(self) -> int:
-        return sum(width for _, width in self.obs_layout)
-
-    @property
-    def action_dim(self) -> int:
-        return len(self.action_layout)
 
     @functools.cached_property
     def action_scaler(self) -> ActionScaler:

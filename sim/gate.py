@@ -196,8 +196,8 @@ def _keep_to_one_core(cores: list[int], started) -> None:
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
              progress: bool = False) -> GateReport:
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
-    from robot_app.common.artifact import ArtifactError
     from robot_app.agent.policy_runner import load_policy
+    from robot_app.common.artifact import ArtifactError
 
     config = config or load_gate_config()
     spec = load_robot_spec(robot)
@@ -239,8 +239,10 @@ def judge(episodes: list[EpisodeResult], config: GateConfig) -> tuple[GateMetric
         faults=faults,
         wire_violations=sum(e.wire_violations for e in episodes),
         joint_violations=sum(e.joint_violations for e in episodes),
-        max_abs_position={name: max(e.max_abs_position[name] for e in episodes) for name in episodes[0].max_abs_position},
-        max_abs_velocity={name: max(e.max_abs_velocity[name] for e in episodes) for name in episodes[0].max_abs_velocity},
+        max_abs_position={name: max(e.max_abs_position[name] for e in episodes)
+                          for name in episodes[0].max_abs_position},
+        max_abs_velocity={name: max(e.max_abs_velocity[name] for e in episodes)
+                          for name in episodes[0].max_abs_velocity},
         command_step_mean=float(np.mean([e.command_step_mean for e in episodes])),
         tick_overruns=sum(e.tick_overruns for e in episodes),
         policy_p99_us_max=max(e.policy_p99_us for e in episodes),
@@ -327,9 +329,9 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
                    actor: str = "gate", progress: bool = False) -> GateReport:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
+    from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
     from robot_app.common.files import write_atomic
     from robot_app.common.signing import sign
-    from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 
     record = registry.move(version, "validating", actor, "sim validation started")
     try:

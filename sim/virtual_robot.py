@@ -303,7 +303,8 @@ class VirtualRobot:
     def _step_delayed(self, before: tuple[float, ...]) -> None:
         """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
         variation, substep = self.variation, self._substep_s
-        delay = variation.command_latency_s + (float(self._rng.uniform(0, variation.jitter_s)) if variation.jitter_s else 0.0)
+        jitter = float(self._rng.uniform(0, variation.jitter_s)) if variation.jitter_s else 0.0
+        delay = variation.command_latency_s + jitter
         delay = min(round(delay / substep), self._max_delay_substeps) * substep  # whole substeps, in the period
         if delay > 0:
             self.physics.step(before, delay)

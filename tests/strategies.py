@@ -7,11 +7,10 @@ import struct
 
 from hypothesis import strategies as st
 
-from robot_app.hardware.protocol import (
-    MAX_PAYLOAD, SYNC, Command, MessageType, ProtocolError, SensorFrame, encode_frame, parse,
-)
-from robot_app.hardware.protocol import Frame as SerialFrame
 from robot_app.common.transition_chunk import ARRAY_DTYPES
+from robot_app.hardware.protocol import MAX_PAYLOAD, SYNC, Command
+from robot_app.hardware.protocol import Frame as SerialFrame
+from robot_app.hardware.protocol import MessageType, ProtocolError, SensorFrame, encode_frame, parse
 from robot_app.transport.messages import KINDS
 
 # Anything msgpack can carry, for fields that expect one thing.

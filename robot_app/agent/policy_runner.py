@@ -1,5 +1,5 @@
-"""The policies the agent runs, behind one `Policy` seam: exported ONNX actors (onnxruntime, metadata checked against the
-robot), the samplers that explore with them, and the bring-up policies."""
+"""The policies the agent runs, behind one `Policy` seam: exported ONNX actors (onnxruntime, metadata checked against
+the robot), the samplers that explore with them, and the bring-up policies."""
 
 from __future__ import annotations
 

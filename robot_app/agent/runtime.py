@@ -18,14 +18,14 @@ from typing import Callable
 import numpy as np
 
 from calibration.encoders import RobotCalibration
-from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
-from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.policy_runner import Policy
+from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError, TransitionSink
-from robot_app.hardware.protocol import SensorStatus
-from robot_app.hardware.robot_io import HandshakeError, LinkLost, RobotIO, SensorReading
 from robot_app.common.logs import first_and_doubling
 from robot_app.common.reports import AgentSummary
+from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
+from robot_app.hardware.protocol import SensorStatus
+from robot_app.hardware.robot_io import HandshakeError, LinkLost, RobotIO, SensorReading
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
 
@@ -171,7 +171,7 @@ class Agent:
             self._state = self._update_state(reading)
             self._state_obs = None  # observed when first needed: the next action's obs is the last one's next_obs
             self._last_seq = reading.seq
-            if reading.frame.status & SensorStatus.WATCHDOG_TRIPPED:  # the device says it cut the motor: ramp from 0 V too
+            if reading.frame.status & SensorStatus.WATCHDOG_TRIPPED:  # the device cut the motor: ramp from 0 V too
                 self.supervisor.motor_was_off()
         self._reopen_lost_session(reading, now, episodes)
         state = self._state

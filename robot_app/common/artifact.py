@@ -18,7 +18,20 @@ class ArtifactError(ValueError):
     """A policy artifact is missing, malformed, or does not fit what it is asked to drive."""
 
 
-class PolicyMetadata(BaseModel):
+class Layouts:
+    """obs_dim and action_dim of whatever has an `obs_layout` of (field, width) pairs and an `action_layout`: a task,
+    an environment's spec, an artifact's metadata."""
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(width for _, width in self.obs_layout)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_layout)
+
+
+class PolicyMetadata(Layouts, BaseModel):
     """What a runtime needs to drive a policy: layouts, native action bounds and provenance."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,14 +48,6 @@ class PolicyMetadata(BaseModel):
     horizon: int = Field(ge=0)
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     exported_at: str
-
-    @property
-    def obs_dim(self) -> int:
-        return sum(width for _, width in self.obs_layout)
-
-    @property
-    def action_dim(self) -> int:
-        return len(self.action_layout)
 
     @model_validator(mode="after")
     def _consistent(self) -> "PolicyMetadata":

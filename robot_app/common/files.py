@@ -1,5 +1,5 @@
-"""Whole files: written so that a reader, a kill -9 or a power cut finds the old file or the whole new one, never a part;
-YAML mappings read with a clear error."""
+"""Whole files: written so that a reader, a kill -9 or a power cut finds the old file or the whole new one, never a
+part; YAML mappings read with a clear error."""
 
 from __future__ import annotations
 

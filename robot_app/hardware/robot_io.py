@@ -1,4 +1,4 @@
-"""The seam between the agent and a robot: what the agent reads from a device and sends it, whatever carries the bytes."""
+"""The seam between the agent and a robot: what the agent reads from a device and sends it, whatever carries it."""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ _READ_SIZE = 4096
 
 
 class SerialRobot:
-    """The RobotIO over one serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*(); handshake() again when
-    the device has lost its session."""
+    """The RobotIO over one serial link to one robot. Call connect(), then poll()/wait_sensor() and send_*();
+    handshake() again when the device has lost its session."""
 
     def __init__(self, port: str, baudrate: int = 921_600):
         self.port = port

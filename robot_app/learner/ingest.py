@@ -27,11 +27,11 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from robot_app.learner.registry import read_metadata
 from robot_app.common.logs import first_and_doubling
+from robot_app.common.storage import DurableSQLite
+from robot_app.learner.registry import read_metadata
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
-from robot_app.common.storage import DurableSQLite
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
     MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest,
@@ -60,7 +60,7 @@ class RowSchema:
     @classmethod
     def of(cls, spec: RobotSpec) -> "RowSchema":
         low, high = spec.command_limits
-        return cls(sum(width for _, width in make_task(spec).obs_layout), low, high)
+        return cls(make_task(spec).obs_dim, low, high)
 
     def problem(self, chunk: TransitionChunk) -> tuple[str, str] | None:
         """(reason, detail) of the first thing wrong with a chunk's rows, or None. Reasons: width, non_finite,

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robot_app.common.artifact import ArtifactError
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.learning import default_device, non_finite, sample_and_update
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
+from robot_app.common.artifact import ArtifactError
+from robot_app.common.transition_chunk import MAX_EPISODE
 from robot_app.learner.ingest import IngestStore, RowSchema
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
-from robot_app.common.transition_chunk import MAX_EPISODE
 
 log = logging.getLogger(__name__)
 EPISODES_PER_ROBOT = MAX_EPISODE  # replay episode id = robot index * this + the robot's own episode number
@@ -47,7 +47,7 @@ class OnlineLearner:
         self.obs_layout, self.action_layout = task.obs_layout, task.action_layout
         self.env_name = f"{spec.name}:{spec.task}"
         self.scaler = spec.action_scaler
-        obs_dim = sum(width for _, width in self.obs_layout)
+        obs_dim = task.obs_dim
         self.device = default_device()
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
@@ -78,7 +78,8 @@ class OnlineLearner:
         for _, robot_id, chunk in chunks:
             robot = self.robots.setdefault(robot_id, len(self.robots))
             c = chunk.columns
-            self.replay.add_many(c["obs"], np.clip(self.scaler.to_unit(c["action"]), -1.0, 1.0), c["reward"], c["next_obs"], c["terminated"],
+            unit_action = np.clip(self.scaler.to_unit(c["action"]), -1.0, 1.0)
+            self.replay.add_many(c["obs"], unit_action, c["reward"], c["next_obs"], c["terminated"],
                                  robot * EPISODES_PER_ROBOT + c["episode"], c["step"])
             if update_normalizer:
                 self.agent.normalizer.update(torch.tensor(c["obs"], device=self.device))

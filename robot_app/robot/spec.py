@@ -145,7 +145,8 @@ class RobotSpec(_Strict):
             p = span.parameter
             known = joints if p.value.startswith("joint_") else actuators if p is Parameter.ACTUATOR_GAIN else None
             if known is not None and span.element not in known:
-                raise ValueError(f"randomisation {name}: {p.value} of {span.element!r}, which is none of {sorted(known)}")
+                raise ValueError(f"randomisation {name}: {p.value} of {span.element!r}, which is none of "
+                                 f"{sorted(known)}")
             if not p.physical and p in devices:
                 raise ValueError(f"randomisation {name}: a second range for {p.value}")
             devices.add(p)

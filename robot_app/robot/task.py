@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from calibration.encoders import EncoderMap
+from robot_app.common.artifact import Layouts
 from robot_app.robot.spec import RobotSpec
 
 
@@ -59,7 +60,7 @@ def wrap_angle(angle: float) -> float:
     return (angle + math.pi) % (2.0 * math.pi) - math.pi
 
 
-class FurutaSwingUp:
+class FurutaSwingUp(Layouts):
     """Swing the pendulum up from hanging and balance it, with the arm inside its software limit.
 
     Angles: arm theta (0 = centred), pendulum alpha (0 = upright, the calibration puts it there). Observation

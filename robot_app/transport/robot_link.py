@@ -31,9 +31,9 @@ from typing import Callable
 
 import zmq
 
-from robot_app.common.files import write_atomic
 from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.agent.transition_log import PendingChunk, TransitionLog
+from robot_app.common.files import write_atomic
 from robot_app.common.logs import first_and_doubling
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from calibration.encoders import load_calibration
-from robot_app.common.artifact import ArtifactError
 from robot_app.agent.policy_runner import ConstantPolicy, PolicyKind, load_policy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
+from robot_app.common.artifact import ArtifactError
 from robot_app.hardware.protocol import Fault, FaultCode, MessageType, SensorStatus
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec

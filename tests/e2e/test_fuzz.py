@@ -19,22 +19,21 @@ from hypothesis import strategies as st
 from calibration.encoders import load_calibration
 from robot_app.agent.policy_runner import RandomPolicy
 from robot_app.agent.runtime import Agent
-from robot_app.agent.transition_log import TransitionLog
+from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
 from robot_app.hardware.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, MessageType, encode_frame, parse
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.learner.ingest import REFUSED, IngestServer, IngestStore, RowSchema
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.messages import (
-    SCHEMA_VERSION, Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch, TransitionChunk,
-    decode, encode,
+    SCHEMA_VERSION, Heartbeat, MessageError, PolicyAnnouncement, PolicyRequest, Status, TransitionBatch,
+    TransitionChunk, decode, encode,
 )
 from robot_app.transport.robot_link import RobotLink
 from sim.virtual_robot import AMPLIFIER_LIMIT_V, VirtualRobot
+from tests.agent.test_agent import HANGING
 from tests.conftest import reply, wait_until
 from tests.fake_device import FakeDevice, write_all
 from tests.strategies import ANYTHING, bodies, hostile_commands, hostile_sensor_frames, serial_pieces
-from robot_app.agent.transition_log import TransitionRecorder
-from tests.agent.test_agent import HANGING
 from tests.transport.test_transport import client, keys, transition  # noqa: F401  (keys: the fixture)
 
 SPEC = load_robot_spec("furuta")

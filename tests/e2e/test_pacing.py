@@ -8,9 +8,9 @@ from calibration.encoders import load_calibration
 from robot_app.agent.policy_runner import RandomPolicy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog
+from robot_app.common.reports import LearnerOptions
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.learner import online
-from robot_app.common.reports import LearnerOptions
 from robot_app.learner.service import serve_learner
 from robot_app.robot.spec import RobotSpec, load_robot_spec
 from robot_app.transport.robot_link import RobotLink

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robot_app.hardware.protocol import (
-    MAX_FRAME, MAX_PAYLOAD, PROTOCOL_VERSION, SYNC, Command, EStop, Fault, FaultCode, FrameDecoder, Hello,
-    MessageType, ProtocolError, SensorFrame, encode_frame, parse,
+    MAX_FRAME, MAX_PAYLOAD, PROTOCOL_VERSION, SYNC, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType,
+    ProtocolError, SensorFrame, encode_frame, parse,
 )
 
 MESSAGES = [

@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
-from robot_app.common.artifact import METADATA_KEY, ArtifactError
 from policies.export import DeployedPolicy, export_onnx, weights_sha256
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 from robot_app.agent.policy_runner import OnnxPolicy
+from robot_app.common.artifact import METADATA_KEY, ArtifactError
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from robot_app.agent.policy_runner import load_policy
 from robot_app.common.artifact import ArtifactError
 from robot_app.common.reports import GateReport, GateSummary
 from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key
-from robot_app.agent.policy_runner import load_policy
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 from robot_app.robot.spec import load_robot_spec
 from robot_app.robot.task import make_task
@@ -52,7 +52,8 @@ def test_a_trained_policy_passes_and_its_report_reproduces(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "returns.png", "traces.png"}
     assert "PASSED" in (folder / "report.md").read_text()
     stored = GateReport.model_validate_json((folder / "report.json").read_text())  # the file reads back, typed
-    assert stored == first.model_copy(update={"episodes": [e.model_copy(update={"trace": None}) for e in first.episodes]})
+    untraced = [e.model_copy(update={"trace": None}) for e in first.episodes]
+    assert stored == first.model_copy(update={"episodes": untraced})
     assert timeless(validate(TRAINED, config=config(4))) == timeless(first)
 
 

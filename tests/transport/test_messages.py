@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from robot_app.common.transition_chunk import COLUMNS
 from robot_app.transport.messages import (
-    KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement,
-    Status, TransitionBatch, TransitionChunk, decode, encode,
+    KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
+    TransitionChunk, decode, encode,
 )
 from tests.agent.test_transition_log import transition
 from tests.strategies import ANYTHING, array_records, bodies

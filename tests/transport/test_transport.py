@@ -12,9 +12,7 @@ import zmq
 from robot_app.agent.transition_log import Transition, TransitionLog
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.transport.keys import generate_keys, secure_client
-from robot_app.transport.messages import (
-    SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, encode,
-)
+from robot_app.transport.messages import SCHEMA_VERSION, Ack, Heartbeat, TransitionBatch, TransitionChunk, encode
 from robot_app.transport.robot_link import RobotLink
 from tests.conftest import reply, stored_keys, wait_until
 
@@ -142,8 +140,8 @@ def export_policy(path, obs_layout, actor=None):
 def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tmp_path):
     import torch
 
-    from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key, sign
     from robot_app.agent.policy_runner import load_policy
+    from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key, sign
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
 
