@@ -39,14 +39,19 @@ class DeployedPolicy(nn.Module):
         super().__init__()
         self.normalizer = copy.deepcopy(normalizer).cpu().eval()
         self.actor = copy.deepcopy(actor).cpu().eval()
-        self.scaler = ActionScaler(low, high, as_array=lambda array: torch.as_tensor(array, dtype=torch.float32))
+        scaler = ActionScaler(low, high, as_array=lambda array: torch.as_tensor(array, dtype=torch.float32))
+        # Buffers, so the weights digest (and with it the policy's version) covers the action bounds.
+        self.register_buffer("low", torch.as_tensor(scaler.low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(scaler.high, dtype=torch.float32))
+        self.register_buffer("half_range", scaler.half_range)
+        self.register_buffer("centre", scaler.centre)
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.actor.distribution_params(self.normalizer(obs))
         return mean, log_std.exp()
 
     def to_native(self, unit_action: torch.Tensor) -> torch.Tensor:
-        return self.scaler.to_native(unit_action)
+        return ActionScaler.to_native(self, unit_action)  # the scaler's map, over this module's buffers
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.to_native(torch.tanh(self.distribution(obs)[0]))
@@ -96,8 +101,8 @@ def export_onnx(
         env=env,
         obs_layout=[(name, int(width)) for name, width in obs_layout],
         action_layout=list(action_layout),
-        action_low=list(policy.scaler.low),
-        action_high=list(policy.scaler.high),
+        action_low=policy.low.tolist(),
+        action_high=policy.high.tolist(),
         action_repeat=action_repeat,
         training_step=training_step,
         source_run=source_run,
@@ -131,7 +136,7 @@ def export_onnx(
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: obs.numpy()})
     # The action in units of its half-range; the pre-tanh mean and std relative to their size (at least 1).
-    scales = [policy.scaler.half_range.numpy(), np.maximum(np.abs(expected[1]), 1.0), np.maximum(expected[2], 1.0)]
+    scales = [policy.half_range.numpy(), np.maximum(np.abs(expected[1]), 1.0), np.maximum(expected[2], 1.0)]
     error = max(float(np.max(np.abs(g - e) / scale)) for g, e, scale in zip(got, expected, scales))
     if not error < PARITY_TOLERANCE:
         raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| (of the half-range, or relative) = "

@@ -7,7 +7,6 @@ from typing import Callable
 
 import numpy as np
 
-from robot_app.common.actions import ActionScaler
 from sim.env import Env, EnvSpec, StepResult, UnknownEnvironmentError
 
 os.environ.setdefault("MUJOCO_GL", "disable")
@@ -117,5 +116,4 @@ def evaluate_artifact(path, episodes: int, seed: int) -> tuple[str, list[float]]
     meta = policy.metadata
     env = make_env(meta.env, seed, meta.action_repeat)
     policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
-    scaler = ActionScaler(meta.action_low, meta.action_high)
-    return meta.env, evaluate_returns(env, lambda obs: scaler.to_unit(policy(obs)), episodes)
+    return meta.env, evaluate_returns(env, lambda obs: policy.scaler.to_unit(policy(obs)), episodes)

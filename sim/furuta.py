@@ -65,8 +65,7 @@ class FurutaPhysics:
 
     def draw(self, rng: np.random.Generator) -> dict[str, float]:
         """Physical parameters drawn from the spec's randomisation ranges, and set (domain randomisation)."""
-        params = {name: span.draw(rng) for name, span in sorted(self.spec.randomisation.items())
-                  if span.parameter.physical}
+        params = self.spec.draw(rng, physical_only=True)
         self.randomise(params)
         return params
 

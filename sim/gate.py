@@ -2,7 +2,7 @@
 
 Each episode is the real path: the agent runtime, the policy runner and the safety supervisor drive a lockstep virtual
 robot over a pty, through the serial protocol. The virtual robot differs from the nominal one as drawn from the robot
-spec's randomisation ranges: masses, friction, damping, motor gain, cable stiffness, sensor noise, control latency and
+spec's randomisation ranges: masses, friction, damping, motor gain, cable stiffness, sensor noise, plant latency and
 jitter (in simulated time), and an encoder calibration error. Episodes run in parallel on every core, each from its
 recorded seed, so a report is reproducible. The verdict checks the config's thresholds; any limit violation, at the
 wire or at a joint, rejects.
@@ -86,7 +86,7 @@ def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan
     rng = np.random.default_rng(seed)
     plans = []
     for index in range(episodes):
-        draws = {name: span.draw(rng) for name, span in sorted(spec.randomisation.items())}
+        draws = spec.draw(rng)  # then the episode's seed, from the same stream
         plans.append(EpisodePlan(index, int(rng.integers(2**31)), draws))
     return plans
 
@@ -105,7 +105,7 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> EpisodeResult:
     physics, device = spec.split_draws(plan.draws)
     rng = np.random.default_rng(plan.seed)
     offset = device[Parameter.ENCODER_OFFSET]
-    variation = Variation(physics=physics, command_latency_s=device[Parameter.COMMAND_LATENCY],
+    variation = Variation(physics=physics, plant_latency_s=device[Parameter.PLANT_LATENCY],
                           jitter_s=device[Parameter.CONTROL_JITTER], sensor_noise_counts=device[Parameter.SENSOR_NOISE],
                           count_offsets=tuple(int(round(v)) for v in rng.uniform(-abs(offset), abs(offset),
                                                                                   len(spec.sensors))))

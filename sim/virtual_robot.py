@@ -57,7 +57,7 @@ class Variation:
     """How this unit differs from the nominal robot (the gate draws these). Delays are simulated time, lockstep only."""
 
     physics: dict = dataclasses.field(default_factory=dict)  # FurutaPhysics.randomise names -> values
-    command_latency_s: float = 0.0  # each command reaches the motor this long into its period ...
+    plant_latency_s: float = 0.0  # each command reaches the motor this long into its period ...
     jitter_s: float = 0.0  # ... plus a uniform draw from [0, jitter_s)
     sensor_noise_counts: float = 0.0  # std of Gaussian noise on every encoder reading, in counts
     count_offsets: tuple[int, ...] = ()  # a calibration error: added to each encoder's counts
@@ -93,7 +93,7 @@ class VirtualRobot:
         also in an episode where the robot stays hanging still."""
         self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
         self.randomise, self._next_draw_s = randomise, 0.0
-        if (variation.command_latency_s or variation.jitter_s) and not lockstep:
+        if (variation.plant_latency_s or variation.jitter_s) and not lockstep:
             raise ValueError("simulated-time latency and jitter need lockstep; use Faults.latency_s in realtime")
         if variation.count_offsets and len(variation.count_offsets) != len(spec.sensors):
             raise ValueError(f"count_offsets {variation.count_offsets} has {len(variation.count_offsets)} entries; "
@@ -304,7 +304,7 @@ class VirtualRobot:
         """One period: the previous command holds until this one arrives, `latency + jitter` into the period."""
         variation, substep = self.variation, self._substep_s
         jitter = float(self._rng.uniform(0, variation.jitter_s)) if variation.jitter_s else 0.0
-        delay = variation.command_latency_s + jitter
+        delay = variation.plant_latency_s + jitter
         delay = min(round(delay / substep), self._max_delay_substeps) * substep  # whole substeps, in the period
         if delay > 0:
             self.physics.step(before, delay)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 
@@ -20,7 +20,6 @@ class PolicyKind(str, enum.Enum):
     ONNX_ACTOR = "onnx-actor"  # an exported actor network, run deterministically or sampled
 
 
-@runtime_checkable
 class Policy(Protocol):
     """What the agent runs: an observation in, a native-unit action out, once per tick. A policy may keep state between
     calls; `reset()` comes at every episode start. `sample_seed` is the seed of the last action's random draw, -1 when
@@ -76,8 +75,8 @@ class OnnxPolicy:
         bound = ((OUTPUT_NAME, self._action), (MEAN_NAME, self._mean), (STD_NAME, self._std))
         for name, buffer in bound[:3 if self.stochastic else 1]:
             self._binding.bind_ortvalue_output(name, onnxruntime.OrtValue.ortvalue_from_numpy(buffer))
-        self._scaler = ActionScaler(self.metadata.action_low, self.metadata.action_high,
-                                    as_array=lambda array: array.astype(np.float32))
+        self.scaler = ActionScaler(self.metadata.action_low, self.metadata.action_high,
+                                   as_array=lambda array: array.astype(np.float32))
 
     def reset(self) -> None:
         pass
@@ -109,7 +108,7 @@ class OnnxPolicy:
         self.check_stochastic()
         self._obs[0] = obs
         self._session.run_with_iobinding(self._binding)
-        return self._scaler.to_native(np.tanh(self._mean[0] + self._std[0] * noise))
+        return self.scaler.to_native(np.tanh(self._mean[0] + self._std[0] * noise))
 
     @property
     def version(self) -> str:

@@ -188,11 +188,12 @@ class Agent:
                 if self._next_policy is not None:
                     self.policy, self._next_policy = self._next_policy, None
                     log.info("policy swapped to %s at the start of episode %d", self.policy.version, self.episode)
-                self.policy.reset()
         if self._phase == "run" and state is not None:
             obs = self._observation()
             started = time.perf_counter_ns()
             try:
+                if self._step == 0:
+                    self.policy.reset()  # a new episode
                 policy_action = np.asarray(self.policy(obs), dtype=np.float64)
                 sample_seed = self.policy.sample_seed
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on

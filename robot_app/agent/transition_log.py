@@ -70,12 +70,12 @@ class TransitionSink(Protocol):
     def append(self, transition: Transition) -> None: ...
 
     def next_episode(self, robot_id: str) -> int:
-        """The number `robot_id`'s next episode takes (numbers never repeat within one sink)."""
+        """The number `robot_id`'s first episode takes in this run of the agent."""
         ...
 
 
 class TransitionRecorder:
-    """A TransitionSink in memory, for one run: the gate's episodes and the tests."""
+    """A TransitionSink in memory, for one run, whose episodes count from 0: the gate's episodes and the tests."""
 
     def __init__(self):
         self.rows: list[Transition] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,8 +56,10 @@ class PolicyMetadata(Layouts, BaseModel):
             raise ValueError(f"format is {self.format!r}, this runtime reads {FORMAT!r}")
         if not (len(self.action_low) == len(self.action_high) == len(self.action_layout)):
             raise ValueError("action_low, action_high and action_layout differ in length")
-        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
-            raise ValueError(f"action_low {self.action_low} must lie below action_high {self.action_high}")
+        if not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in zip(self.action_low,
+                                                                                          self.action_high)):
+            raise ValueError(f"action_low {self.action_low} must lie below action_high {self.action_high}, both "
+                             "finite")
         return self
 
     def to_json(self) -> str:

@@ -151,7 +151,7 @@ class LearnerOptions(Result):
     horizon: int = Field(3, ge=0)
     agent_overrides: dict[str, Any] = {}  # SACSVGConfig fields
     seed: int = 0
-    warmup: int = Field(1000, ge=1)
+    warmup: int = Field(1000, ge=0)
     updates_per_transition: float = Field(1.0, gt=0)
     candidate_every: int = Field(1000, ge=1)
     total_updates: int = Field(100_000, ge=1)

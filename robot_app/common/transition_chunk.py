@@ -60,6 +60,8 @@ def get_field(body: dict, name: str, kind: type | tuple[type, ...]):
 
 
 # The columns of a transition chunk: dtype and number of dimensions. Row i of every column is one transition.
+# A change here is a new wire schema and a new outbox file format: bump transport.messages.SCHEMA_VERSION and
+# agent.transition_log.SCHEMA_VERSION with it.
 COLUMNS = {
     "seq": ("<i8", 1), "episode": ("<i8", 1), "step": ("<i8", 1),
     "obs": ("<f4", 2), "action": ("<f4", 2), "reward": ("<f4", 1), "next_obs": ("<f4", 2),

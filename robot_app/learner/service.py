@@ -87,16 +87,18 @@ class GatedDeployment:
             log.exception("the gate or the deploy failed on %s", version)
 
 
-def gated_deployment(options: DeploymentOptions, server: IngestServer, robot: str) -> GatedDeployment:
-    """The registry, gate config and signing key the options name, loaded."""
+def load_deployment(options: DeploymentOptions, robot: str):
+    """The registry, signing key and gate config the options name, loaded (so a bad one fails before anything starts);
+    a function of the ingest server that builds the GatedDeployment."""
     from robot_app.common.signing import load_signing_key
     from robot_app.learner.registry import PolicyRegistry
     from sim.gate import load_gate_config
 
     config = load_gate_config(options.gate_config, episodes=options.gate_episodes)
-    return GatedDeployment(PolicyRegistry(options.registry), server, robot,
-                           load_signing_key(options.signing_key) if options.signing_key else None,
-                           config.for_exploring() if options.explore_below_bar else config, options.auto_deploy)
+    config = config.for_exploring() if options.explore_below_bar else config
+    signing_key = load_signing_key(options.signing_key) if options.signing_key else None
+    registry = PolicyRegistry(options.registry)
+    return lambda server: GatedDeployment(registry, server, robot, signing_key, config, options.auto_deploy)
 
 
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
@@ -104,14 +106,15 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
                   stop: threading.Event, duration_s: float | None = None, progress_every_s: float = 10.0,
                   deployment_options: DeploymentOptions | None = None) -> dict:
     out = Path(out)
+    deploy = load_deployment(deployment_options, spec.name) if deployment_options else None
     store = IngestStore(out / "ingest.sqlite")
     returns = EpisodeReturns()
     learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options.model_dump())
     server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
     server.credit = learner.credit  # before the first robot is heard
+    deployment = deploy(server) if deploy else None
     server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
     server_thread.start()
-    deployment = gated_deployment(deployment_options, server, spec.name) if deployment_options else None
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,
              "pushing candidates straight to robots" if push_candidates else
              "candidates go through the registry" if deployment else "candidates are only exported")

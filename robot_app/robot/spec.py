@@ -58,8 +58,8 @@ class ActuatorSpec(_Strict):
     rate_limit: float = Field(gt=0)  # command units per second
     safe_command: float
     # The reset controller between episodes drives the actuator's joint to 0: -reset_kp * angle - reset_kd * speed.
-    reset_kp: float = Field(0.0, ge=0)  # command units per rad
-    reset_kd: float = Field(0.0, ge=0)  # command units per rad/s
+    reset_kp: float = Field(ge=0)  # command units per rad
+    reset_kd: float = Field(ge=0)  # command units per rad/s
 
     @model_validator(mode="after")
     def _limits(self) -> "ActuatorSpec":
@@ -79,7 +79,7 @@ class Parameter(str, enum.Enum):
     JOINT_STIFFNESS = "joint_stiffness"  # N·m/rad towards the joint's zero (a cable, a spring)
     BODY_MASS = "body_mass"  # kg; the body keeps its shape, so its inertia scales with the mass
     ACTUATOR_GAIN = "actuator_gain"  # torque per command unit; a back-EMF term scales with it
-    COMMAND_LATENCY = "command_latency"  # s: each command reaches the motor this far into its period
+    PLANT_LATENCY = "plant_latency"  # s: each command reaches the motor (the plant) this far into its period
     CONTROL_JITTER = "control_jitter"  # s: plus up to this much, drawn every period
     SENSOR_NOISE = "sensor_noise"  # counts: std of Gaussian noise on every encoder reading
     ENCODER_OFFSET = "encoder_offset"  # counts: each encoder's zero is off by up to ± this
@@ -103,6 +103,14 @@ class RandomRange(_Strict):
     low: float
     high: float
     log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value):
+        if isinstance(value, (list, tuple)):
+            raise ValueError(f"a range is {{parameter, element (a physical one's), low, high, log}}, not "
+                             f"{list(value)}: it names what it sets")
+        return value
 
     @model_validator(mode="after")
     def _order(self) -> "RandomRange":
@@ -151,6 +159,12 @@ class RobotSpec(_Strict):
                 raise ValueError(f"randomisation {name}: a second range for {p.value}")
             devices.add(p)
         return self
+
+    def draw(self, rng, physical_only: bool = False) -> dict[str, float]:
+        """One value of every randomisation range (or of the physical ones), from a numpy Generator. Ranges draw in
+        the order of their names, one uniform each: a range's name fixes which value of the stream it gets."""
+        return {name: span.draw(rng) for name, span in sorted(self.randomisation.items())
+                if span.parameter.physical or not physical_only}
 
     def split_draws(self, draws: dict[str, float]) -> tuple[dict[str, float], dict[Parameter, float]]:
         """A draw of the randomisation ranges, split: the physical parameters by range name (for the physics), and

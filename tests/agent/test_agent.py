@@ -89,6 +89,29 @@ def assert_device_saw_only_safe_commands(audit):
     assert all(speed <= SPEC.joint("arm").max_hard_stop_speed for speed in audit["hard_stop_speeds"])
 
 
+class ResetCounting(FnPolicy):
+    def __init__(self, fn, version, fail=False):
+        super().__init__(fn, version)
+        self.resets, self.fail = 0, fail
+
+    def reset(self):
+        self.resets += 1
+        if self.fail:
+            raise RuntimeError("a planner that cannot start")
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["resets", "a reset that raises"])
+def test_the_policy_is_reset_at_every_episode_start_and_a_reset_that_raises_is_a_policy_fault(tmp_path, fail):
+    policy = ResetCounting(lambda obs: np.zeros(1), "counting", fail)
+    with virtual_robot(tmp_path, "--lockstep") as robot:
+        summary = make_agent(robot.port, policy).run(episodes=2)
+    assert summary.episodes == 2 and policy.resets == 2
+    if fail:  # the episode's first action is NaN: a latched safe stop, and the loop goes on; no tick error
+        assert summary.faults == {"non_finite_action": 2} and summary.tick_errors == 0 and summary.transitions == 2
+    else:
+        assert summary.faults == {} and summary.transitions == 2 * SPEC.episode_steps
+
+
 def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):
     log_path = tmp_path / "t.sqlite"
     with virtual_robot(tmp_path, "--lockstep") as robot, TransitionLog(log_path) as log:

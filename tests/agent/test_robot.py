@@ -53,7 +53,7 @@ def test_bad_specs_are_refused_naming_the_problem(spec, tmp_path):
                          (damping | {"element": "elbow", "low": 0.0, "high": 1.0}, "'elbow', which is none of"),
                          ({"parameter": "sensor_noise", "element": "arm", "low": 0, "high": 1}, "takes no element"),
                          ({"parameter": "warp_drive", "low": 0.0, "high": 1.0}, "parameter"),
-                         ([0.0, 1.0], "valid dictionary")):
+                         ([0.0, 1.0], "it names what it sets")):
         with pytest.raises(ValueError, match=problem):
             load_robot_spec(_write_spec(tmp_path, spec, randomisation={"arm_damping": bad}))
     noise = {"parameter": "sensor_noise", "low": 0.0, "high": 1.0}

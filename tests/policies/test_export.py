@@ -1,5 +1,7 @@
 """ONNX export: parity, dynamic batch, metadata, and the agent-side runner's checks."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -9,7 +11,7 @@ from policies.export import DeployedPolicy, export_onnx, weights_sha256
 from policies.networks import SquashedGaussianActor
 from policies.normalizer import RunningNormalizer
 from robot_app.agent.policy_runner import OnnxPolicy
-from robot_app.common.artifact import METADATA_KEY, ArtifactError
+from robot_app.common.artifact import METADATA_KEY, ArtifactError, PolicyMetadata
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,21 @@ def test_metadata_carries_layout_bounds_provenance_and_weights_hash(exported):
     assert meta.weights_sha256 == weights_sha256(policy)
 
 
+def test_the_weights_digest_and_so_the_version_covers_the_action_bounds(exported):
+    policy, _, _ = exported
+    wider = DeployedPolicy(policy.normalizer, policy.actor, low=[-2.0, 0.0], high=[2.0, 20.0])
+    assert weights_sha256(wider) != weights_sha256(policy)
+
+
+@pytest.mark.parametrize("bounds", [([float("nan"), 0.0], [2.0, 10.0]), ([-2.0, 0.0], [2.0, float("inf")]),
+                                    ([-2.0, 10.0], [2.0, 0.0])])
+def test_metadata_with_bounds_that_are_not_finite_and_ordered_is_refused(exported, bounds):
+    _, _, meta = exported
+    low, high = bounds
+    with pytest.raises(ArtifactError, match="must lie below action_high .* both finite"):
+        PolicyMetadata.from_json(json.dumps(meta.model_dump() | {"action_low": low, "action_high": high}))  # NaN too
+
+
 def test_runner_refuses_a_mismatched_target_and_bad_files(exported, tmp_path):
     _, path, _ = exported
     with pytest.raises(ArtifactError, match="obs_dim=5, action_dim=2; the target has obs_dim=6"):
@@ -110,7 +127,7 @@ def test_the_exported_stochastic_actor_samples_as_torch_does(exported):
     with torch.no_grad():
         unit, _ = policy.actor.sample(policy.normalizer(torch.from_numpy(obs)).expand(20_000, -1))
         torch_draws = policy.to_native(unit).numpy()
-    half_range = policy.scaler.half_range.numpy()
+    half_range = policy.half_range.numpy()
     assert onnx_draws.std(axis=0).min() > 0.05 * half_range.min()  # a real spread, not the deterministic action
     np.testing.assert_allclose(onnx_draws.mean(axis=0) / half_range, torch_draws.mean(axis=0) / half_range, atol=0.02)
     np.testing.assert_allclose(onnx_draws.std(axis=0) / half_range, torch_draws.std(axis=0) / half_range, atol=0.02)
