@@ -16,29 +16,25 @@ from sim.env import EnvSpec, StepResult, UnknownEnvironmentError
 ASSETS = Path(__file__).parent / "assets"
 
 
-def _set_body_mass(model, body: str, mass: float) -> None:
-    body = model.body(body)  # the body keeps its shape: inertia scales with mass
-    model.body_inertia[body.id] *= mass / model.body_mass[body.id]
-    model.body_mass[body.id] = mass
-
-
-def _set_actuator_gain(model, actuator: str, gain: float) -> None:
-    index = model.actuator(actuator).id  # an affine bias (the back-EMF term, gain * km) scales with the gain
-    model.actuator_biasprm[index, 2] *= gain / model.actuator_gainprm[index, 0]
-    model.actuator_gainprm[index, 0] = gain
-
-
-# How each physical parameter of the spec's randomisation table is set on the MuJoCo model.
-_SET = {
-    Parameter.JOINT_DAMPING: lambda model, joint, value: model.dof_damping.__setitem__(model.joint(joint).dofadr[0],
-                                                                                        value),
-    Parameter.JOINT_FRICTION: lambda model, joint, value: model.dof_frictionloss.__setitem__(
-        model.joint(joint).dofadr[0], value),
-    Parameter.JOINT_STIFFNESS: lambda model, joint, value: model.jnt_stiffness.__setitem__(model.joint(joint).id,
-                                                                                            value),
-    Parameter.BODY_MASS: _set_body_mass,
-    Parameter.ACTUATOR_GAIN: _set_actuator_gain,
-}
+def _set_parameter(model, parameter: Parameter, element: str, value: float) -> None:
+    """Set one physical parameter of the spec's randomisation table on the MuJoCo model. An element the model does
+    not name raises KeyError."""
+    if parameter is Parameter.JOINT_DAMPING:
+        model.dof_damping[model.joint(element).dofadr[0]] = value
+    elif parameter is Parameter.JOINT_FRICTION:
+        model.dof_frictionloss[model.joint(element).dofadr[0]] = value
+    elif parameter is Parameter.JOINT_STIFFNESS:
+        model.jnt_stiffness[model.joint(element).id] = value
+    elif parameter is Parameter.BODY_MASS:  # the body keeps its shape: inertia scales with mass
+        body = model.body(element).id
+        model.body_inertia[body] *= value / model.body_mass[body]
+        model.body_mass[body] = value
+    elif parameter is Parameter.ACTUATOR_GAIN:  # an affine bias (the back-EMF term, gain * km) scales with the gain
+        actuator = model.actuator(element).id
+        model.actuator_biasprm[actuator, 2] *= value / model.actuator_gainprm[actuator, 0]
+        model.actuator_gainprm[actuator, 0] = value
+    else:
+        raise ValueError(f"{parameter.value} is not a parameter of the MuJoCo model")
 
 
 class FurutaPhysics:
@@ -83,7 +79,7 @@ class FurutaPhysics:
             if span is None or not span.parameter.physical:
                 raise ValueError(f"randomisation {name!r} is not a physical parameter of robot {self.spec.name}")
             try:
-                _SET[span.parameter](model, span.element, value)
+                _set_parameter(model, span.parameter, span.element, value)
             except KeyError:
                 raise ValueError(f"randomisation {name!r}: {self.spec.mjcf} has no {span.parameter.value} element "
                                  f"{span.element!r}") from None

@@ -131,7 +131,7 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: Agent
     asked = np.nan_to_num(np.clip(np.array([t.policy_action for t in rows]).reshape(len(rows), -1), low, high))
     tail = rewards[-max(1, len(rewards) // 4):]
     joints = spec.joints
-    stop_speed = min((j.max_hard_stop_speed for j in spec.joints if j.hard_stop), default=math.inf)
+    stop_speed = min((j.max_hard_stop_speed for j in joints if j.hard_stop), default=math.inf)
     over_speed = [speed for speed in audit["hard_stop_speeds"] if speed > stop_speed]  # the device watches its stops
     velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
     return EpisodeResult(

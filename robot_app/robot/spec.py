@@ -148,16 +148,17 @@ class RobotSpec(_Strict):
         for part in [*self.sensors, *self.actuators]:
             if part.joint not in joints:
                 raise ValueError(f"{part.name} refers to joint {part.joint!r}; joints are {sorted(joints)}")
-        devices = set()
+        device_parameters = set()
         for name, span in self.randomisation.items():
             p = span.parameter
             known = joints if p.value.startswith("joint_") else actuators if p is Parameter.ACTUATOR_GAIN else None
             if known is not None and span.element not in known:
                 raise ValueError(f"randomisation {name}: {p.value} of {span.element!r}, which is none of "
                                  f"{sorted(known)}")
-            if not p.physical and p in devices:
-                raise ValueError(f"randomisation {name}: a second range for {p.value}")
-            devices.add(p)
+            if not p.physical:
+                if p in device_parameters:
+                    raise ValueError(f"randomisation {name}: a second range for {p.value}")
+                device_parameters.add(p)
         return self
 
     def draw(self, rng, physical_only: bool = False) -> dict[str, float]:

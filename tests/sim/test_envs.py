@@ -93,3 +93,14 @@ def test_each_physical_range_sets_the_mjcf_element_the_spec_names():
     assert changed("body_mass") == [model.body("pendulum").id]  # each range set its own element, nothing else
     with pytest.raises(ValueError, match="'sensor_noise_counts' is not a physical parameter"):
         physics.randomise({"sensor_noise_counts": 0.5})
+
+
+def test_a_range_whose_element_the_mjcf_lacks_is_refused_naming_it():
+    from robot_app.robot.spec import RobotSpec, load_robot_spec
+    from sim.furuta import FurutaPhysics
+
+    spec = load_robot_spec("furuta")
+    elbow = {"parameter": "body_mass", "element": "elbow", "low": 0.01, "high": 0.02}  # bodies are the MJCF's to name
+    spec = RobotSpec.model_validate(spec.model_dump() | {"randomisation": {"elbow_mass": elbow}})
+    with pytest.raises(ValueError, match="furuta.xml has no body_mass element 'elbow'"):
+        FurutaPhysics(spec).randomise({"elbow_mass": 0.015})
