@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from robot_app.common.files import read_yaml_mapping
+from robot_app.common.files import load_yaml_model
 
 CALIBRATION_DIR = Path(__file__).parent
 
@@ -50,9 +50,14 @@ class EncoderMap:
         return np.round(np.asarray(angles, dtype=np.float64) / self.gain + self.offset).astype(np.int64)
 
 
-def load_calibration(robot_or_path: str | Path) -> RobotCalibration:
-    """A robot's calibration by name ('furuta' reads calibration/furuta.yaml) or by path to a YAML file."""
+def load_calibration(robot_or_path: str | Path, robot: str | None = None) -> RobotCalibration:
+    """A robot's calibration by name ('furuta' reads calibration/furuta.yaml) or by path to a YAML file; with `robot`,
+    a calibration made for another robot is refused."""
     path = Path(robot_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = CALIBRATION_DIR / f"{robot_or_path}.yaml"
-    return RobotCalibration.model_validate(read_yaml_mapping(path, "calibration"))
+    calibration = load_yaml_model(RobotCalibration, path, "calibration")
+    if robot is not None and calibration.robot != robot:
+        raise ValueError(f"calibration {path}: robot: {calibration.robot!r}, but this is robot {robot!r}; refusing "
+                         "to drive it with another robot's calibration")
+    return calibration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,9 +24,17 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> 
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of a foreign file's pickle protocol before it refuses it
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"unreadable checkpoint {path}: {type(error).__name__}: {error}") from None
+        # torch's own messages run to a page of hints; their first sentence says what broke
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        if "weights_only" in str(error):
+            why = "it holds objects other than tensors and plain data, so it is not a checkpoint this program wrote"
+        else:
+            why = f"truncated or corrupt ({type(error).__name__}: {first})"
+        raise CheckpointError(f"unreadable checkpoint {path} ({path.stat().st_size} bytes): {why}") from None
     missing = [key for key in required if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")

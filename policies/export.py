@@ -111,6 +111,7 @@ def export_onnx(
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     example = torch.zeros(2, metadata.obs_dim)
+    log.info("exporting the actor to ONNX (torch.export, a few seconds) ...")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -128,6 +129,7 @@ def export_onnx(
     data = proto.SerializeToString()
 
     # Parity on inputs spread like real observations: the normaliser's statistics, widened.
+    log.info("checking parity of torch and onnxruntime on %d observations ...", parity_samples)
     generator = torch.Generator().manual_seed(seed)
     std = torch.sqrt(policy.normalizer.var + policy.normalizer.eps)
     obs = policy.normalizer.mean + 3.0 * std * torch.randn(parity_samples, metadata.obs_dim, generator=generator)

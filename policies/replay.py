@@ -8,6 +8,7 @@ import os
 import numpy as np
 import torch
 
+from policies.checkpoint import CheckpointError
 from robot_app.common.files import write_atomic
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "episode", "step")
@@ -107,14 +108,21 @@ class ReplayBuffer:
         write_atomic(path, lambda f: np.savez(f, **self.state_dict()))
 
     def load(self, path: str | os.PathLike) -> None:
-        with np.load(path, allow_pickle=False) as data:
-            capacity, size, cursor = (int(v) for v in data["meta"])
-            if capacity != self.capacity or data["obs"].shape[1:] != self.obs.shape[1:]:
-                raise ValueError(
-                    f"replay file {path} has capacity {capacity} and obs shape {data['obs'].shape[1:]}, "
-                    f"expected {self.capacity} and {self.obs.shape[1:]}"
-                )
-            for name in FIELDS:
-                getattr(self, name)[:size] = data[name]
-            self.size, self.cursor = size, cursor
-            self.terminal_count = int(self.terminated[:size].sum())
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in ("meta", *FIELDS)}
+        except FileNotFoundError:
+            raise CheckpointError(f"no replay file at {path}") from None
+        except Exception as error:  # numpy raises many types, some with a pickle hint, for a corrupt or foreign file
+            raise CheckpointError(f"replay file {path} is unreadable ({type(error).__name__}): not the .npz a "
+                                  "checkpoint writes") from None
+        capacity, size, cursor = (int(v) for v in arrays["meta"])
+        if any(len(arrays[name]) != size for name in FIELDS):
+            raise CheckpointError(f"replay file {path} says it holds {size} rows, but its arrays disagree")
+        if capacity != self.capacity or arrays["obs"].shape[1:] != self.obs.shape[1:]:
+            raise CheckpointError(f"replay file {path} has capacity {capacity} and obs shape "
+                                  f"{arrays['obs'].shape[1:]}, expected {self.capacity} and {self.obs.shape[1:]}")
+        for name in FIELDS:
+            getattr(self, name)[:size] = arrays[name]
+        self.size, self.cursor = size, cursor
+        self.terminal_count = int(self.terminated[:size].sum())

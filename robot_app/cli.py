@@ -16,6 +16,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _endpoint(text: str) -> str:
+    """A ZeroMQ endpoint this program can bind or connect: tcp://HOST:PORT or ipc://PATH."""
+    host, sep, port = text.removeprefix("tcp://").rpartition(":")
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
+        return text
+    if text.startswith("tcp://") and sep and host and (port == "*" or port.isdigit() and int(port) < 65536):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a ZeroMQ endpoint: give tcp://HOST:PORT or ipc://PATH")
+
+
 def _train(args) -> int:
     from robot_app.learner.training import Trainer
 
@@ -46,13 +66,14 @@ def _evaluate(args) -> int:
     from sim.envs import evaluate_artifact, evaluate_returns, make_env
 
     if Path(args.target).suffix == ".onnx":
-        name, returns = evaluate_artifact(args.target, args.episodes, args.seed)
+        name, returns = evaluate_artifact(args.target, args.episodes, args.seed, progress="evaluating")
     else:
         from robot_app.learner.training import load_agent
 
         loaded = load_agent(args.target)
         env = make_env(loaded.config.env, args.seed, loaded.config.action_repeat)
-        returns = evaluate_returns(env, lambda obs: loaded.agent.act(obs, deterministic=True), args.episodes)
+        returns = evaluate_returns(env, lambda obs: loaded.agent.act(obs, deterministic=True), args.episodes,
+                                   progress="evaluating")
         name = loaded.config.env
     print(f"{name}: return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {args.episodes} episodes "
           f"(min {np.min(returns):.1f}, max {np.max(returns):.1f})")
@@ -62,6 +83,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from robot_app.learner.training import export_run
 
+    logging.getLogger(__name__).info("loading %s", args.target)
     meta = export_run(args.target, args.out)
     print(f"exported {args.out}: obs_dim={meta.obs_dim} action_dim={meta.action_dim} "
           f"step={meta.training_step} sha256={meta.weights_sha256}")
@@ -85,7 +107,10 @@ def _virtual_robot(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: robot.stop())
     signal.signal(signal.SIGUSR1, lambda *_: robot.press_estop())
     print(robot.port, flush=True)
-    audit = robot.serve(args.duration)
+    logging.getLogger("robot_app.virtual_robot").info(
+        "%s serving on %s (%s); a status line every %g s; SIGTERM or Ctrl-C stops it", robot.robot_id, robot.port,
+        "lockstep" if args.lockstep else f"realtime at {spec.control_rate_hz:g} Hz", args.status_every)
+    audit = robot.serve(args.duration, status_every_s=args.status_every)
     if args.audit_out:
         write_audit(audit, args.audit_out)
     logging.getLogger("robot_app.virtual_robot").info(
@@ -102,12 +127,13 @@ def _agent(args) -> int:
     from robot_app.agent.policy_runner import ExploringPolicy, OnnxPolicy, SampledPolicy, load_policy
     from robot_app.agent.runtime import Agent
     from robot_app.agent.transition_log import TransitionLog
+    from robot_app.common.logs import format_counts
     from robot_app.hardware.serial_robot import SerialRobot
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
-    calibration = load_calibration(args.calibration or spec.name)
+    calibration = load_calibration(args.calibration or spec.name, robot=spec.name)
     obs_layout = make_task(spec).obs_layout
     limits = spec.command_limits
 
@@ -167,7 +193,7 @@ def _agent(args) -> int:
     if args.summary_out:
         Path(args.summary_out).write_text(summary.model_dump_json(indent=1))
     print(f"agent stopped ({summary.stop_reason}): {summary.episodes} episodes, "
-          f"{summary.transitions} transitions logged to {args.log}; interventions {summary.interventions}")
+          f"{summary.transitions} transitions logged to {args.log}; interventions {format_counts(summary.interventions)}")
     if summary.failure:
         print(f"robot-app agent: stopped on a fault, after a safe stop: {summary.failure}", file=sys.stderr)
         return 1
@@ -186,6 +212,7 @@ def _learner(args) -> int:
     import signal
     import threading
 
+    from robot_app.common.logs import format_counts
     from robot_app.common.reports import DeploymentOptions, LearnerOptions
     from robot_app.learner.service import serve_learner
     from robot_app.robot.spec import load_robot_spec
@@ -212,27 +239,43 @@ def _learner(args) -> int:
                             _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
                             stop, duration_s=args.duration, deployment_options=deployment)
     print(f"learner stopped: {summary['transitions']} transitions, {summary['updates']} updates, "
-          f"{summary['candidates']} candidates, rejected {summary['rejected']}")
+          f"{summary['candidates']} candidates; messages rejected: {format_counts(summary['rejected'])}")
     return 0
 
 
 def _print_verdict(report) -> None:
+    from robot_app.common.logs import format_counts
+    from robot_app.robot.spec import load_robot_spec
+    from sim.gate import bar_set, joint_rows
+
     print(f"{report.version or report.artifact}: {'PASSED' if report.passed else 'REJECTED'}")
     for reason in report.reasons:
         print(f"  - {reason}")
-    m = report.metrics
+    m, bars = report.metrics, report.config
     if m is not None:
-        print(f"  return mean {m.return_mean:.1f} (min {m.return_min:.1f}, p10 {m.return_p10:.1f}), success "
-              f"{m.success_rate:.2f}, interventions {m.interventions}, violations {m.wire_violations} at the wire and "
-              f"{m.joint_violations} at the joints; {len(report.episodes)} episodes in {report.wall_s:.1f} s on "
-              f"{report.workers} workers")
+        print(f"  task ({bar_set(bars)} bars): return mean {m.return_mean:.1f} (bar {bars['min_return_mean']:g}), "
+              f"p10 {m.return_p10:.1f} (bar {bars['min_return_p10']:g}), min {m.return_min:.1f}; success "
+              f"{m.success_rate:.2f} (bar {bars['min_success_rate']:g})")
+        print(f"  safety: interventions {format_counts(m.interventions)}; violations {m.wire_violations} at the wire "
+              f"and {m.joint_violations} at the joints")
+        for name, position, limit, velocity, velocity_limit in joint_rows(m, load_robot_spec(report.robot)):
+            print(f"  {name}: max |position| {position} (limit {limit}), max |velocity| {velocity} rad/s "
+                  f"(limit {velocity_limit})")
+        print(f"  {len(report.episodes)} episodes in {report.wall_s:.1f} s on {report.workers} workers")
 
 
 def _validate(args) -> int:
+    import mujoco  # noqa: F401  (the gate's episodes need it: without the sim extra, fail here, not in each worker)
+
+    from robot_app.agent.policy_runner import load_policy
+    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.task import make_task
     from sim.gate import load_gate_config, validate, write_report
 
     config = load_gate_config(args.config, episodes=args.episodes, seed=args.seed, workers=args.workers)
-    report = validate(args.policy, args.robot, config, progress=sys.stderr.isatty())
+    spec = load_robot_spec(args.robot)
+    load_policy(args.policy, spec, make_task(spec).obs_layout)  # a file that is no policy for this robot: exit 2
+    report = validate(args.policy, args.robot, config, progress=True)
     folder = write_report(report, args.report or Path(args.policy).with_suffix(".validation"))
     _print_verdict(report)
     print(f"report: {folder}/report.md")
@@ -242,19 +285,37 @@ def _validate(args) -> int:
 def _policies(args) -> int:
     from robot_app.learner.registry import PolicyRegistry
 
-    registry = PolicyRegistry(args.registry)
+    if args.action in ("add", "show", "validate", "deploy") and not args.target:
+        raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
+                          "(`robot-app policies list` shows the versions)")
+    registry = PolicyRegistry(args.registry, create=args.action == "add")
     actor = args.actor
     if args.action == "list":
-        for p in registry.list():
-            print(f"{p.version}  {p.state:<10}  step {p.training_step:>8}  {p.updated_at}  {p.source_run}")
+        rows = [_policy_row(p) for p in registry.list()]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(f"{'version':<16}  {'state':<10}  {'step':>8}  {'return':>6}  {'success':>7}  {'updated (UTC)':<20}  source")
+        for r in rows:
+            print(f"{r['version']:<16}  {r['state']:<10}  {r['training_step']:>8}  {_cell(r['return_mean'], '.1f'):>6}  "
+                  f"{_cell(r['success_rate'], '.2f'):>7}  {r['updated_at']:<20}  {r['source_run']}")
     elif args.action == "add":
-        print(f"{registry.add_candidate(args.target, actor).version} added as a candidate")
+        known = {p.version for p in registry.list()}
+        record = registry.add_candidate(args.target, actor)
+        if record.version in known:
+            print(f"{record.version} is already in the registry ({record.state}); nothing added")
+        else:
+            print(f"{record.version} added as a candidate")
     elif args.action == "show":
         record = registry.get(args.target)
-        print(json.dumps({k: v for k, v in dataclasses.asdict(record).items() if k != "report"}, indent=1))
+        row, history = _policy_row(record), registry.history(args.target)
+        if args.json:
+            print(json.dumps({**row, "history": history}, indent=1))
+            return 0
+        print(json.dumps(row, indent=1))
         if record.report:
             print(f"report: {record.report.get('folder')}/report.md")
-        for move in registry.history(args.target):
+        for move in history:
             print(f"  {move['at']}  {move['from_state'] or '-'} -> {move['to_state']}  by {move['actor']}: "
                   f"{move['reason']}")
     elif args.action == "validate":
@@ -265,7 +326,7 @@ def _policies(args) -> int:
             raise _UsageError("validate needs --signing-key (the gate's .sign_key from `robot-app keys gate --signing`)")
         report = gate_candidate(registry, args.target, load_signing_key(args.signing_key),
                                 load_gate_config(args.config, episodes=args.episodes), args.robot, actor,
-                                progress=sys.stderr.isatty())
+                                progress=True)
         _print_verdict(report)
         return 0 if report.passed else 1
     elif args.action == "deploy":
@@ -273,6 +334,18 @@ def _policies(args) -> int:
     elif args.action == "rollback":
         print(f"rolled back to {registry.rollback(actor).version}; the learner pushes it to the robots")
     return 0
+
+
+def _policy_row(record) -> dict:
+    """A registry record for people and scripts: its fields, and its validation's headline figures (None before)."""
+    metrics = ((record.report or {}).get("metrics")) or {}
+    row = {k: v for k, v in dataclasses.asdict(record).items() if k != "report"}
+    return {**row, "return_mean": metrics.get("return_mean"), "success_rate": metrics.get("success_rate"),
+            "report": (record.report or {}).get("folder")}
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _demo(args) -> int:
@@ -301,9 +374,24 @@ def _plot(args) -> int:
 def _estop(args) -> int:
     import signal
 
+    _check_agent_process(args.pid)
     os.kill(args.pid, signal.SIGUSR2 if args.reset else signal.SIGUSR1)
     print(f"{'e-stop reset' if args.reset else 'e-stop'} sent to agent pid {args.pid}")
     return 0
+
+
+def _check_agent_process(pid: int) -> None:
+    """Refuse to signal a process that is not a `robot-app agent`: SIGUSR1's default action kills a process."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        raise _UsageError(f"no process {pid}") from None
+    except OSError as error:
+        raise _UsageError(f"cannot read the command line of process {pid}: {error.strerror}") from None
+    args = [w.decode(errors="replace") for w in words if w]
+    program = next((i for i, a in enumerate(args) if Path(a).name == "robot-app" or a == "robot_app.cli"), None)
+    if program is None or "agent" not in args[program + 1:]:
+        raise _UsageError(f"process {pid} is not a robot-app agent ({' '.join(args)[:80]!r}); nothing sent")
 
 
 def _keys(args) -> int:
@@ -327,10 +415,20 @@ def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plaintext ZeroMQ, for a development box only")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("robot_app")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robot-app", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"robot-app {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     train = sub.add_parser("train", help="train SAC-SVG(H) on a simulated task")
     train.add_argument("--env", help="e.g. dmc:cartpole-swingup")
@@ -340,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--action-repeat", type=int, help="default: per-domain (cartpole 8, reacher 4, ...)")
     train.add_argument("--eval-every", type=int, help="env steps between evaluations (default 5000)")
     train.add_argument("--eval-episodes", type=int, help="deterministic episodes per evaluation (default 10)")
-    train.add_argument("--random-steps", type=int, help="env steps of random actions before learning (default 4000)")
+    train.add_argument("--random-steps", type=int,
+                       help="env steps of random actions before learning (default: 4000, or a quarter of --steps)")
     train.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default 10000)")
     train.add_argument("--out", required=True, help="run folder")
     mode = train.add_mutually_exclusive_group()
@@ -350,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="deterministic episodes of a run, checkpoint or .onnx policy")
     evaluate.add_argument("target", metavar="RUN_OR_CHECKPOINT")
-    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--episodes", type=_positive, default=10)
     evaluate.add_argument("--seed", type=int, default=2024)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -370,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     virtual.add_argument("--robot-id", help="the id the device reports in HELLO")
     virtual.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
     virtual.add_argument("--audit-out", help="write the device-side audit (JSON) here at exit")
+    virtual.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines on stderr")
     faults = virtual.add_argument_group("fault injection (device -> host)")
     faults.add_argument("--corrupt-rate", type=float, default=0.0, help="per-byte bit-flip probability")
     faults.add_argument("--drop-rate", type=float, default=0.0, help="per-frame drop probability")
@@ -391,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--log", default="runs/agent/transitions.sqlite", help="the durable transition log")
     agent.add_argument("--outbox-limit", type=int, default=2_000_000,
                        help="undelivered rows at which no new episode starts until the learner catches up")
-    agent.add_argument("--episodes", type=int, help="stop after this many episodes")
+    agent.add_argument("--episodes", type=_positive, help="stop after this many episodes")
     agent.add_argument("--duration", type=float, help="stop after this many seconds")
     agent.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines on stderr")
     agent.add_argument("--summary-out", help="write the run summary (JSON) here at exit")
@@ -411,16 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
                                              "its signature in <file>.sig")
     agent.add_argument("--accept-unsigned", action="store_true",
                        help="load ONNX policies without signature checks, for a development box only")
-    agent.add_argument("--learner", help="the learner's ingest endpoint, e.g. tcp://10.0.0.2:5555")
-    agent.add_argument("--announcements", help="the learner's policy announcement endpoint")
+    agent.add_argument("--learner", type=_endpoint, help="the learner's ingest endpoint, e.g. tcp://10.0.0.2:5555")
+    agent.add_argument("--announcements", type=_endpoint, help="the learner's policy announcement endpoint")
     agent.add_argument("--seed", type=int, default=0)
     agent.set_defaults(handler=_agent)
 
     learner = sub.add_parser("learner", help="the learner service: ingest robots' transitions, train, publish")
     learner.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     learner.add_argument("--out", required=True, help="folder for the ingest store, checkpoints and candidates")
-    learner.add_argument("--listen", default="tcp://127.0.0.1:5555", help="ingest endpoint")
-    learner.add_argument("--announce", default="tcp://127.0.0.1:5556", help="policy announcement endpoint")
+    learner.add_argument("--listen", type=_endpoint, default="tcp://127.0.0.1:5555", help="ingest endpoint")
+    learner.add_argument("--announce", type=_endpoint, default="tcp://127.0.0.1:5556",
+                         help="policy announcement endpoint")
     learner.add_argument("--push-candidates", action="store_true",
                          help="publish every candidate straight to the robots, unvalidated (development only)")
     learner.add_argument("--registry", help="the policy registry folder: candidates enter it, and its deployed "
@@ -450,9 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("policy", help="an exported ONNX policy")
     validate.add_argument("--robot", default="furuta")
     validate.add_argument("--config", help="gate thresholds (default sim/gate.yaml)")
-    validate.add_argument("--episodes", type=int)
+    validate.add_argument("--episodes", type=_positive)
     validate.add_argument("--seed", type=int)
-    validate.add_argument("--workers", type=int, help="parallel episodes (default: every core)")
+    validate.add_argument("--workers", type=_positive, help="parallel episodes (default: every core)")
     validate.add_argument("--report", help="report folder (default: POLICY's name with .validation)")
     validate.set_defaults(handler=_validate)
 
@@ -464,13 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="who makes the move, for the history")
     policies.add_argument("--signing-key", help="validate: the gate's secret signing key (.sign_key)")
     policies.add_argument("--config", help="validate: gate thresholds (default sim/gate.yaml)")
-    policies.add_argument("--episodes", type=int, help="validate: episodes (default from the config)")
+    policies.add_argument("--episodes", type=_positive, help="validate: episodes (default from the config)")
     policies.add_argument("--robot", default="furuta")
+    policies.add_argument("--json", action="store_true", help="list, show: JSON for scripts")
     policies.set_defaults(handler=_policies)
 
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--robots", type=int, default=1)
+    demo.add_argument("--robots", type=_positive, default=1, help="virtual robots, each with its own agent")
     demo.add_argument("--transitions", type=int, default=36_000,
                       help="the budget: transitions the learner takes (default 36000; 0: until --minutes)")
     demo.add_argument("--minutes", type=float, default=20.0, help="a cap on the wall time (default 20)")
@@ -504,24 +606,53 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(error: Exception) -> str:
     from pydantic import ValidationError
 
+    from robot_app.common.files import describe_validation
+
     if isinstance(error, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']} (got {e.get('input')!r})" for e in error.errors()
-        )
+        return describe_validation(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+# The extra that brings each optional module: `pip install -e '.[EXTRA]'`.
+_EXTRA_OF = {"torch": "learner", "onnx": "learner", "onnxscript": "learner", "tqdm": "learner", "mujoco": "sim",
+             "dm_control": "sim", "matplotlib": "sim", "onnxruntime": "agent", "serial": "agent", "zmq": "agent",
+             "msgpack": "agent", "cryptography": "agent"}
+_QUIET_LOGGERS = ("absl", "onnx_ir", "onnxscript", "torch.onnx", "matplotlib", "PIL")
+
+
+def _quiet_third_party() -> None:
+    """Third-party chatter at INFO (onnx_ir's export passes, absl's MUJOCO_GL line) says nothing to a user."""
+    import warnings
+
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(
+        lambda record: "torchvision is not installed" not in record.getMessage())  # torch's export warns of it 4 times
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _quiet_third_party()
     from pydantic import ValidationError
 
     from robot_app.common.artifact import ArtifactError
 
     expected: tuple[type[Exception], ...] = (_UsageError, ValidationError, ArtifactError, ValueError, OSError)
     try:
+        if args.command in ("agent", "learner"):
+            import zmq
+
+            expected += (zmq.ZMQError,)
         if args.command in ("train", "evaluate", "export"):
             from policies.checkpoint import CheckpointError
             from robot_app.learner.training import RunError, TrainingDiverged
@@ -533,6 +664,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"robot-app: training stopped: {error}", file=sys.stderr)
                 return 1
         return args.handler(args)
+    except ModuleNotFoundError as error:
+        module = (error.name or "").partition(".")[0]
+        if module not in _EXTRA_OF:
+            raise
+        print(f"robot-app {args.command}: error: it needs {module}, which this install lacks: install the "
+              f"`{_EXTRA_OF[module]}` extra (pip install -e '.[{_EXTRA_OF[module]}]')", file=sys.stderr)
+        return 2
     except expected as error:
         print(f"robot-app {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

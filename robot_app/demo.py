@@ -233,8 +233,12 @@ def _print_progress(row: dict, seen: collections.deque, budget: int | None) -> N
     if budget and count > before:
         eta = f" (of {budget}, ETA {max(0, budget - count) * (now - then) / (count - before) / 60:4.1f} min)"
     print(f"  {now / 60:5.1f} min  transitions {count:6d}{eta}  updates {row['updates']:6d}  "
-          f"episodes {row['episodes']:4d}  return (last 10 episodes) {row['recent_return']}  "
+          f"episodes {row['episodes']:4d}  return (last 10 episodes) {_recent_return(row)}  "
           f"gate {_gate_line(row['gate'])}", flush=True)
+
+
+def _recent_return(row: dict) -> str:
+    return "-" if row["recent_return"] is None else f"{row['recent_return']:.1f}"
 
 
 def _gate_line(gate: dict | None) -> str:

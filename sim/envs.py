@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
 import numpy as np
 
+from robot_app.common.progress import Progress
 from sim.env import Env, EnvSpec, StepResult, UnknownEnvironmentError
 
 os.environ.setdefault("MUJOCO_GL", "disable")
+log = logging.getLogger(__name__)
 
 # Agent decisions are repeated this many simulator steps unless the caller says otherwise (PlaNet's choices).
 DEFAULT_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "pendulum": 4, "cheetah": 4, "finger": 2, "walker": 2}
@@ -103,12 +106,22 @@ def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
     return total
 
 
-def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int) -> list[float]:
-    """Returns of `episodes` episodes, act(obs) giving actions in [-1, 1]."""
-    return [run_episode(env, act) for _ in range(episodes)]
+def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int,
+                     progress: str | None = None) -> list[float]:
+    """Returns of `episodes` episodes, act(obs) giving actions in [-1, 1]. `progress` names the work for a bar on a
+    terminal, or a log line per episode elsewhere."""
+    if progress is None:
+        return [run_episode(env, act) for _ in range(episodes)]
+    returns: list[float] = []
+    with Progress(episodes, progress, unit="episode", every_s=0, log=log) as bar:
+        for _ in range(episodes):
+            returns.append(run_episode(env, act))
+            bar.set_postfix(last_return=f"{returns[-1]:.1f}")
+            bar.update()
+    return returns
 
 
-def evaluate_artifact(path, episodes: int, seed: int) -> tuple[str, list[float]]:
+def evaluate_artifact(path, episodes: int, seed: int, progress: str | None = None) -> tuple[str, list[float]]:
     """The deterministic returns of an exported ONNX policy on the nominal environment it was trained for."""
     from robot_app.agent.policy_runner import OnnxPolicy
 
@@ -116,4 +129,4 @@ def evaluate_artifact(path, episodes: int, seed: int) -> tuple[str, list[float]]
     meta = policy.metadata
     env = make_env(meta.env, seed, meta.action_repeat)
     policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
-    return meta.env, evaluate_returns(env, lambda obs: policy.scaler.to_unit(policy(obs)), episodes)
+    return meta.env, evaluate_returns(env, lambda obs: policy.scaler.to_unit(policy(obs)), episodes, progress)

@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from robot_app.common.files import read_yaml_mapping
+from robot_app.common.files import load_yaml_model
+from robot_app.common.logs import format_counts
+from robot_app.common.progress import Progress
 from robot_app.common.reports import AgentSummary, EpisodeResult, EpisodeTrace, GateMetrics, GateReport
 from robot_app.robot.spec import Parameter, RobotSpec, load_robot_spec
 from robot_app.robot.task import make_task
@@ -67,11 +69,7 @@ class GateConfig(TaskBars):
 
 
 def load_gate_config(path: str | Path | None = None, **overrides) -> GateConfig:
-    data = read_yaml_mapping(Path(path) if path else DEFAULT_CONFIG, "gate config")
-    try:
-        return GateConfig(**(data | {k: v for k, v in overrides.items() if v is not None}))
-    except ValueError as error:
-        raise ValueError(f"gate config {path or DEFAULT_CONFIG}: {error}") from None
+    return load_yaml_model(GateConfig, path or DEFAULT_CONFIG, "gate config", **overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,16 +208,16 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
     workers = min(config.workers or os.cpu_count() or 1, len(plans))
     jobs = [(str(artifact), robot, plan) for plan in plans]
     started = time.perf_counter()
-    with core_pool(workers) as pool:
-        results = concurrent.futures.as_completed([pool.submit(_episode_job, job) for job in jobs])
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(jobs), desc="validating", unit="episode")
+    episodes = []
+    with core_pool(workers) as pool, Progress(len(jobs), "validating", "episode", every_s=0, log=log,
+                                              show=progress) as bar:
         try:
-            episodes = sorted((future.result() for future in results), key=lambda e: e.index)
+            for future in concurrent.futures.as_completed([pool.submit(_episode_job, job) for job in jobs]):
+                episodes.append(future.result())
+                bar.update()
         except concurrent.futures.process.BrokenProcessPool as error:
             raise RuntimeError(f"a validation worker died ({error}); the gate did not finish") from None
+    episodes.sort(key=lambda e: e.index)
     metrics, reasons = judge(episodes, config)
     return GateReport(**report, version=version, workers=workers, wall_s=time.perf_counter() - started,
                       episodes=episodes, passed=not reasons, reasons=reasons, metrics=metrics)
@@ -284,42 +282,109 @@ def write_report(report: GateReport, folder: str | Path) -> Path:
              ""]
     lines += [f"- {reason}" for reason in report.reasons] or ["- every check passed"]
     if report.metrics is not None:
+        spec = load_robot_spec(report.robot)
+        m, bars = report.metrics, report.config
+        lines += ["", f"Task bars ({bar_set(bars)}): mean return {m.return_mean:.1f} (at least {bars['min_return_mean']:g}), "
+                      f"10th percentile {m.return_p10:.1f} (at least {bars['min_return_p10']:g}), success rate "
+                      f"{m.success_rate:.2f} (at least {bars['min_success_rate']:g}; an episode succeeds when its last "
+                      f"quarter averages a reward of {bars['success_reward']:g} per step).", "",
+                  "| joint | max \\|position\\| | position limit | max \\|velocity\\| (rad/s) | velocity limit |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in joint_rows(m, spec)]
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value if not isinstance(value, float) else round(value, 4)} |"
-                  for name, value in report.metrics.model_dump().items()]
+        lines += [f"| {name} | {_cell(value)} |" for name, value in m.model_dump().items()
+                  if name not in ("max_abs_position", "max_abs_velocity")]
         lines += ["", f"{len(report.episodes)} episodes on {report.workers} workers in {report.wall_s:.1f} s, "
-                      f"seed {report.config['seed']}. Plots: returns.png, traces.png."]
-        _plots(report.episodes, folder, make_task(load_robot_spec(report.robot)).obs_layout)
+                      f"seed {report.config['seed']}.", "", "![returns](returns.png)", "", "![traces](traces.png)"]
+        _plots(report, folder, spec)
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def _plots(episodes: list[EpisodeResult], folder: Path, obs_layout) -> None:
-    """returns.png, and traces.png: per joint angle the observation carries as a (cos, sin) pair, its distance from
-    the joint's zero (for the Furuta pendulum, from upright)."""
+def bar_set(config: dict) -> str:
+    """Which task bars a report was judged by: the full gate's, or the exploring ones (learner --explore-below-bar)."""
+    exploring = config.get("exploring", {})
+    return "exploring" if exploring and all(config[k] == v for k, v in exploring.items()) else "full gate"
+
+
+def joint_rows(metrics: GateMetrics, spec: RobotSpec) -> list[tuple[str, str, str, str, str]]:
+    """Per joint: its largest |position| and |velocity| over the episodes, beside its limits. A continuous joint has no
+    position limit: its angle counts whole turns, so the turns are given too."""
+    rows = []
+    for joint in spec.joints:
+        position = metrics.max_abs_position[joint.name]
+        if joint.position_limit:
+            shown, limit = f"{position:.3f} rad", f"{joint.position_limit[0]:g} .. {joint.position_limit[1]:g} rad"
+        else:
+            shown, limit = f"{position:.1f} rad ({position / (2 * math.pi):.1f} turns)", "none: continuous"
+        rows.append((joint.name, shown, limit, f"{metrics.max_abs_velocity[joint.name]:.1f}",
+                     f"{joint.velocity_limit:g}"))
+    return rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return format_counts(value)
+    return str(round(value, 4) if isinstance(value, float) else value)
+
+
+def _plots(report: GateReport, folder: Path, spec: RobotSpec) -> None:
+    """returns.png, with the task bars; traces.png: per joint angle the observation carries as a (cos, sin) pair, its
+    distance from the joint's zero (for the Furuta pendulum, from upright), with the joint's limits, and the commands
+    with the command limits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar([e.index for e in episodes], [e.episode_return for e in episodes])
-    axis.set(xlabel="episode", ylabel="return", title="returns under randomisation")
+    episodes, bars = report.episodes, report.config
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    success = [e.tail_reward >= bars["success_reward"] for e in episodes]
+    axis.bar([e.index for e in episodes], [e.episode_return for e in episodes],
+             color=["tab:green" if ok else "tab:gray" for ok in success])
+    axis.axhline(bars["min_return_mean"], color="tab:blue", ls="--", label=f"mean bar {bars['min_return_mean']:g}")
+    axis.axhline(bars["min_return_p10"], color="tab:orange", ls=":", label=f"10th-percentile bar {bars['min_return_p10']:g}")
+    axis.axhline(report.metrics.return_mean, color="black", lw=0.8, label=f"mean {report.metrics.return_mean:.1f}")
+    handles = axis.get_legend_handles_labels()[0] + [Patch(color="tab:green", label="succeeded"),
+                                                     Patch(color="tab:gray", label="did not succeed")]
+    axis.set(xlabel="episode", ylabel="return", title=f"returns under randomisation ({bar_set(bars)} bars: success "
+                                                        f"{report.metrics.success_rate:.2f}, bar {bars['min_success_rate']:g})")
+    axis.legend(handles=handles, fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(folder / "returns.png", dpi=80)
     plt.close(figure)
+
+    obs_layout = make_task(spec).obs_layout
     starts = np.cumsum([0] + [size for _, size in obs_layout])
     angles = [(name.removesuffix("_cos_sin"), start) for (name, _), start in zip(obs_layout, starts)
               if name.endswith("_cos_sin")]
-    figure, axes = plt.subplots(max(len(angles), 1), 1, figsize=(7, 2.5 * max(len(angles), 1)), sharex=True,
-                                squeeze=False)
+    joints = {j.name: j for j in spec.joints}
+    low, high = spec.command_limits
+    figure, axes = plt.subplots(len(angles) + 1, 1, figsize=(7, 2.5 * (len(angles) + 1)), sharex=True, squeeze=False)
     for axis, (joint, start) in zip(axes[:, 0], angles):
         for episode in episodes:
             obs = np.array(episode.trace.obs if episode.trace else [])
             if len(obs):
                 axis.plot(np.abs(np.arctan2(obs[:, start + 1], obs[:, start])), lw=0.7)  # no jumps at +-pi
+        spec_joint = joints.get(joint)
+        if spec_joint is not None and spec_joint.position_limit:
+            axis.axhline(max(map(abs, spec_joint.position_limit)), color="red", ls="--", label="software limit")
+        if spec_joint is not None and spec_joint.hard_stop:
+            axis.axhline(max(map(abs, spec_joint.hard_stop)), color="black", ls=":", label="hard stop")
         axis.set(ylabel=f"|{joint}| from 0 (rad)", ylim=(0, np.pi))
-    axes[-1, 0].set(xlabel="step")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, loc="upper right")
+    command_axis = axes[-1, 0]
+    for episode in episodes:
+        commands = np.array(episode.trace.command if episode.trace else [])
+        if len(commands):
+            command_axis.plot(commands[:, 0], lw=0.7)
+    for bound in (low[0], high[0]):
+        command_axis.axhline(bound, color="red", ls="--", label="command limit" if bound == low[0] else None)
+    command_axis.set(ylabel=f"{spec.actuators[0].name} command", xlabel="step")
+    command_axis.legend(fontsize=7, loc="upper right")
+    figure.suptitle("one line per episode", fontsize=8)
     figure.tight_layout()
     figure.savefig(folder / "traces.png", dpi=80)
     plt.close(figure)

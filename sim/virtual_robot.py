@@ -142,15 +142,20 @@ class VirtualRobot:
 
     # ---- serving --------------------------------------------------------------------------------------------------
 
-    def serve(self, duration_s: float | None = None) -> DeviceAudit:
+    def serve(self, duration_s: float | None = None, status_every_s: float | None = None) -> DeviceAudit:
+        """Answer the host until stopped (or `duration_s`); with `status_every_s`, log a status line that often."""
         tighten_timer_slack()
         start = time.monotonic()
+        next_status = status_every_s if status_every_s else math.inf
         schedule = None if self.lockstep else DeadlineSchedule(self.spec.period_s)
         try:
             while not self._stop.is_set():
                 elapsed = time.monotonic() - start
                 if duration_s is not None and elapsed >= duration_s:
                     break
+                if elapsed >= next_status:
+                    next_status += status_every_s
+                    self._log_status()
                 if self._due(self.faults.disconnect_after_s, elapsed):
                     log.warning("fault injection: disconnecting")
                     break
@@ -209,6 +214,12 @@ class VirtualRobot:
         return True
 
     # ---- firmware behaviour -----------------------------------------------------------------------------------------
+
+    def _log_status(self) -> None:
+        a = self.audit
+        log.info("%s on %s: %s, motor %s; %d commands, %d bad frames, %d watchdog trips, %d e-stops", self.robot_id,
+                 self.port, "host connected" if self._session else "no host yet", "on" if self._enabled else "off",
+                 a.commands, sum(v for k, v in self.link_counters.items() if k != "frames"), a.watchdog_trips, a.estops)
 
     def _receive(self) -> list[Command]:
         try:

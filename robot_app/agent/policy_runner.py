@@ -233,5 +233,10 @@ def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, t
         signature = signature_file.read_text().strip() if signature_file.is_file() else ""
         verify(data, signature, trusted_key, str(path))
     policy = OnnxPolicy(name_or_path, data)
+    trained_on = policy.metadata.env
+    if trained_on.partition(":")[0] != spec.name:
+        raise ArtifactError(f"{name_or_path} was trained on {trained_on!r}, not on a {spec.name} task: robot "
+                            f"{spec.name} and its gate take only {spec.name}:* policies (score a sim-only policy with "
+                            "`robot-app evaluate`)")
     policy.check_robot(obs_layout, [a.name for a in spec.actuators], low, high)
     return policy

@@ -57,6 +57,8 @@ class Agent:
                  credit: Callable[[], int | None] | None = None):
         """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
         an episode starts only while some credit is left. A realtime robot never waits for it."""
+        if calibration.robot != spec.name:
+            raise ValueError(f"the calibration is robot {calibration.robot!r}'s; this agent drives {spec.name!r}")
         if (outbox_limit is not None or credit is not None) and not isinstance(transitions, TransitionLog):
             raise ValueError("an outbox limit and a learner's credit need the durable TransitionLog to count in")
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
@@ -223,7 +225,8 @@ class Agent:
             problem = (f"device {device.robot_id} has {device.n_encoders} encoders and {device.n_motors} motors; robot "
                        f"{self.spec.name} has {len(self.spec.sensors)} and {len(self.spec.actuators)}")
         elif self.expected_robot_id is not None and device.robot_id != self.expected_robot_id:
-            problem = f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r}"
+            problem = (f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r} (the "
+                       "agent's --robot-id; a virtual robot reports what its own --robot-id says)")
         elif not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
             problem = (f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
                        f"{self.spec.control_rate_hz:g} Hz")

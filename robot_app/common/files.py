@@ -1,17 +1,22 @@
 """Whole files: written so that a reader, a kill -9 or a power cut finds the old file or the whole new one, never a
-part; YAML mappings read with a clear error."""
+part; YAML and JSON read into typed models, with one-line errors that name the file, the line or field, and the value."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 STALE_TEMPORARY_S = 3600.0  # a temporary file untouched this long was left by a writer that died (kill -9, power cut)
 
@@ -62,11 +67,69 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
-    """A YAML file that must hold a mapping; a clear ValueError naming `what` and the path otherwise."""
+    """A YAML file that must hold a mapping; a one-line ValueError naming `what`, the path and the line otherwise."""
     try:
-        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read {what} {path}: {error}") from None
+        data = yaml.load(Path(path).read_text(), Loader=_SAFE_LOADER)
+    except OSError as error:
+        raise ValueError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ValueError(f"{what} {path}{where}: not valid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} {path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what} {path} is not a YAML mapping")
+        raise ValueError(f"{what} {path} is not a YAML mapping (it holds {type(data).__name__})")
     return data
+
+
+def load_yaml_model(model: type[Model], path: str | os.PathLike, what: str, **overrides) -> Model:
+    """A YAML mapping validated into `model`, with `overrides` (those not None) over the file's keys."""
+    data = read_yaml_mapping(Path(path), what)
+    return validate_model(model, data | {k: v for k, v in overrides.items() if v is not None}, f"{what} {path}")
+
+
+def load_json_model(model: type[Model], path: str | os.PathLike, what: str) -> Model:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+    return validate_model(model, data, f"{what} {path}")
+
+
+def validate_model(model: type[Model], data, source: str) -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"{source}: {describe_validation(error)}") from None
+
+
+def describe_validation(error: ValidationError) -> str:
+    """Every error of a pydantic validation on one line: the field's path, what is wrong, and the value given. A
+    misspelt key is matched to a missing one beside it."""
+    errors = error.errors()
+    missing = {e["loc"]: e for e in errors if e["type"] == "missing"}
+    parts = []
+    for e in errors:
+        where = ".".join(map(str, e["loc"])) or "value"
+        if e["type"] == "missing":
+            parts.append(f"{where}: missing")
+        elif e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(e["loc"][-1]), [str(loc[-1]) for loc in missing
+                                                                  if loc[:-1] == e["loc"][:-1]], n=1)
+            parts.append(f"{where}: unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        elif isinstance(e.get("input"), dict):  # a model's own check: its message says what is wrong
+            parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+        else:
+            parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {_short(e.get('input'))})")
+    return "; ".join(parts)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,6 +1,15 @@
-"""Logging helpers shared by the robot and the learner side."""
+"""Logging and printing helpers shared by the robot and the learner side."""
+
+from __future__ import annotations
+
+from typing import Mapping
 
 
 def first_and_doubling(count: int) -> bool:
     """True on the 1st, 2nd, 4th, 8th ... occurrence: how a repeating event is logged without flooding the log."""
     return count > 0 and count & (count - 1) == 0
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """{'speed': 3, 'position': 1} as 'speed 3, position 1', for people; an empty one as 'none'."""
+    return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"

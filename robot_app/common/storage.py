@@ -13,6 +13,9 @@ class DurableSQLite:
 
     def __init__(self, path: str | Path, what: str):
         self.path, self.what = Path(path), what
+        for folder in (self.path.parent, *self.path.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"{folder} is a file, not a folder: the {what} cannot be kept at {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []

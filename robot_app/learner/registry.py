@@ -71,8 +71,14 @@ def _now() -> str:
 
 
 class PolicyRegistry:
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, create: bool = True):
+        """create=False: the registry must exist already (a reader given a mistyped path is told so)."""
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RegistryError(f"{self.folder} is a file, not a policy registry folder")
+        if not create and not (self.folder / "registry.sqlite").is_file():
+            raise RegistryError(f"no policy registry at {self.folder} (a registry starts with `robot-app policies add` "
+                                "or the learner's --registry)")
         self.store = DurableSQLite(self.folder / "registry.sqlite", "policy registry")
         self.store.check_schema(SCHEMA_VERSION)
         with self.store.db as db:

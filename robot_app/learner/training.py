@@ -7,21 +7,21 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.learning import default_device, non_finite, sample_and_update
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
+from robot_app.common.files import load_json_model, write_atomic
+from robot_app.common.progress import Progress
 from sim.env import Env, EnvSpec
 from sim.envs import evaluate_returns, make_env
 
@@ -48,13 +48,22 @@ class TrainConfig(BaseModel):
     steps: int = Field(50_000, ge=1)
     seed: int = 0
     action_repeat: int | None = Field(None, ge=1)
-    random_steps: int = Field(4_000, ge=0)  # env steps of uniform random actions before learning starts
+    random_steps: int | None = Field(None, ge=0)  # env steps of random actions first; default min(4000, steps / 4)
     eval_every: int = Field(5_000, ge=1)
     eval_episodes: int = Field(10, ge=1)
     log_every: int = Field(500, ge=1)  # updates between metric rows
     checkpoint_every: int = Field(10_000, ge=1)  # env steps; taken at the next episode boundary
     replay_capacity: int = Field(1_000_000, ge=1)
     agent: dict = Field(default_factory=dict)  # overrides of SACSVGConfig fields
+
+    @model_validator(mode="after")
+    def _learns(self) -> "TrainConfig":
+        if self.random_steps is None:
+            self.random_steps = min(4_000, self.steps // 4)
+        if self.random_steps >= self.steps:
+            raise ValueError(f"random_steps {self.random_steps} is not below steps {self.steps}: the run would end "
+                             "before its first update (give --random-steps below --steps)")
+        return self
 
     def agent_config(self) -> SACSVGConfig:
         return SACSVGConfig(**{"horizon": self.horizon, **self.agent})
@@ -133,10 +142,13 @@ class Trainer:
         self.metrics: dict[str, torch.Tensor] = {}  # of the latest update, still on the device
         self._obs: np.ndarray | None = None  # the open episode's latest observation; None between episodes
         self._step_in_episode = 0
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(config.model_dump_json(indent=2))
         if restore:
             self._restore()
+            if self.env_steps >= config.steps:
+                raise RunError(f"run {self.out} is at env step {self.env_steps} already, so --steps {config.steps} "
+                               f"would train nothing: give more than {self.env_steps}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.out / "config.json", config.model_dump_json(indent=2).encode())  # written once it holds
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict, resume: bool = False, overwrite: bool = False) -> "Trainer":
@@ -146,7 +158,7 @@ class Trainer:
             saved_path = out / "config.json"
             if not saved_path.is_file():
                 raise RunError(f"cannot resume: {saved_path} does not exist")
-            saved = TrainConfig.model_validate_json(saved_path.read_text()).model_dump()
+            saved = load_json_model(TrainConfig, saved_path, "run config").model_dump()
             differing = [f"{k} ({saved[k]!r} saved, {v!r} given)" for k, v in settings.items()
                          if k != "steps" and saved.get(k) != v]
             if differing:
@@ -166,8 +178,7 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         started, updates_at_start = time.perf_counter(), self.updates
-        bar = tqdm(total=c.steps, initial=self.env_steps, unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        with bar:
+        with Progress(c.steps, "training", "env step", initial=self.env_steps, log=log) as bar:
             while self.env_steps < c.steps:
                 previous, updates_before = self.env_steps, self.updates
                 episode_ended = self.decide_and_learn()
@@ -239,7 +250,7 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _evaluate(self, bar: tqdm) -> None:
+    def _evaluate(self, bar: Progress) -> None:
         returns = evaluate_returns(
             self.eval_env, lambda o: self.agent.act(o, deterministic=True), self.config.eval_episodes
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from robot_app.common.actions import ActionScaler
-from robot_app.common.files import read_yaml_mapping
+from robot_app.common.files import load_yaml_model
 
 SPEC_DIR = Path(__file__).parent
 
@@ -209,4 +209,4 @@ def load_robot_spec(name_or_path: str | Path) -> RobotSpec:
         if not path.is_file():
             known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
             raise ValueError(f"unknown robot {str(name_or_path)!r}; known robots: {known}, or pass a .yaml path")
-    return RobotSpec.model_validate(read_yaml_mapping(path, "robot spec"))
+    return load_yaml_model(RobotSpec, path, "robot spec")

@@ -1,6 +1,7 @@
 """The robot-app command end to end: a 2,000-step training smoke run, evaluate, export, and one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ def test_train_evaluate_export_smoke(tmp_path):
                        "--out", run)
     assert result.returncode == 0, result.stderr
     assert "evaluation return" in result.stdout
+    assert "MUJOCO_GL" not in result.stderr  # absl's line from dm_control
+    assert "training 2000/2000 env steps (100%)" in result.stderr  # progress off a terminal
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.json").is_file()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics and all(row["critic_loss"] == row["critic_loss"] for row in metrics)  # present and not NaN
@@ -38,6 +41,8 @@ def test_train_evaluate_export_smoke(tmp_path):
     onnx_path = tmp_path / "policy.onnx"
     result = robot_app("export", run, "--out", onnx_path)
     assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if "torchvision" in line or "onnx_ir" in line
+                or " INFO onnx" in line]  # third-party chatter
     meta = OnnxPolicy(onnx_path).metadata
     assert (meta.env, meta.training_step, meta.horizon, meta.source_run) == ("dmc:cartpole-swingup", 2000, 3, str(run))
 
@@ -67,7 +72,7 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["agent", "--port", "/dev/null", "--policy", "zero", "--cpus", "99"], "cannot pin to CPUs [99]"),
         (["agent", "--port", "/dev/null", "--policy", "zero", "--robot-id", "r", "--learner", "tcp://127.0.0.1:9",
           "--insecure-local-dev"], "needs --trusted-key"),
-        (["policies", "deploy", "nope", "--registry", "{tmp}/registry"], "no policy 'nope'"),
+        (["policies", "deploy", "nope", "--registry", "{tmp}/registry"], "no policy registry at"),
         (["policies", "add", "{tmp}/garbage.onnx", "--registry", "{tmp}/registry"], "not an ONNX model"),
         (["learner", "--out", "{tmp}/l", "--auto-deploy", "--insecure-local-dev"], "need --registry"),
         (["learner", "--out", "{tmp}/l", "--explore-below-bar", "--insecure-local-dev"], "need --registry"),
@@ -105,11 +110,28 @@ def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
                           tmp_path / "keys" / "gate.sign_key", "--config", config, *registry)
     assert validated.returncode == 0, validated.stderr
     assert f"{version}: PASSED" in validated.stdout
+    # The verdict shows the bars it was judged by, and what a continuous joint's position means.
+    assert "task (full gate bars):" in validated.stdout
+    assert re.search(r"success \d\.\d\d \(bar 0\.5\)", validated.stdout)
+    assert re.search(r"pendulum: max \|position\| [\d.]+ rad \([\d.]+ turns\) \(limit none: continuous\)",
+                     validated.stdout)
+    assert re.search(r"interventions (none|[a-z_]+ \d+)", validated.stdout) and "{" not in validated.stdout
     assert robot_app("policies", "deploy", version, *registry).returncode == 0
-    listing = robot_app("policies", "list", *registry).stdout
-    assert version in listing and "deployed" in listing
+    listing = robot_app("policies", "list", *registry).stdout.splitlines()
+    assert listing[0].split() == ["version", "state", "step", "return", "success", "updated", "(UTC)", "source"]
+    assert listing[1].split()[:2] == [version, "deployed"] and re.fullmatch(r"\d\.\d\d", listing[1].split()[4])
+    rows = json.loads(robot_app("policies", "list", "--json", *registry).stdout)
+    assert [(r["version"], r["state"]) for r in rows] == [(version, "deployed")] and rows[0]["success_rate"] >= 0.5
     shown = robot_app("policies", "show", version, *registry).stdout
     assert "validating -> validated" in shown and "validated -> deployed" in shown and "report.md" in shown
+    record = json.loads(robot_app("policies", "show", version, "--json", *registry).stdout)
+    assert [move["to_state"] for move in record["history"]] == ["candidate", "validating", "validated", "deployed"]
+    report = Path(record["report"])
+    markdown = (report / "report.md").read_text()
+    assert "![returns](returns.png)" in markdown and "![traces](traces.png)" in markdown
+    assert "| pendulum |" in markdown and "none: continuous" in markdown and "(at least 0.5" in markdown
+    assert (report / "returns.png").stat().st_size > 0 and (report / "traces.png").stat().st_size > 0
 
     standalone = robot_app("validate", tmp_path / "missing.onnx", "--episodes", "1")
-    assert standalone.returncode == 1 and "REJECTED" in standalone.stdout and "no policy file" in standalone.stdout
+    assert standalone.returncode == 2 and "missing.onnx" in standalone.stderr
+    assert not (tmp_path / "missing.validation").exists()

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.checkpoint import CheckpointError
 from policies.replay import ReplayBuffer
 
 
@@ -54,7 +55,7 @@ def test_save_and_load_round_trip_after_wrapping(tmp_path):
     assert (loaded.size, loaded.cursor, loaded.terminal_count) == (buffer.size, buffer.cursor, buffer.terminal_count)
     for name in ("obs", "action", "reward", "next_obs", "terminated", "episode", "step"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(buffer, name))
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(CheckpointError, match="capacity"):
         ReplayBuffer(obs_dim=2, action_dim=1, capacity=11).load(tmp_path / "replay.npz")
 
 
