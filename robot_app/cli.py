@@ -36,21 +36,20 @@ def _endpoint(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a ZeroMQ endpoint: give tcp://HOST:PORT or ipc://PATH")
 
 
+_RUN_FLAGS = ("env", "horizon", "steps", "seed", "action_repeat", "eval_every", "eval_episodes", "random_steps",
+              "checkpoint_every")  # train's flags that are TrainConfig fields
+
+
 def _train(args) -> int:
     from robot_app.learner.training import Trainer
 
-    settings = {
-        key: value
-        for key, value in {
-            "env": args.env, "horizon": args.horizon, "steps": args.steps, "seed": args.seed,
-            "action_repeat": args.action_repeat, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
-            "random_steps": args.random_steps, "checkpoint_every": args.checkpoint_every,
-        }.items()
-        if value is not None
-    }
+    settings = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
     if not args.resume and "env" not in settings:
         raise _UsageError("--env is required for a new run")
     trainer = Trainer.open(args.out, settings, resume=args.resume, overwrite=args.overwrite)
+    # The file records the run's own defaults too, so that it reproduces the run under later defaults.
+    args.settings = args.settings.model_copy(update={name: getattr(trainer.config, name) for name in _RUN_FLAGS})
+    _record_settings(args, trainer.out)
     summary = trainer.run()
     print(
         f"trained {trainer.config.env} H={trainer.config.horizon} for {summary['env_steps']} env steps "
@@ -164,6 +163,7 @@ def _agent(args) -> int:
     if args.realtime_priority is not None:
         request_realtime_priority(args.realtime_priority)
     with TransitionLog(args.log) as transitions:  # closed last, whatever fails: it commits what it holds
+        _record_settings(args, Path(args.log).parent)
         agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
                       status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
                       outbox_limit=args.outbox_limit)
@@ -235,6 +235,8 @@ def _learner(args) -> int:
                                        explore_below_bar=args.explore_below_bar, auto_deploy=args.auto_deploy)
     elif args.signing_key or args.auto_deploy or args.explore_below_bar:
         raise _UsageError("--signing-key, --auto-deploy and --explore-below-bar need --registry")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    _record_settings(args, args.out)
     summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
                             _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
                             stop, duration_s=args.duration, deployment_options=deployment)
@@ -283,6 +285,7 @@ def _validate(args) -> int:
 
 
 def _policies(args) -> int:
+    from robot_app.common.logs import shown
     from robot_app.learner.registry import PolicyRegistry
 
     if args.action in ("add", "show", "validate", "deploy") and not args.target:
@@ -297,8 +300,8 @@ def _policies(args) -> int:
             return 0
         print(f"{'version':<16}  {'state':<10}  {'step':>8}  {'return':>6}  {'success':>7}  {'updated (UTC)':<20}  source")
         for r in rows:
-            print(f"{r['version']:<16}  {r['state']:<10}  {r['training_step']:>8}  {_cell(r['return_mean'], '.1f'):>6}  "
-                  f"{_cell(r['success_rate'], '.2f'):>7}  {r['updated_at']:<20}  {r['source_run']}")
+            print(f"{r['version']:<16}  {r['state']:<10}  {r['training_step']:>8}  {shown(r['return_mean'], '.1f'):>6}  "
+                  f"{shown(r['success_rate'], '.2f'):>7}  {r['updated_at']:<20}  {r['source_run']}")
     elif args.action == "add":
         known = {p.version for p in registry.list()}
         record = registry.add_candidate(args.target, actor)
@@ -344,10 +347,6 @@ def _policy_row(record) -> dict:
             "report": (record.report or {}).get("folder")}
 
 
-def _cell(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _demo(args) -> int:
     import signal
 
@@ -360,7 +359,8 @@ def _demo(args) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
-                    transitions=args.transitions or None, randomise=args.randomise)
+                    transitions=args.transitions or None, randomise=args.randomise,
+                    on_fresh_folder=lambda folder: _record_settings(args, folder))
 
 
 def _plot(args) -> int:
@@ -368,6 +368,23 @@ def _plot(args) -> int:
 
     for path in plot_folder(args.folder):
         print(path)
+    return 0
+
+
+def _episodes(args) -> int:
+    from robot_app.episodes import export, plot_episode
+    from robot_app.robot.spec import load_robot_spec
+
+    spec = load_robot_spec(args.robot)
+    if args.action == "export":
+        if not args.out:
+            raise _UsageError("episodes export needs --out DIR")
+        transitions, episodes, rows, count = export(args.log, args.out, spec, args.format)
+        print(f"wrote {transitions} ({rows} transitions) and {episodes} ({count} episodes)")
+    else:
+        out = args.out or Path(args.log).with_suffix(".episode.png")
+        png, robot_id, episode, steps = plot_episode(args.log, spec, out, args.episode, args.robot_id)
+        print(f"{png}: {robot_id} episode {episode}, {steps} steps")
     return 0
 
 
@@ -413,6 +430,27 @@ def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", help="CURVE key folder (see `robot-app keys`)")
     parser.add_argument("--insecure-local-dev", action="store_true",
                         help="plaintext ZeroMQ, for a development box only")
+
+
+LONG_RUNNING = ("train", "learner", "agent", "demo")  # commands that take --config and record what they resolved
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def _resolve_settings(args, argv: list[str]) -> argparse.Namespace:
+    from robot_app.settings import given_on_command_line, resolve
+
+    given = given_on_command_line(build_parser(), argv)
+    settings = resolve(args.command, _subcommand(build_parser(), args.command), given, args.config)
+    return argparse.Namespace(**{**vars(args), **settings.model_dump()}, settings=settings)
+
+
+def _record_settings(args, folder) -> None:
+    from robot_app.settings import record
+
+    logging.getLogger(__name__).info("settings recorded in %s", record(args.settings, args.command, folder))
 
 
 def _version() -> str:
@@ -596,10 +634,32 @@ def build_parser() -> argparse.ArgumentParser:
                            "(for robots' --trusted-key)")
     keys.set_defaults(handler=_keys)
 
+    episodes = sub.add_parser("episodes", help="an agent's or the learner's recorded transitions: export a table, or "
+                                               "plot an episode")
+    episodes.add_argument("action", choices=["export", "plot"])
+    episodes.add_argument("log", metavar="LOG", help="an agent's transition log (--log) or a learner's ingest.sqlite")
+    episodes.add_argument("--out", help="export: the folder for transitions and episodes tables; plot: the PNG "
+                                        "(default: beside LOG)")
+    episodes.add_argument("--format", choices=["csv", "parquet"], default="csv", help="export: the table format")
+    episodes.add_argument("--episode", type=int, help="plot: the episode (default: the last recorded)")
+    episodes.add_argument("--robot-id", help="plot: the robot, in a learner's store of several")
+    episodes.add_argument("--robot", default="furuta", help="robot name or spec .yaml, for column names and limits")
+    episodes.set_defaults(handler=_episodes)
+
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")
     estop.add_argument("pid", type=int, help="the agent's process id")
     estop.add_argument("--reset", action="store_true", help="release a latched e-stop")
     estop.set_defaults(handler=_estop)
+
+    from robot_app.settings import defer_required, env_prefix
+
+    for name in LONG_RUNNING:
+        command = sub.choices[name]
+        command.add_argument("--config", metavar="FILE.yaml",
+                             help=f"settings from this YAML file, keyed by flag name (e.g. out: runs/x); flags and "
+                                  f"{env_prefix(name)}<FLAG> variables override it. A run writes the settings it "
+                                  f"resolved to robot-app-{name}.yaml, which feeds back here")
+        defer_required(command)
     return parser
 
 
@@ -618,7 +678,7 @@ def _one_line(error: Exception) -> str:
 # The extra that brings each optional module: `pip install -e '.[EXTRA]'`.
 _EXTRA_OF = {"torch": "learner", "onnx": "learner", "onnxscript": "learner", "tqdm": "learner", "mujoco": "sim",
              "dm_control": "sim", "matplotlib": "sim", "onnxruntime": "agent", "serial": "agent", "zmq": "agent",
-             "msgpack": "agent", "cryptography": "agent"}
+             "msgpack": "agent", "cryptography": "agent", "tensorboard": "learner", "pyarrow": "learner"}
 _QUIET_LOGGERS = ("absl", "onnx_ir", "onnxscript", "torch.onnx", "matplotlib", "PIL")
 
 
@@ -649,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
 
     expected: tuple[type[Exception], ...] = (_UsageError, ValidationError, ArtifactError, ValueError, OSError)
     try:
+        if args.command in LONG_RUNNING:
+            args = _resolve_settings(args, sys.argv[1:] if argv is None else argv)
         if args.command in ("agent", "learner"):
             import zmq
 

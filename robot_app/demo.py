@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from robot_app.common.files import write_atomic
+from robot_app.common.logs import shown
 from robot_app.common.reports import GateReport
 from robot_app.common.signing import generate_signing_keys
 from robot_app.transport.keys import generate_keys
@@ -165,18 +166,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 1,
-             transitions: int | None = 36_000, gate_episodes: int = 4, randomise: bool = True) -> int:
+             transitions: int | None = 36_000, gate_episodes: int = 4, randomise: bool = True,
+             on_fresh_folder: Callable[[Path], None] | None = None) -> int:
     """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
     The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
     randomise: each virtual robot draws its physics anew between episodes, from the ranges the gate draws from.
-    A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile."""
+    A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile.
+    on_fresh_folder(out) runs once `out` is emptied for this run (the CLI records its settings there)."""
     if robots < 1:
         raise ValueError(f"--robots must be at least 1, got {robots}")
     if transitions is not None and transitions < 1:
         raise ValueError(f"--transitions must be at least 1, got {transitions}")
     out = Path(out)
     _fresh_folder(out)
+    if on_fresh_folder is not None:
+        on_fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
     (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon,
                                           "transitions": transitions, "randomise": randomise}))
@@ -233,12 +238,8 @@ def _print_progress(row: dict, seen: collections.deque, budget: int | None) -> N
     if budget and count > before:
         eta = f" (of {budget}, ETA {max(0, budget - count) * (now - then) / (count - before) / 60:4.1f} min)"
     print(f"  {now / 60:5.1f} min  transitions {count:6d}{eta}  updates {row['updates']:6d}  "
-          f"episodes {row['episodes']:4d}  return (last 10 episodes) {_recent_return(row)}  "
+          f"episodes {row['episodes']:4d}  return (last 10 episodes) {shown(row['recent_return'], '.1f')}  "
           f"gate {_gate_line(row['gate'])}", flush=True)
-
-
-def _recent_return(row: dict) -> str:
-    return "-" if row["recent_return"] is None else f"{row['recent_return']:.1f}"
 
 
 def _gate_line(gate: dict | None) -> str:

@@ -355,39 +355,41 @@ def _plots(report: GateReport, folder: Path, spec: RobotSpec) -> None:
     figure.savefig(folder / "returns.png", dpi=80)
     plt.close(figure)
 
-    obs_layout = make_task(spec).obs_layout
-    starts = np.cumsum([0] + [size for _, size in obs_layout])
-    angles = [(name.removesuffix("_cos_sin"), start) for (name, _), start in zip(obs_layout, starts)
-              if name.endswith("_cos_sin")]
-    joints = {j.name: j for j in spec.joints}
+    task = make_task(spec)
     low, high = spec.command_limits
-    figure, axes = plt.subplots(len(angles) + 1, 1, figsize=(7, 2.5 * (len(angles) + 1)), sharex=True, squeeze=False)
-    for axis, (joint, start) in zip(axes[:, 0], angles):
-        for episode in episodes:
-            obs = np.array(episode.trace.obs if episode.trace else [])
-            if len(obs):
-                axis.plot(np.abs(np.arctan2(obs[:, start + 1], obs[:, start])), lw=0.7)  # no jumps at +-pi
-        spec_joint = joints.get(joint)
-        if spec_joint is not None and spec_joint.position_limit:
-            axis.axhline(max(map(abs, spec_joint.position_limit)), color="red", ls="--", label="software limit")
-        if spec_joint is not None and spec_joint.hard_stop:
-            axis.axhline(max(map(abs, spec_joint.hard_stop)), color="black", ls=":", label="hard stop")
+    figure, axes = plt.subplots(len(task.joints) + 1, 1, figsize=(7, 2.5 * (len(task.joints) + 1)), sharex=True)
+    traced = [e for e in episodes if e.trace and e.trace.obs]
+    for column, (axis, joint) in enumerate(zip(axes, task.joints)):
+        for episode in traced:
+            axis.plot(np.abs(task.joint_positions(np.array(episode.trace.obs))[:, column]), lw=0.7)
+        mark_joint_limits(axis, spec.joint(joint), absolute=True)
         axis.set(ylabel=f"|{joint}| from 0 (rad)", ylim=(0, np.pi))
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7, loc="upper right")
-    command_axis = axes[-1, 0]
-    for episode in episodes:
-        commands = np.array(episode.trace.command if episode.trace else [])
-        if len(commands):
-            command_axis.plot(commands[:, 0], lw=0.7)
-    for bound in (low[0], high[0]):
-        command_axis.axhline(bound, color="red", ls="--", label="command limit" if bound == low[0] else None)
+    command_axis = axes[-1]
+    for episode in traced:
+        command_axis.plot(np.array(episode.trace.command)[:, 0], lw=0.7)
+    mark_command_limits(command_axis, low[0], high[0])
     command_axis.set(ylabel=f"{spec.actuators[0].name} command", xlabel="step")
-    command_axis.legend(fontsize=7, loc="upper right")
     figure.suptitle("one line per episode", fontsize=8)
     figure.tight_layout()
     figure.savefig(folder / "traces.png", dpi=80)
     plt.close(figure)
+
+
+def mark_joint_limits(axis, joint, absolute: bool = False) -> None:
+    """A joint's software limit and hard stops as lines on `axis` (for |angle| with `absolute`), with a legend."""
+    for bounds, style, label in ((joint.position_limit, "--", "software limit"), (joint.hard_stop, ":", "hard stop")):
+        if bounds:
+            for bound in ([max(map(abs, bounds))] if absolute else bounds):
+                axis.axhline(bound, color="red" if style == "--" else "black", ls=style, label=label)
+                label = None
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper right")
+
+
+def mark_command_limits(axis, low: float, high: float) -> None:
+    axis.axhline(low, color="red", ls="--", label="command limit")
+    axis.axhline(high, color="red", ls="--")
+    axis.legend(fontsize=7, loc="upper right")
 
 
 def gate_candidate(registry, version: str, signing_key, config: GateConfig | None = None, robot: str = "furuta",

@@ -109,9 +109,9 @@ def validate_model(model: type[Model], data, source: str) -> Model:
         raise ValueError(f"{source}: {describe_validation(error)}") from None
 
 
-def describe_validation(error: ValidationError) -> str:
+def describe_validation(error: ValidationError, known=()) -> str:
     """Every error of a pydantic validation on one line: the field's path, what is wrong, and the value given. A
-    misspelt key is matched to a missing one beside it."""
+    misspelt key is matched to a missing one beside it, or to a `known` name."""
     errors = error.errors()
     missing = {e["loc"]: e for e in errors if e["type"] == "missing"}
     parts = []
@@ -121,7 +121,7 @@ def describe_validation(error: ValidationError) -> str:
             parts.append(f"{where}: missing")
         elif e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(str(e["loc"][-1]), [str(loc[-1]) for loc in missing
-                                                                  if loc[:-1] == e["loc"][:-1]], n=1)
+                                                                  if loc[:-1] == e["loc"][:-1]] + list(known), n=1)
             parts.append(f"{where}: unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
         elif isinstance(e.get("input"), dict):  # a model's own check: its message says what is wrong
             parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")

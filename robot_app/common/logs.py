@@ -13,3 +13,8 @@ def first_and_doubling(count: int) -> bool:
 def format_counts(counts: Mapping[str, int]) -> str:
     """{'speed': 3, 'position': 1} as 'speed 3, position 1', for people; an empty one as 'none'."""
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+
+
+def shown(value: float | None, spec: str = "") -> str:
+    """A figure for people: formatted, or '-' where there is none yet."""
+    return "-" if value is None else format(value, spec)

@@ -7,9 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+from robot_app.common.logs import shown
 from robot_app.common.reports import DeploymentOptions, GateSummary, LearnerOptions, ProgressRow
 from robot_app.learner.ingest import IngestServer, IngestStore, RowSchema
 from robot_app.learner.online import OnlineLearner
+from robot_app.learner.scalars import ScalarLog
 from robot_app.robot.spec import RobotSpec
 from robot_app.transport.messages import TransitionChunk
 
@@ -118,9 +120,11 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,
              "pushing candidates straight to robots" if push_candidates else
              "candidates go through the registry" if deployment else "candidates are only exported")
+    scalars = ScalarLog(out / "tensorboard", learner.transitions or None)  # a restart resumes the curves where it is
     started = time.monotonic()
     next_progress = started + progress_every_s
     published = offered = None
+    last_progress = (0.0, learner.updates)
     try:
         while not stop.is_set() and (duration_s is None or time.monotonic() - started < duration_s):
             if not learner.ingest(limit=500) + learner.train(max_updates=20):
@@ -136,19 +140,23 @@ def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str |
                 deployment.poll()
             if time.monotonic() >= next_progress:
                 next_progress += progress_every_s
-                _progress(out, time.monotonic() - started, learner, server, returns, deployment)
+                elapsed = time.monotonic() - started
+                rate = (learner.updates - last_progress[1]) / max(elapsed - last_progress[0], 1e-9)
+                last_progress = (elapsed, learner.updates)
+                _progress(out, elapsed, learner, server, returns, deployment, scalars, rate)
     finally:
         server.stop()
         server_thread.join(timeout=10)
         learner.checkpoint()
         store.close()
+        scalars.close()
     return {"transitions": learner.transitions, "updates": learner.updates, "candidates": len(learner.candidates),
             "episodes": returns.finished, "rejected": dict(server.rejected),
             "quarantined": dict(server.quarantined) | learner.quarantined}
 
 
 def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestServer, returns: EpisodeReturns,
-              deployment: GatedDeployment | None):
+              deployment: GatedDeployment | None, scalars: ScalarLog, updates_per_s: float):
     recent = [e["return"] for e in returns.finished[-10:]]
     past_warmup = learner.transitions - learner.warmup
     row = ProgressRow(
@@ -164,6 +172,9 @@ def _progress(out: Path, elapsed: float, learner: OnlineLearner, server: IngestS
         gate=deployment.summary() if deployment else None, losses=learner.losses())
     with open(out / "progress.jsonl", "a") as f:
         f.write(row.model_dump_json() + "\n")
+    scalars.add(learner.transitions, {"episode/recent_return": row.recent_return, "train/updates": learner.updates,
+                                      "train/updates_per_s": updates_per_s,
+                                      **{f"train/{name}": value for name, value in row.losses.items()}})
     log.info("t=%.0fs transitions=%d updates=%d (%s per transition, %d owed) candidates=%d episodes=%d "
-             "return(last 10)=%s", elapsed, learner.transitions, learner.updates, row.updates_per_transition,
-             learner.owed_updates, len(learner.candidates), len(returns.finished), row.recent_return)
+             "return(last 10)=%s", elapsed, learner.transitions, learner.updates, shown(row.updates_per_transition),
+             learner.owed_updates, len(learner.candidates), len(returns.finished), shown(row.recent_return))

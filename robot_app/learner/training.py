@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
 from robot_app.common.files import load_json_model, write_atomic
 from robot_app.common.progress import Progress
+from robot_app.learner.scalars import ScalarLog
 from sim.env import Env, EnvSpec
 from sim.envs import evaluate_returns, make_env
 
@@ -149,6 +151,7 @@ class Trainer:
                                f"would train nothing: give more than {self.env_steps}")
         self.out.mkdir(parents=True, exist_ok=True)
         write_atomic(self.out / "config.json", config.model_dump_json(indent=2).encode())  # written once it holds
+        self.scalars = ScalarLog(self.out / "tensorboard", self.env_steps if restore else None)
 
     @classmethod
     def open(cls, out: str | os.PathLike, settings: dict, resume: bool = False, overwrite: bool = False) -> "Trainer":
@@ -178,7 +181,7 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         started, updates_at_start = time.perf_counter(), self.updates
-        with Progress(c.steps, "training", "env step", initial=self.env_steps, log=log) as bar:
+        with Progress(c.steps, "training", "env step", initial=self.env_steps, log=log) as bar, self._closing_scalars():
             while self.env_steps < c.steps:
                 previous, updates_before = self.env_steps, self.updates
                 episode_ended = self.decide_and_learn()
@@ -196,6 +199,13 @@ class Trainer:
                     self._check_finite(self.metrics)
                     self._save()
         return {"env_steps": self.env_steps, "updates": self.updates, "eval_return": self.last_eval}
+
+    @contextlib.contextmanager
+    def _closing_scalars(self):
+        try:
+            yield
+        finally:
+            self.scalars.close()
 
     def decide_and_learn(self) -> bool:
         """One agent decision: act (uniformly at random until random_steps), step, store, and, once learning, update.
@@ -249,6 +259,7 @@ class Trainer:
         row.update({k: float(v) for k, v in zip(metrics, torch.stack([v.float() for v in metrics.values()]).tolist())})
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.scalars.add(self.env_steps, {f"train/{k}": v for k, v in row.items() if k not in ("env_step", "update")})
 
     def _evaluate(self, bar: Progress) -> None:
         returns = evaluate_returns(
@@ -259,6 +270,7 @@ class Trainer:
                "return_min": float(np.min(returns)), "return_max": float(np.max(returns)), "returns": returns}
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.scalars.add(self.env_steps, {"eval/return_mean": self.last_eval, "eval/return_min": row["return_min"]})
         bar.set_postfix(eval_return=f"{self.last_eval:.1f}")
         log.info("env step %d: eval return %.1f ± %.1f", self.env_steps, self.last_eval, row["return_std"])
 

@@ -91,6 +91,11 @@ class FurutaSwingUp(Layouts):
             [math.cos(arm), math.sin(arm), math.cos(pendulum), math.sin(pendulum), *state.velocity], dtype=np.float32
         )
 
+    def joint_positions(self, obs: np.ndarray) -> np.ndarray:
+        """The joint angles, wrapped to (-pi, pi], that observations [T, obs_dim] carry: a column per `joints`."""
+        obs = np.asarray(obs).reshape(-1, 6)
+        return np.arctan2(obs[:, [1, 3]], obs[:, [0, 2]])
+
     def reward(self, state: JointState) -> float:
         arm, pendulum = state.position
         return max(0.0, 1.0 - (0.8 * abs(wrap_angle(pendulum)) + 0.2 * abs(arm)) / math.pi)

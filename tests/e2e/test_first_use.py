@@ -1,5 +1,6 @@
 """What a new user hits first: the README's recipes, bad input anywhere, and output that people can read."""
 
+import csv
 import logging
 import re
 import shutil
@@ -248,10 +249,11 @@ def test_adding_the_same_file_twice_says_so(tmp_path, capsys):
 
 
 def test_counts_read_as_words():
-    from robot_app.common.logs import format_counts
+    from robot_app.common.logs import format_counts, shown
 
     assert format_counts({}) == "none"
     assert format_counts({"speed": 3, "position": 1}) == "speed 3, position 1"
+    assert (shown(None, ".1f"), shown(83.44, ".1f")) == ("-", "83.4")
 
 
 def test_a_bare_command_lists_the_commands_and_version_answers(capsys):
@@ -327,3 +329,84 @@ def test_an_agent_and_a_virtual_robot_run_the_readme_way_and_report_in_words(tmp
         _, err = device.communicate(timeout=30)
     assert "furuta-1 serving on" in err and "(lockstep)" in err
     assert "furuta-1 on " in err and "commands" in err  # its periodic status line
+    assert "policy: zero" in (tmp_path / "robot-app-agent.yaml").read_text()  # the settings it resolved
+
+    # What it recorded, as a table and as a plot
+    exported = subprocess.run([sys.executable, "-m", "robot_app.cli", "episodes", "export", tmp_path / "t.sqlite",
+                               "--out", tmp_path / "table"], capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    with open(tmp_path / "table" / "transitions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 400 and {row["policy_version"] for row in rows} == {"zero"}
+    assert [int(row["step"]) for row in rows] == list(range(400)) and rows[0]["robot_id"] == "furuta-1"
+    assert {"obs.pendulum_cos_sin[1]", "action.motor", "interventions", "obs_time_ns"} <= set(rows[0])
+    with open(tmp_path / "table" / "episodes.csv") as f:
+        (episode,) = list(csv.DictReader(f))
+    assert (episode["steps"], episode["ended"]) == ("400", "truncated")
+    assert float(episode["return"]) == pytest.approx(sum(float(row["reward"]) for row in rows), abs=0.01)
+    plotted = subprocess.run([sys.executable, "-m", "robot_app.cli", "episodes", "plot", tmp_path / "t.sqlite",
+                              "--out", tmp_path / "episode.png"], capture_output=True, text=True, timeout=120)
+    assert plotted.returncode == 0, plotted.stderr
+    assert "furuta-1 episode 0, 400 steps" in plotted.stdout and (tmp_path / "episode.png").stat().st_size > 0
+
+
+def test_episodes_export_parquet_and_refuse_what_is_no_log(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from robot_app.agent.transition_log import TransitionLog
+    from tests.agent.test_transition_log import transition
+
+    with TransitionLog(tmp_path / "t.sqlite") as log:
+        for step in range(5):
+            log.append(transition(0, step))
+    status, out, _ = cli(capsys, "episodes", "export", tmp_path / "t.sqlite", "--out", tmp_path / "x", "--format",
+                         "parquet")
+    assert status == 0 and "(5 transitions)" in out
+    assert pq.read_table(tmp_path / "x" / "transitions.parquet").num_rows == 5
+    (tmp_path / "junk.sqlite").write_bytes(b"junk" * 100)
+    assert "is not a readable transition log" in one_line_error(capsys, "episodes", "export", tmp_path / "junk.sqlite",
+                                                                 "--out", tmp_path / "y")
+    assert "no transition log at" in one_line_error(capsys, "episodes", "plot", tmp_path / "none.sqlite")
+
+
+# ---- config files ----------------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_flags_then_environment_then_file(tmp_path, monkeypatch):
+    from robot_app.cli import _subcommand, build_parser
+    from robot_app.settings import given_on_command_line, resolve
+
+    config = tmp_path / "learner.yaml"
+    config.write_text("out: runs/from-file\nseed: 1\nhorizon: 2\nlisten: tcp://10.0.0.2:5555\n")
+    monkeypatch.setenv("ROBOT_APP_LEARNER_SEED", "2")
+    monkeypatch.setenv("ROBOT_APP_LEARNER_AUTO_DEPLOY", "true")
+    argv = ["learner", "--config", str(config), "--horizon", "3"]
+    settings = resolve("learner", _subcommand(build_parser(), "learner"),
+                       given_on_command_line(build_parser(), argv), str(config))
+    assert (settings.out, settings.seed, settings.horizon, settings.listen) == ("runs/from-file", 2, 3,
+                                                                               "tcp://10.0.0.2:5555")
+    assert settings.auto_deploy is True and settings.warmup == 1000  # the environment; a default
+    config.write_text("out: x\nlisten: notanendpoint\nseeed: 4\n")
+    with pytest.raises(ValueError, match=r"listen: 'notanendpoint' is not a ZeroMQ endpoint.*seeed: unknown key "
+                                         r"\(did you mean 'seed'\?\)"):
+        resolve("learner", _subcommand(build_parser(), "learner"), {}, str(config))
+
+
+def test_a_run_records_the_settings_it_resolved_and_that_file_runs_it_again(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"env: dmc:cartpole-swingup\nsteps: 1000\neval_every: 500\neval_episodes: 1\nseed: 5\n"
+                      f"out: {tmp_path / 'a'}\n")
+    assert cli(capsys, "train", "--config", config)[0] == 0
+    recorded = tmp_path / "a" / "robot-app-train.yaml"
+    assert "random_steps: 250" in recorded.read_text() and "horizon: 3" in recorded.read_text()  # defaults resolved
+    assert cli(capsys, "train", "--config", recorded, "--out", tmp_path / "b")[0] == 0
+    assert (tmp_path / "a" / "eval.jsonl").read_text() == (tmp_path / "b" / "eval.jsonl").read_text()
+    # A fed-back file never overwrites the run it came from.
+    assert "already holds a run" in one_line_error(capsys, "train", "--config", recorded)
+    events = EventAccumulator(str(tmp_path / "a" / "tensorboard"))
+    events.Reload()
+    assert {"eval/return_mean", "train/critic_loss", "train/alpha", "train/updates_per_s"} <= set(
+        events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("eval/return_mean")] == [500, 1000]

@@ -66,3 +66,11 @@ def test_credit_keeps_the_ratio_when_the_learner_is_slowed(tmp_path, monkeypatch
     # Never more than the ratio (updates are owed only by transitions), and within 5% below it, the credit's bound.
     assert all(0.95 <= row["updates_per_transition"] <= 1.0 for row in paced), [
         (row["transitions"], row["updates_per_transition"]) for row in paced]
+    # The same curves for TensorBoard, at the transition count
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "learner" / "tensorboard"))
+    events.Reload()
+    assert {"episode/recent_return", "train/updates", "train/updates_per_s", "train/alpha"} <= set(
+        events.Tags()["scalars"])
+    assert events.Scalars("train/updates")[-1].value == rows[-1]["updates"]
