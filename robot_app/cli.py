@@ -131,6 +131,8 @@ def _agent(args) -> int:
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
 
+    if args.sample and args.explore:  # exclusive on the command line; a settings file could give both
+        raise _UsageError("give --sample (the policy's own exploration) or --explore SIGMA, not both")
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration or spec.name, robot=spec.name)
     obs_layout = make_task(spec).obs_layout

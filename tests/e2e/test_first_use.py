@@ -1,6 +1,7 @@
 """What a new user hits first: the README's recipes, bad input anywhere, and output that people can read."""
 
 import csv
+import json
 import logging
 import re
 import shutil
@@ -62,8 +63,6 @@ def test_readme_recipe_gives_the_virtual_robot_the_agents_robot_id():
 
 
 def test_a_short_run_still_learns_and_a_run_that_cannot_is_refused(tiny_run, capsys):
-    import json
-
     from robot_app.learner.training import TrainConfig
 
     config = json.loads((tiny_run / "config.json").read_text())
@@ -409,4 +408,6 @@ def test_a_run_records_the_settings_it_resolved_and_that_file_runs_it_again(tmp_
     events.Reload()
     assert {"eval/return_mean", "train/critic_loss", "train/alpha", "train/updates_per_s"} <= set(
         events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("eval/return_mean")] == [500, 1000]
+    evaluations = [json.loads(line) for line in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()]
+    assert [(e.step, e.value) for e in events.Scalars("eval/return_mean")] == [
+        (row["env_step"], pytest.approx(row["return_mean"])) for row in evaluations]
