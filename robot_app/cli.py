@@ -350,7 +350,12 @@ def _policy_row(record) -> dict:
 
 
 def _demo(args) -> int:
+    import importlib.util
     import signal
+
+    for module in ("torch", "onnx", "mujoco", "dm_control", "serial", "zmq"):  # what its processes import
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"no module {module}", name=module)
 
     from robot_app.demo import run_demo
 
@@ -717,6 +722,10 @@ def main(argv: list[str] | None = None) -> int:
             import zmq
 
             expected += (zmq.ZMQError,)
+        if args.command == "demo":
+            from robot_app.demo import StackError
+
+            expected += (StackError,)
         if args.command in ("train", "evaluate", "export"):
             from policies.checkpoint import CheckpointError
             from robot_app.learner.training import RunError, TrainingDiverged

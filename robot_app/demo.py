@@ -37,6 +37,10 @@ PROCESSES = "processes.json"  # each role's current pid, rewritten at every (re)
 RELEASE_SHORTLIST = 3  # the best policies, by their learning-gate reports, that the full gate judges at the end
 
 
+class StackError(RuntimeError):
+    """A process of the stack did not start; its log says why."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +101,7 @@ class _Supervisor:
     def add(self, role: _Role) -> _Role:
         self.roles.append(role)
         if not self._start(role):
-            raise RuntimeError(f"{role.name} did not start; see {self.logs}/{role.name}.log")
+            raise StackError(f"{role.name} did not start; see {self.logs}/{role.name}.log")
         return role
 
     def _start(self, role: _Role) -> bool:

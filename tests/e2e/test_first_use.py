@@ -221,6 +221,7 @@ def test_a_damaged_run_folder_gets_a_line_naming_the_file(run_copy, capsys, dama
     (["train", "--env", "dmc:cartpole-swingup", "--out", "x"], "torch", "learner"),
     (["validate", str(BALANCE)], "mujoco", "sim"),
     (["virtual-robot"], "mujoco", "sim"),
+    (["demo", "--out", "d", "--minutes", "0.1"], "torch", "learner"),  # before it starts any process
 ])
 def test_a_command_whose_extra_is_not_installed_says_which_to_install(tmp_path, command, module, extra):
     script = (f"import sys; sys.modules[{module!r}] = None\n"  # as if the package were not installed
