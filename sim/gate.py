@@ -400,7 +400,7 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
     from robot_app.common.files import write_atomic
     from robot_app.common.signing import sign
 
-    record = registry.move(version, "validating", actor, "sim validation started")
+    record = registry.start_validation(version, actor)
     try:
         report = validate(record.path, robot, config, progress)
     except BaseException:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
+import socket
 import time
 from pathlib import Path
 
@@ -64,6 +67,16 @@ def read_metadata(data: bytes, source: str) -> PolicyMetadata:
 def _record(row: tuple) -> PolicyRecord:
     *fields, report, signature = row
     return PolicyRecord(*fields, json.loads(report) if report else None, signature)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _now() -> str:
@@ -152,6 +165,28 @@ class PolicyRegistry:
                 db.execute("UPDATE policies SET signature = ? WHERE version = ?", (signature, version))
         return self.get(version)
 
+    def start_validation(self, version: str, actor: str) -> PolicyRecord:
+        """Move a candidate to validating, noting which process validates it (see `release_abandoned`)."""
+        self.release_abandoned(actor)
+        return self.move(version, "validating", actor, f"sim validation started by pid {os.getpid()} on "
+                                                        f"{socket.gethostname()}")
+
+    def release_abandoned(self, actor: str) -> list[str]:
+        """Return to candidate every policy whose validating process on this host is gone (a learner stopped or
+        killed mid-gate), so it can be validated again; the versions released."""
+        released = []
+        for policy in self.list("validating"):
+            started = [h for h in self.history(policy.version) if h["to_state"] == "validating"][-1]
+            owner = re.search(r"by pid (\d+) on (\S+)$", started["reason"])
+            if owner and (owner[2] != socket.gethostname() or _alive(int(owner[1]))):
+                continue
+            with self._write() as db:
+                if self._state(db, policy.version) == "validating":
+                    self._move(db, policy.version, "candidate", actor,
+                               f"its validation ({started['reason']}) ended without a verdict")
+                    released.append(policy.version)
+        return released
+
     def deploy(self, version: str, actor: str, reason: str = "deployed") -> PolicyRecord:
         """Make `version` the deployed policy and retire the one it replaces, atomically. Only a validated policy (or
         a retired one coming back) may be deployed."""
@@ -168,7 +203,8 @@ class PolicyRegistry:
         return self.get(version)
 
     def rollback(self, actor: str) -> PolicyRecord:
-        """Re-deploy the policy that was deployed before the current one."""
+        """Re-deploy the policy that was deployed before the current one (twice in a row swaps back, as
+        `kubectl rollout undo` does); `deploy` brings back any retired version."""
         current = self.deployed()
         if current is None:
             raise RegistryError("nothing is deployed, so there is nothing to roll back")

@@ -11,6 +11,7 @@ from robot_app.common.logs import shown
 from robot_app.common.reports import DeploymentOptions, GateSummary, LearnerOptions, ProgressRow
 from robot_app.learner.ingest import IngestServer, IngestStore, RowSchema
 from robot_app.learner.online import OnlineLearner
+from robot_app.learner.registry import RegistryError
 from robot_app.learner.scalars import ScalarLog
 from robot_app.robot.spec import RobotSpec
 from robot_app.transport.messages import TransitionChunk
@@ -52,9 +53,13 @@ class GatedDeployment:
         self.gate: threading.Thread | None = None
         self.published: str | None = None
         self.check_every_s, self._next_check = check_every_s, 0.0
+        for version in registry.release_abandoned("learner"):
+            log.warning("policy %s was left validating by a process that is gone: it is a candidate again", version)
 
     def offer(self, candidate: Path) -> None:
-        self.waiting = self.registry.add_candidate(candidate, "learner").version
+        record = self.registry.add_candidate(candidate, "learner")
+        if record.state == "candidate":  # the same weights judged before (a restart) are not gated again
+            self.waiting = record.version
 
     def poll(self) -> None:
         if self.signing_key is not None and self.waiting and not (self.gate and self.gate.is_alive()):
@@ -85,6 +90,8 @@ class GatedDeployment:
             log.info("gate: %s %s %s", version, "passed" if report.passed else "rejected", report.reasons)
             if report.passed and self.auto_deploy:
                 self.registry.deploy(version, "learner:auto-deploy")
+        except RegistryError as error:  # another process moved it meanwhile (an operator's deploy, say)
+            log.error("the gate or the deploy on %s was refused: %s", version, error)
         except Exception:  # the learner keeps training (a gate that did not finish put the candidate back)
             log.exception("the gate or the deploy failed on %s", version)
 

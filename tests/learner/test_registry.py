@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,4 +100,41 @@ def test_kill_9_during_writes_leaves_the_registry_consistent_for_readers(tmp_pat
     for policy in registry.list():
         assert registry.history(policy.version)[-1]["to_state"] == policy.state  # state and history agree
     assert len(registry.history()) > 10  # the writer did get some moves in
+    registry.close()
+
+
+def test_a_validation_whose_process_is_gone_is_released_and_a_restarted_learner_does_not_gate_a_judged_policy(
+        tmp_path):
+    from robot_app.learner.service import GatedDeployment
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    gone, mine, judged = candidates(tmp_path, registry, 3)
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from robot_app.learner.registry import PolicyRegistry
+        PolicyRegistry({str(tmp_path / "registry")!r}).start_validation({gone!r}, "learner:gate")
+        """)], check=True)
+    assert child.returncode == 0 and registry.get(gone).state == "validating"  # its validator died mid-gate
+    registry.start_validation(mine, "gate")  # this process, alive: left alone
+    registry.start_validation(judged, "gate")
+    registry.move(judged, "rejected", "gate", "success rate 0.00 < 0.5")
+
+    deployment = GatedDeployment(registry, server=None, robot="furuta")  # a learner starting on this registry
+    assert registry.get(gone).state == "candidate" and registry.get(mine).state == "validating"
+    assert "ended without a verdict" in registry.history(gone)[-1]["reason"]
+    deployment.offer(Path(registry.get(judged).path))  # a restart exports the same weights again
+    assert deployment.waiting is None
+    deployment.offer(Path(registry.get(gone).path))
+    assert deployment.waiting == gone
+    registry.close()
+
+
+def test_rollback_twice_swaps_back_and_deploy_brings_back_any_retired_version(tmp_path):
+    registry = PolicyRegistry(tmp_path / "registry")
+    a, b, c = candidates(tmp_path, registry, 3)
+    for version in (a, b, c):
+        validated(registry, version)
+        registry.deploy(version, "operator")
+    assert registry.rollback("operator").version == b
+    assert registry.rollback("operator").version == c
+    assert registry.deploy(a, "operator").state == "deployed"
     registry.close()
