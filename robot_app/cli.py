@@ -214,6 +214,8 @@ def _learner(args) -> int:
     import signal
     import threading
 
+    if args.signing_key:
+        _require_extras("sim")  # the gate runs MuJoCo
     from robot_app.common.logs import format_counts
     from robot_app.common.reports import DeploymentOptions, LearnerOptions
     from robot_app.learner.service import serve_learner
@@ -350,12 +352,7 @@ def _policy_row(record) -> dict:
 
 
 def _demo(args) -> int:
-    import importlib.util
     import signal
-
-    for module in ("torch", "onnx", "mujoco", "dm_control", "serial", "zmq"):  # what its processes import
-        if importlib.util.find_spec(module) is None:
-            raise ModuleNotFoundError(f"no module {module}", name=module)
 
     from robot_app.demo import run_demo
 
@@ -683,9 +680,38 @@ def _one_line(error: Exception) -> str:
 
 
 # The extra that brings each optional module: `pip install -e '.[EXTRA]'`.
-_EXTRA_OF = {"torch": "learner", "onnx": "learner", "onnxscript": "learner", "tqdm": "learner", "mujoco": "sim",
-             "dm_control": "sim", "matplotlib": "sim", "onnxruntime": "agent", "serial": "agent", "zmq": "agent",
-             "msgpack": "agent", "cryptography": "agent", "tensorboard": "learner", "pyarrow": "learner"}
+_EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's optional dependencies)
+    "agent": ("onnxruntime", "serial", "zmq", "msgpack", "cryptography"),
+    "learner": ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm", "cryptography", "zmq", "msgpack", "tensorboard",
+                "pyarrow"),
+    "sim": ("mujoco", "dm_control", "matplotlib", "tqdm"),
+}
+
+
+_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim")}  # checked up front
+
+
+class _MissingExtras(Exception):
+    """Packages this install lacks, and the extras that bring them: all of them, or any one (`alternatives`)."""
+
+    def __init__(self, modules: list[str], extras: list[str], alternatives: bool = False):
+        named = (" or " if alternatives else " and ").join(f"`{extra}`" for extra in extras)
+        plural = "s" if len(extras) > 1 and not alternatives else ""
+        spec = extras[0] if alternatives else ",".join(extras)
+        super().__init__(f"it needs {', '.join(modules)}, which this install lacks: install the {named} extra{plural} "
+                         f"(pip install -e '.[{spec}]' in a checkout)")
+
+
+def _require_extras(*extras: str) -> None:
+    """Refuse at once, before any process or file starts, when an extra the command needs is not installed."""
+    import importlib.util
+
+    missing = {extra: [m for m in _EXTRAS[extra] if importlib.util.find_spec(m) is None] for extra in extras}
+    lacking = [extra for extra in extras if missing[extra]]
+    if lacking:
+        raise _MissingExtras(list(dict.fromkeys(m for extra in lacking for m in missing[extra])), lacking)
+
+
 _QUIET_LOGGERS = ("absl", "onnx_ir", "onnxscript", "torch.onnx", "matplotlib", "PIL")
 
 
@@ -714,10 +740,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from robot_app.common.artifact import ArtifactError
 
-    expected: tuple[type[Exception], ...] = (_UsageError, ValidationError, ArtifactError, ValueError, OSError)
+    expected: tuple[type[Exception], ...] = (_UsageError, _MissingExtras, ValidationError, ArtifactError, ValueError, OSError)
     try:
         if args.command in LONG_RUNNING:
             args = _resolve_settings(args, sys.argv[1:] if argv is None else argv)
+        _require_extras(*_NEEDS.get(args.command, ()))
         if args.command in ("agent", "learner"):
             import zmq
 
@@ -739,10 +766,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except ModuleNotFoundError as error:
         module = (error.name or "").partition(".")[0]
-        if module not in _EXTRA_OF:
+        extras = [extra for extra, modules in _EXTRAS.items() if module in modules]
+        if not extras:
             raise
-        print(f"robot-app {args.command}: error: it needs {module}, which this install lacks: install the "
-              f"`{_EXTRA_OF[module]}` extra (pip install -e '.[{_EXTRA_OF[module]}]')", file=sys.stderr)
+        print(f"robot-app {args.command}: error: {_MissingExtras([module], extras, alternatives=True)}", file=sys.stderr)
         return 2
     except expected as error:
         print(f"robot-app {args.command}: error: {_one_line(error)}", file=sys.stderr)

@@ -217,19 +217,21 @@ def test_a_damaged_run_folder_gets_a_line_naming_the_file(run_copy, capsys, dama
     assert expected in line and "weights_only" not in line and "allow_pickle" not in line
 
 
-@pytest.mark.parametrize("command, module, extra", [
-    (["train", "--env", "dmc:cartpole-swingup", "--out", "x"], "torch", "learner"),
-    (["validate", str(BALANCE)], "mujoco", "sim"),
-    (["virtual-robot"], "mujoco", "sim"),
-    (["demo", "--out", "d", "--minutes", "0.1"], "torch", "learner"),  # before it starts any process
+@pytest.mark.parametrize("command, modules, extra", [
+    (["train", "--env", "dmc:cartpole-swingup", "--out", "x"], "torch", "the `learner` extra"),
+    (["validate", str(BALANCE)], "mujoco", "the `sim` extra"),
+    (["virtual-robot"], "mujoco", "the `sim` extra"),
+    (["learner", "--out", "l"], "torch, zmq", "the `learner` extra"),  # not the agent's, which has zmq too
+    (["learner", "--out", "l", "--registry", "r", "--signing-key", "k"], "mujoco", "the `sim` extra"),  # the gate
+    (["demo", "--out", "d", "--minutes", "0.1"], "torch, mujoco", "the `learner` and `sim` extras"),  # all it lacks
 ])
-def test_a_command_whose_extra_is_not_installed_says_which_to_install(tmp_path, command, module, extra):
-    script = (f"import sys; sys.modules[{module!r}] = None\n"  # as if the package were not installed
+def test_a_command_whose_extra_is_not_installed_says_which_to_install(tmp_path, command, modules, extra):
+    script = (f"import sys; sys.modules.update(dict.fromkeys({modules.split(', ')!r}))\n"  # as if not installed
               f"from robot_app.cli import main; sys.exit(main({command!r}))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
-    assert f"needs {module}, which this install lacks: install the `{extra}` extra" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"needs {modules}, which this install lacks: install {extra}" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # it started nothing, wrote nothing
 
 
 # ---- silent surprises ----------------------------------------------------------------------------------------------
