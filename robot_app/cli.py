@@ -26,6 +26,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _above_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def _endpoint(text: str) -> str:
     """A ZeroMQ endpoint this program can bind or connect: tcp://HOST:PORT or ipc://PATH."""
     host, sep, port = text.removeprefix("tcp://").rpartition(":")
@@ -475,14 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train SAC-SVG(H) on a simulated task")
     train.add_argument("--env", help="e.g. dmc:cartpole-swingup")
     train.add_argument("--horizon", type=int, help="model expansion steps H; 0 is SAC (default 3)")
-    train.add_argument("--steps", type=int, help="simulator env steps (default 50000)")
+    train.add_argument("--steps", type=_positive, help="simulator env steps (default 50000)")
     train.add_argument("--seed", type=int)
-    train.add_argument("--action-repeat", type=int, help="default: per-domain (cartpole 8, reacher 4, ...)")
-    train.add_argument("--eval-every", type=int, help="env steps between evaluations (default 5000)")
-    train.add_argument("--eval-episodes", type=int, help="deterministic episodes per evaluation (default 10)")
+    train.add_argument("--action-repeat", type=_positive, help="default: per-domain (cartpole 8, reacher 4, ...)")
+    train.add_argument("--eval-every", type=_positive, help="env steps between evaluations (default 5000)")
+    train.add_argument("--eval-episodes", type=_positive, help="deterministic episodes per evaluation (default 10)")
     train.add_argument("--random-steps", type=int,
                        help="env steps of random actions before learning (default: 4000, or a quarter of --steps)")
-    train.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default 10000)")
+    train.add_argument("--checkpoint-every", type=_positive, help="env steps between checkpoints (default 10000)")
     train.add_argument("--out", required=True, help="run folder")
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -503,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     virtual = sub.add_parser("virtual-robot", help="simulate a robot behind the serial protocol on a pty; prints its path")
     virtual.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     virtual.add_argument("--lockstep", action="store_true", help="advance one control period per command")
-    virtual.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
+    virtual.add_argument("--rate", type=_above_zero, help="control rate in Hz (default: the spec's)")
     virtual.add_argument("--seed", type=int, default=0)
     virtual.add_argument("--randomise", action="store_true",
                          help="lockstep: draw the unit's physics anew from the spec's randomisation ranges each time "
@@ -528,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     agent.add_argument("--policy", required=True, help="an exported .onnx, or zero|random for bring-up")
     agent.add_argument("--calibration", help="calibration .yaml (default calibration/<robot>.yaml)")
-    agent.add_argument("--rate", type=float, help="control rate in Hz (default: the spec's)")
+    agent.add_argument("--rate", type=_above_zero, help="control rate in Hz (default: the spec's)")
     agent.add_argument("--baud", type=int, default=921_600)
     agent.add_argument("--log", default="runs/agent/transitions.sqlite", help="the durable transition log")
     agent.add_argument("--outbox-limit", type=int, default=2_000_000,

@@ -25,11 +25,13 @@ def plot_folder(folder: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     folder = Path(folder)
-    progress = read_rows(folder / "learner" / "progress.jsonl")
+    if not folder.is_dir():
+        raise FileNotFoundError(2, "no such folder", str(folder))
+    progress = read_rows(folder / "progress.jsonl") or read_rows(folder / "learner" / "progress.jsonl")
     evaluations, metrics = read_rows(folder / "eval.jsonl"), read_rows(folder / "metrics.jsonl")
     if not (progress or evaluations or metrics):
-        raise ValueError(f"{folder} holds no curves: give a run folder (eval.jsonl, metrics.jsonl) or a demo folder "
-                         "(learner/progress.jsonl)")
+        raise ValueError(f"{folder} holds no curves: give a training run's folder (eval.jsonl, metrics.jsonl), a "
+                         "learner's --out (progress.jsonl) or a demo folder (learner/progress.jsonl)")
     (folder / "plots").mkdir(exist_ok=True)
     if progress:
         return _demo_plots(progress, folder / "plots")

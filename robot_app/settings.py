@@ -4,6 +4,8 @@ one pydantic-settings model built from the command's own flags; a run writes wha
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,14 +42,22 @@ def resolve(command: str, parser: argparse.ArgumentParser, given: dict[str, Any]
     """The command's settings: `given` flags, then ROBOT_APP_<COMMAND>_<FLAG> variables, then the `config` file."""
     from_file = read_yaml_mapping(Path(config), f"{command} config") if config else {}
     model = _model(command, parser, from_file)
+    prefix = env_prefix(command)
+    variables = {name for name in os.environ if name.startswith(prefix)}
+    for name in sorted(variables - {prefix + field.upper() for field in model.model_fields}):
+        near = difflib.get_close_matches(name, [prefix + field.upper() for field in model.model_fields], n=1)
+        raise ValueError(f"{name}: no {command} setting of that name" + (f" (did you mean {near[0]}?)" if near else ""))
     try:
         return model(**given)
     except ValidationError as error:
-        sources = f"flags, {env_prefix(command)}* variables" + (f" and {config}" if config else "")
+        sources = f"flags, {prefix}* variables" + (f" and {config}" if config else "")
         missing = [f"--{e['loc'][0].replace('_', '-')}" for e in error.errors() if e["type"] == "missing"]
         hint = f" (give {', '.join(missing)} as a flag, in a --config file or as a variable)" if missing else ""
+        names = {field: f"--{field.replace('_', '-')}" if field in given else
+                 prefix + field.upper() if prefix + field.upper() in variables else
+                 f"{config}: {field}" if field in from_file else field for field in model.model_fields}
         raise ValueError(f"{command} settings ({sources}): "
-                         f"{describe_validation(error, known=model.model_fields)}{hint}") from None
+                         f"{describe_validation(error, known=model.model_fields, names=names)}{hint}") from None
 
 
 def record(settings: BaseSettings, command: str, folder: str | Path) -> Path:

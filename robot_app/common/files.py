@@ -109,14 +109,16 @@ def validate_model(model: type[Model], data, source: str) -> Model:
         raise ValueError(f"{source}: {describe_validation(error)}") from None
 
 
-def describe_validation(error: ValidationError, known=()) -> str:
+def describe_validation(error: ValidationError, known=(), names: dict[str, str] | None = None) -> str:
     """Every error of a pydantic validation on one line: the field's path, what is wrong, and the value given. A
-    misspelt key is matched to a missing one beside it, or to a `known` name."""
+    misspelt key is matched to a missing one beside it, or to a `known` name. `names`: a top-level field's name as
+    the user wrote it (a flag, a variable)."""
     errors = error.errors()
     missing = {e["loc"]: e for e in errors if e["type"] == "missing"}
     parts = []
     for e in errors:
-        where = ".".join(map(str, e["loc"])) or "value"
+        loc = [str(part) for part in e["loc"]]
+        where = ".".join([(names or {}).get(loc[0], loc[0]), *loc[1:]]) if loc else "value"
         if e["type"] == "missing":
             parts.append(f"{where}: missing")
         elif e["type"] == "extra_forbidden":
@@ -126,7 +128,9 @@ def describe_validation(error: ValidationError, known=()) -> str:
         elif isinstance(e.get("input"), dict):  # a model's own check: its message says what is wrong
             parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
-            parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')} (got {_short(e.get('input'))})")
+            message = e["msg"].removeprefix("Value error, ")
+            got = "" if message.endswith(f"got {e.get('input')}") else f" (got {_short(e.get('input'))})"
+            parts.append(f"{where}: {message}{got}")
     return "; ".join(parts)
 
 

@@ -394,6 +394,15 @@ def test_settings_come_from_flags_then_environment_then_file(tmp_path, monkeypat
         resolve("learner", _subcommand(build_parser(), "learner"), {}, str(config))
 
 
+def test_a_bad_or_misspelt_variable_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("ROBOT_APP_DEMO_ROBOTS", "0")
+    assert one_line_error(capsys, "demo").endswith("ROBOT_APP_DEMO_ROBOTS: must be at least 1, got 0")  # once
+    monkeypatch.delenv("ROBOT_APP_DEMO_ROBOTS")
+    monkeypatch.setenv("ROBOT_APP_AGENT_PORTT", "/dev/ttyUSB0")
+    assert one_line_error(capsys, "agent", "--policy", "zero").endswith(
+        "ROBOT_APP_AGENT_PORTT: no agent setting of that name (did you mean ROBOT_APP_AGENT_PORT?)")
+
+
 def test_a_run_records_the_settings_it_resolved_and_that_file_runs_it_again(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
