@@ -123,9 +123,10 @@ def _virtual_robot(args) -> int:
     if args.audit_out:
         write_audit(audit, args.audit_out)
     logging.getLogger("robot_app.virtual_robot").info(
-        "stopped: %d commands, %d limit violations, %d rate violations, %d watchdog trips, hard-stop arrivals %s",
+        "stopped: %d commands, %d limit violations, %d rate violations, %d watchdog trips, %d hard-stop arrivals%s",
         audit.commands, audit.limit_violations, audit.rate_violations, audit.watchdog_trips,
-        [round(v, 3) for v in audit.hard_stop_speeds])
+        len(audit.hard_stop_speeds),
+        f" (at {', '.join(f'{v:.3f}' for v in audit.hard_stop_speeds)} rad/s)" if audit.hard_stop_speeds else "")
     return 0
 
 
@@ -174,6 +175,8 @@ def _agent(args) -> int:
         pin_to_cpus({int(cpu) for cpu in args.cpus.split(",")})
     if args.realtime_priority is not None:
         request_realtime_priority(args.realtime_priority)
+    if args.port.startswith("/") and not Path(args.port).exists():  # before the log and the settings are written
+        raise _UsageError(f"no serial port at {args.port} (is the robot plugged in? a virtual robot prints its pty)")
     with TransitionLog(args.log) as transitions:  # closed last, whatever fails: it commits what it holds
         _record_settings(args, Path(args.log).parent)
         agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,

@@ -21,7 +21,7 @@ from calibration.encoders import RobotCalibration
 from robot_app.agent.policy_runner import Policy
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError, TransitionSink
-from robot_app.common.logs import first_and_doubling
+from robot_app.common.logs import first_and_doubling, format_counts
 from robot_app.common.reports import AgentSummary
 from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
 from robot_app.hardware.protocol import SensorStatus
@@ -473,7 +473,8 @@ class Agent:
         link = self.robot.link_counters
         bad = {k: v for k, v in link.items() if k not in ("frames", "sessions") and v}
         return (f"{self.robot_id} {phase} ep={self.episode} transitions={self.transitions_recorded}{jitter} "
-                f"interventions={dict(self.supervisor.counts)} link_frames={link.get('frames', 0)} link_errors={bad} "
+                f"interventions={format_counts(self.supervisor.counts, compact=True)} "
+                f"link_frames={link.get('frames', 0)} link_errors={format_counts(bad, compact=True)} "
                 f"tick_errors={self.tick_errors} "
                 f"estop={self.supervisor.estop_reason or 'off'} fault={self.supervisor.fault or 'none'}")
 

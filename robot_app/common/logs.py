@@ -10,9 +10,11 @@ def first_and_doubling(count: int) -> bool:
     return count > 0 and count & (count - 1) == 0
 
 
-def format_counts(counts: Mapping[str, int]) -> str:
-    """{'speed': 3, 'position': 1} as 'speed 3, position 1', for people; an empty one as 'none'."""
-    return ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
+def format_counts(counts: Mapping[str, int], compact: bool = False) -> str:
+    """{'speed': 3, 'position': 1} as 'speed 3, position 1' for people, or as 'speed:3,position:1' (`compact`, for a
+    key=value status line); an empty one as 'none'."""
+    pair, between = (":", ",") if compact else (" ", ", ")
+    return between.join(f"{name}{pair}{count}" for name, count in counts.items()) or "none"
 
 
 def shown(value: float | None, spec: str = "") -> str:

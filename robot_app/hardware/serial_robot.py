@@ -48,7 +48,8 @@ class SerialRobot:
             self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0, exclusive=True)
             self._serial.reset_input_buffer()
         except (serial.SerialException, OSError) as error:
-            raise LinkLost(f"cannot open {self.port}: {error}") from None
+            said = str(error)  # pyserial's own message names the port already
+            raise LinkLost(said if self.port in said else f"cannot open {self.port}: {said}") from None
         self._decoder = FrameDecoder()
         try:
             return self.handshake(timeout_s)

@@ -65,7 +65,7 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["evaluate", "{tmp}/missing"], "no checkpoint"),
         (["export", "{tmp}/garbage.pt", "--out", "{tmp}/p.onnx"], "unreadable checkpoint"),
         (["evaluate", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
-        (["agent", "--port", "{tmp}/no-such-port", "--policy", "zero", "--log", "{tmp}/t.sqlite"], "cannot open"),
+        (["agent", "--port", "{tmp}/no-such-port", "--policy", "zero", "--log", "{tmp}/t.sqlite"], "no serial port at"),
         (["agent", "--port", "/dev/null", "--policy", "{tmp}/garbage.onnx"], "not a loadable ONNX model"),
         (["agent", "--port", "/dev/null", "--robot", "quadruped", "--policy", "zero"], "unknown robot 'quadruped'"),
         (["virtual-robot", "--rate", "-50"], "argument --rate: must be a number above 0, got -50"),

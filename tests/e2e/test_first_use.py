@@ -237,6 +237,12 @@ def test_a_command_whose_extra_is_not_installed_says_which_to_install(tmp_path, 
 # ---- silent surprises ----------------------------------------------------------------------------------------------
 
 
+def test_an_agent_without_its_port_writes_nothing(tmp_path, capsys):
+    line = one_line_error(capsys, "agent", "--port", tmp_path / "ttyUSB9", "--policy", "zero", "--log",
+                          tmp_path / "agent" / "t.sqlite")
+    assert f"no serial port at {tmp_path / 'ttyUSB9'}" in line and not (tmp_path / "agent").exists()
+
+
 def test_reading_a_mistyped_registry_creates_nothing(tmp_path, capsys):
     assert "no policy registry at" in one_line_error(capsys, "policies", "list", "--registry", tmp_path / "regsitry")
     assert not (tmp_path / "regsitry").exists()
@@ -321,16 +327,20 @@ def test_an_agent_and_a_virtual_robot_run_the_readme_way_and_report_in_words(tmp
     try:
         port = device.stdout.readline().strip()
         agent = subprocess.run([sys.executable, "-m", "robot_app.cli", "agent", "--port", port, "--robot-id",
-                                "furuta-1", "--policy", "zero", "--episodes", "1", "--log", tmp_path / "t.sqlite"],
+                                "furuta-1", "--policy", "zero", "--episodes", "1", "--log", tmp_path / "t.sqlite",
+                                "--status-every", "0.1"],
                                capture_output=True, text=True, timeout=120)
         assert agent.returncode == 0, agent.stderr
         stopped = agent.stdout.strip().splitlines()[-1]
         assert "1 episodes" in stopped and "interventions none" in stopped and "{" not in stopped
+        assert "interventions=none" in agent.stderr and "link_errors=none" in agent.stderr
+        assert "{" not in agent.stderr
     finally:
         device.send_signal(signal.SIGTERM)
         _, err = device.communicate(timeout=30)
     assert "furuta-1 serving on" in err and "(lockstep)" in err
     assert "furuta-1 on " in err and "commands" in err  # its periodic status line
+    assert "0 hard-stop arrivals" in err and "[" not in err
     assert "policy: zero" in (tmp_path / "robot-app-agent.yaml").read_text()  # the settings it resolved
 
     # What it recorded, as a table and as a plot
