@@ -80,8 +80,10 @@ def table(chunks, spec: RobotSpec) -> tuple[list[str], list[list]]:
     return header or list(SCALARS), rows
 
 
-def episode_summaries(header: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
-    """One row per (robot, episode): steps, return, how it ended, its policies and its interventions."""
+def episode_summaries(header: list[str], rows: list[list], max_steps: int) -> tuple[list[str], list[list]]:
+    """One row per (robot, episode): steps, return, how it ended, its policies and its interventions. An episode
+    ends terminated (the task's end), at its time limit, cut short (a stop or a safety latch, named where the
+    agent recorded one), or is unfinished (its last transition is not in the log yet)."""
     at = {name: i for i, name in enumerate(header)}
     episodes: dict[tuple[str, int], list[list]] = defaultdict(list)
     for row in rows:
@@ -93,7 +95,10 @@ def episode_summaries(header: list[str], rows: list[list]) -> tuple[list[str], l
             for name in filter(None, row[at["interventions"]].split(";")):
                 counts[name] += 1
         last = steps[-1]
-        ended = "terminated" if last[at["terminated"]] else "truncated" if last[at["truncated"]] else "cut short"
+        why = last[at["interventions"]].replace(";", ", ")
+        ended = ("terminated" if last[at["terminated"]] else "unfinished" if not last[at["truncated"]]
+                 else "time limit" if last[at["step"]] + 1 >= max_steps else f"cut short ({why})" if why
+                 else "cut short")
         out.append([robot_id, episode, len(steps), round(sum(r[at["reward"]] for r in steps), 3), ended,
                     ";".join(dict.fromkeys(r[at["policy_version"]] for r in steps)),
                     ";".join(f"{k}={v}" for k, v in sorted(counts.items())), steps[0][at["obs_time_ns"]],
@@ -105,7 +110,7 @@ def episode_summaries(header: list[str], rows: list[list]) -> tuple[list[str], l
 def export(path: str | Path, out: str | Path, spec: RobotSpec, fmt: str = "csv") -> tuple[Path, Path, int, int]:
     """transitions.<fmt> and episodes.<fmt> in `out`; returns their paths and how many transitions and episodes."""
     header, rows = table(read_chunks(path), spec)
-    summary_header, summaries = episode_summaries(header, rows)
+    summary_header, summaries = episode_summaries(header, rows, make_task(spec).max_episode_steps)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -428,13 +428,17 @@ class Agent:
             or self._stop_reason is not None
         )
         received_ns = self.robot.latest.received_ns if self.robot.latest else open_step.command_time_ns
+        interventions = open_step.interventions
+        if truncated and not self.supervisor.safe_to_run:  # what cut the episode short is on its last transition
+            latch = "estop" if self.supervisor.estop_reason is not None else self.supervisor.fault
+            interventions = tuple(dict.fromkeys((*interventions, latch)))
         if self.transitions is not None:
             self.transitions.append(Transition(
                 robot_id=self.robot_id, episode=self.episode, step=open_step.step, obs=open_step.obs,
                 action=open_step.action.astype(np.float32), reward=self.task.reward(state),
                 next_obs=self._observation(), terminated=terminated, truncated=truncated,
                 policy_action=open_step.policy_action.astype(np.float32), policy_version=self.policy.version,
-                interventions=open_step.interventions, obs_time_ns=open_step.obs_time_ns,
+                interventions=interventions, obs_time_ns=open_step.obs_time_ns,
                 command_time_ns=open_step.command_time_ns, next_obs_time_ns=received_ns,
                 device_time_us=open_step.device_time_us, sample_seed=open_step.sample_seed,
             ))

@@ -1,6 +1,7 @@
 """The agent against the virtual robot over a real pty: both modes, watchdogs, adversarial policies, e-stop, SIGTERM."""
 
 import contextlib
+import csv
 import json
 import math
 import re
@@ -20,6 +21,7 @@ from robot_app.agent.policy_runner import ConstantPolicy, PolicyKind, load_polic
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
 from robot_app.common.artifact import ArtifactError
+from robot_app.episodes import export
 from robot_app.hardware.protocol import Fault, FaultCode, MessageType, SensorStatus
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
@@ -270,8 +272,9 @@ def _run_in_thread(agent, **kwargs):
 
 
 def test_estop_latches_until_an_explicit_reset(tmp_path):
+    log = TransitionLog(tmp_path / "t.sqlite")
     with virtual_robot(tmp_path) as robot:
-        agent = make_agent(robot.port, ConstantPolicy([0.0]))
+        agent = make_agent(robot.port, ConstantPolicy([0.0]), log)
         thread, summary = _run_in_thread(agent, duration_s=3.0)
         wait_until(lambda: agent.transitions_recorded > 0, timeout_s=30)
         agent.request_estop("test operator")
@@ -287,6 +290,11 @@ def test_estop_latches_until_an_explicit_reset(tmp_path):
     assert latched == "test operator" and agent.supervisor.estop_reason is None
     assert summary.transitions > transitions_while_latched  # it ran again after the reset
     assert audit["estops"] == 1 and audit["limit_violations"] == 0
+    log.close()
+    _, episodes, _, _ = export(tmp_path / "t.sqlite", tmp_path / "table", SPEC)
+    with open(episodes) as f:
+        first = next(csv.DictReader(f))
+    assert first["ended"] == "cut short (estop)" and int(first["steps"]) == transitions_while_latched  # and why
 
 
 def test_the_device_estop_button_reaches_the_agent_and_latches(tmp_path):

@@ -354,7 +354,7 @@ def test_an_agent_and_a_virtual_robot_run_the_readme_way_and_report_in_words(tmp
     assert {"obs.pendulum_cos_sin[1]", "action.motor", "interventions", "obs_time_ns"} <= set(rows[0])
     with open(tmp_path / "table" / "episodes.csv") as f:
         (episode,) = list(csv.DictReader(f))
-    assert (episode["steps"], episode["ended"]) == ("400", "truncated")
+    assert (episode["steps"], episode["ended"]) == ("400", "time limit")
     assert float(episode["return"]) == pytest.approx(sum(float(row["reward"]) for row in rows), abs=0.01)
     plotted = subprocess.run([sys.executable, "-m", "robot_app.cli", "episodes", "plot", tmp_path / "t.sqlite",
                               "--out", tmp_path / "episode.png"], capture_output=True, text=True, timeout=120)
