@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -291,7 +292,7 @@ def _validate(args) -> int:
     from robot_app.robot.task import make_task
     from sim.gate import load_gate_config, validate, write_report
 
-    config = load_gate_config(args.config, episodes=args.episodes, seed=args.seed, workers=args.workers)
+    config = load_gate_config(args.gate_config, episodes=args.episodes, seed=args.seed, workers=args.workers)
     spec = load_robot_spec(args.robot)
     load_policy(args.policy, spec, make_task(spec).obs_layout)  # a file that is no policy for this robot: exit 2
     report = validate(args.policy, args.robot, config, progress=True)
@@ -308,6 +309,15 @@ def _policies(args) -> int:
     if args.action in ("add", "show", "validate", "deploy") and not args.target:
         raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
                           "(`robot-app policies list` shows the versions)")
+    if args.action == "add":  # a policy for another robot or task stays out, and so does a registry for it
+        from robot_app.agent.policy_runner import load_policy
+        from robot_app.robot.spec import load_robot_spec
+        from robot_app.robot.task import make_task
+
+        if not Path(args.target).is_file():
+            raise _UsageError(f"no policy file at {args.target}")
+        spec = load_robot_spec(args.robot)
+        load_policy(args.target, spec, make_task(spec).obs_layout)
     registry = PolicyRegistry(args.registry, create=args.action == "add")
     actor = args.actor
     if args.action == "list":
@@ -332,7 +342,9 @@ def _policies(args) -> int:
         if args.json:
             print(json.dumps({**row, "history": history}, indent=1))
             return 0
-        print(json.dumps(row, indent=1))
+        width = max(map(len, row))
+        for key, value in row.items():
+            print(f"{key:<{width}}  {'-' if value is None or value == '' else value}")
         if record.report:
             print(f"report: {record.report.get('folder')}/report.md")
         for move in history:
@@ -345,7 +357,7 @@ def _policies(args) -> int:
         if not args.signing_key:
             raise _UsageError("validate needs --signing-key (the gate's .sign_key from `robot-app keys gate --signing`)")
         report = gate_candidate(registry, args.target, load_signing_key(args.signing_key),
-                                load_gate_config(args.config, episodes=args.episodes), args.robot, actor,
+                                load_gate_config(args.gate_config, episodes=args.episodes), args.robot, actor,
                                 progress=True)
         _print_verdict(report)
         return 0 if report.passed else 1
@@ -480,7 +492,9 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="robot-app", description=__doc__)
+    parser = _Parser(prog="robot-app", description="Train a robot's policies in simulation or online from the robot, "
+                     "validate them in MuJoCo before any robot runs them, and drive the robot with the safety-"
+                     "supervised agent. `robot-app COMMAND --help` tells more of each.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"robot-app {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -574,9 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     learner = sub.add_parser("learner", help="the learner service: ingest robots' transitions, train, publish")
     learner.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     learner.add_argument("--out", required=True, help="folder for the ingest store, checkpoints and candidates")
-    learner.add_argument("--listen", type=_endpoint, default="tcp://127.0.0.1:5555", help="ingest endpoint")
+    learner.add_argument("--listen", type=_endpoint, default="tcp://127.0.0.1:5555", help="ingest endpoint (default tcp://127.0.0.1:5555)")
     learner.add_argument("--announce", type=_endpoint, default="tcp://127.0.0.1:5556",
-                         help="policy announcement endpoint")
+                         help="policy announcement endpoint (default tcp://127.0.0.1:5556)")
     learner.add_argument("--push-candidates", action="store_true",
                          help="publish every candidate straight to the robots, unvalidated (development only)")
     learner.add_argument("--registry", help="the policy registry folder: candidates enter it, and its deployed "
@@ -605,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="run the sim-validation gate on an ONNX policy; exit 1 on rejection")
     validate.add_argument("policy", help="an exported ONNX policy")
     validate.add_argument("--robot", default="furuta")
-    validate.add_argument("--config", help="gate thresholds (default sim/gate.yaml)")
+    validate.add_argument("--gate-config", help="gate thresholds (default sim/gate.yaml)")
     validate.add_argument("--episodes", type=_positive)
     validate.add_argument("--seed", type=int)
     validate.add_argument("--workers", type=_positive, help="parallel episodes (default: every core)")
@@ -619,14 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     policies.add_argument("--actor", default=f"cli:{os.environ.get('USER', 'operator')}",
                           help="who makes the move, for the history")
     policies.add_argument("--signing-key", help="validate: the gate's secret signing key (.sign_key)")
-    policies.add_argument("--config", help="validate: gate thresholds (default sim/gate.yaml)")
+    policies.add_argument("--gate-config", help="validate: gate thresholds (default sim/gate.yaml)")
     policies.add_argument("--episodes", type=_positive, help="validate: episodes (default from the config)")
-    policies.add_argument("--robot", default="furuta")
+    policies.add_argument("--robot", default="furuta", help="the robot the registry's policies drive (default furuta)")
     policies.add_argument("--json", action="store_true", help="list, show: JSON for scripts")
     policies.set_defaults(handler=_policies)
 
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", default="runs/demo", help="the demo's folder: logs, keys, registry, plots (default "
+                                                         "runs/demo)")
     demo.add_argument("--robots", type=_positive, default=1, help="virtual robots, each with its own agent")
     demo.add_argument("--transitions", type=int, default=36_000,
                       help="the budget: transitions the learner takes (default 36000; 0: until --minutes)")
@@ -672,8 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in LONG_RUNNING:
         command = sub.choices[name]
+        example = next(a for a in command._actions if a.option_strings and a.dest not in ("help", "config")).dest
         command.add_argument("--config", metavar="FILE.yaml",
-                             help=f"settings from this YAML file, keyed by flag name (e.g. out: runs/x); flags and "
+                             help=f"settings from this YAML file, keyed by flag name (e.g. {example}: ...); flags and "
                                   f"{env_prefix(name)}<FLAG> variables override it. A run writes the settings it "
                                   f"resolved to robot-app-{name}.yaml, which feeds back here")
         defer_required(command)
@@ -777,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"robot-app: training stopped: {error}", file=sys.stderr)
                 return 1
         return args.handler(args)
+    except BrokenPipeError:  # `robot-app ... | head`: the reader left; quiet, with a shell's status for SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 128 + signal.SIGPIPE
     except ModuleNotFoundError as error:
         module = (error.name or "").partition(".")[0]
         extras = [extra for extra, modules in _EXTRAS.items() if module in modules]

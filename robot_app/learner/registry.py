@@ -115,7 +115,8 @@ class PolicyRegistry:
     def get(self, version: str) -> PolicyRecord:
         row = self.store.db.execute("SELECT * FROM policies WHERE version = ?", (version,)).fetchone()
         if row is None:
-            raise RegistryError(f"no policy {version!r} in {self.folder}; `robot-app policies list` shows them")
+            raise RegistryError(f"no policy {version!r} in {self.folder}; "
+                                f"`robot-app policies list --registry {self.folder}` shows them")
         return _record(row)
 
     def list(self, state: str | None = None) -> list[PolicyRecord]:

@@ -58,7 +58,8 @@ class ServerSecurity:
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(allowed_dir))
-        log.info("CURVE on: %d robot keys admitted from %s", len(self.names), allowed_dir)
+        log.info("CURVE on: %d robot key%s admitted from %s", len(self.names), "" if len(self.names) == 1 else "s",
+                 allowed_dir)
 
     def secure(self, socket: zmq.Socket) -> None:
         socket.curve_secretkey, socket.curve_publickey = self.secret_key, self.public_key

@@ -75,7 +75,7 @@ def test_train_evaluate_export_smoke(tmp_path):
         (["agent", "--port", "/dev/null", "--policy", "zero", "--robot-id", "r", "--learner", "tcp://127.0.0.1:9",
           "--insecure-local-dev"], "needs --trusted-key"),
         (["policies", "deploy", "nope", "--registry", "{tmp}/registry"], "no policy registry at"),
-        (["policies", "add", "{tmp}/garbage.onnx", "--registry", "{tmp}/registry"], "not an ONNX model"),
+        (["policies", "add", "{tmp}/garbage.onnx", "--registry", "{tmp}/registry"], "not a loadable ONNX model"),
         (["learner", "--out", "{tmp}/l", "--auto-deploy", "--insecure-local-dev"], "need --registry"),
         (["learner", "--out", "{tmp}/l", "--explore-below-bar", "--insecure-local-dev"], "need --registry"),
         (["learner", "--out", "{tmp}/l", "--torch-threads", "0", "--insecure-local-dev"], "at least 1, got 0"),
@@ -109,7 +109,7 @@ def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
     config = tmp_path / "gate.yaml"
     config.write_text(DEFAULT_CONFIG.read_text().replace("\nseed: 0\n", "\nseed: 7\n"))
     validated = robot_app("policies", "validate", version, "--episodes", "2", "--signing-key",
-                          tmp_path / "keys" / "gate.sign_key", "--config", config, *registry)
+                          tmp_path / "keys" / "gate.sign_key", "--gate-config", config, *registry)
     assert validated.returncode == 0, validated.stderr
     assert f"{version}: PASSED" in validated.stdout
     # The verdict shows the bars it was judged by, and what a continuous joint's position means.
@@ -126,6 +126,7 @@ def test_a_policy_goes_from_candidate_through_the_gate_to_deployed(tmp_path):
     assert [(r["version"], r["state"]) for r in rows] == [(version, "deployed")] and rows[0]["success_rate"] >= 0.5
     shown = robot_app("policies", "show", version, *registry).stdout
     assert "validating -> validated" in shown and "validated -> deployed" in shown and "report.md" in shown
+    assert re.search(r"^state +deployed$", shown, re.M) and "{" not in shown  # for people, not JSON
     record = json.loads(robot_app("policies", "show", version, "--json", *registry).stdout)
     assert [move["to_state"] for move in record["history"]] == ["candidate", "validating", "validated", "deployed"]
     report = Path(record["report"])

@@ -89,6 +89,9 @@ def test_validate_refuses_a_dm_control_policy_with_the_reason_and_writes_no_repo
     line = one_line_error(capsys, "validate", policy, "--episodes", "1")
     assert "trained on 'dmc:cartpole-swingup', not on a furuta task" in line and "robot-app evaluate" in line
     assert not policy.with_suffix(".validation").exists()
+    registry = run_copy.parent / "registry"
+    line = one_line_error(capsys, "policies", "add", policy, "--registry", registry)
+    assert "not on a furuta task" in line and not registry.exists()  # nor enters a registry
 
 
 @pytest.mark.parametrize("content", [None, b"not onnx"])
@@ -171,8 +174,8 @@ def test_bad_input_names_what_is_wrong(tmp_path, capsys, case):
         "episodes 0": (["evaluate", tmp_path, "--episodes", "0"], "--episodes: must be at least 1, got 0"),
         "registry file": (["policies", "list", "--registry", tmp_path / "afile"], "afile is a file, not a policy "
                                                                                    "registry folder"),
-        "yaml syntax": (["validate", BALANCE, "--config", broken_yaml], f"gate config {broken_yaml}:3:1: not valid YAML"),
-        "gate typo": (["validate", BALANCE, "--config", gate_typo],
+        "yaml syntax": (["validate", BALANCE, "--gate-config", broken_yaml], f"gate config {broken_yaml}:3:1: not valid YAML"),
+        "gate typo": (["validate", BALANCE, "--gate-config", gate_typo],
                       "min_sucess_rate: unknown key (did you mean 'min_success_rate'?)"),
         "spec missing": (["virtual-robot", "--robot", _spec_without("watchdog_timeout_s", tmp_path / "r.yaml")],
                          f"robot spec {tmp_path / 'r.yaml'}: watchdog_timeout_s: missing"),
@@ -262,6 +265,17 @@ def test_counts_read_as_words():
     assert format_counts({}) == "none"
     assert format_counts({"speed": 3, "position": 1}) == "speed 3, position 1"
     assert (shown(None, ".1f"), shown(83.44, ".1f")) == ("-", "83.4")
+
+
+def test_output_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
+    from robot_app.learner.registry import PolicyRegistry
+
+    PolicyRegistry(tmp_path / "registry").close()
+    listing = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "policies", "list", "--registry",
+                                tmp_path / "registry"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.close()  # `| head -0`: gone before the first line
+    _, err = listing.communicate(timeout=60)
+    assert listing.returncode == 128 + signal.SIGPIPE and err == b""
 
 
 def test_a_bare_command_lists_the_commands_and_version_answers(capsys):
