@@ -152,7 +152,7 @@ class PolicyRegistry:
                  now, now)).rowcount
             if added:
                 db.execute("INSERT INTO history (version, from_state, to_state, actor, reason, at) VALUES "
-                           "(?, NULL, 'candidate', ?, ?, ?)", (version, actor, f"exported to {artifact}", now))
+                           "(?, NULL, 'candidate', ?, ?, ?)", (version, actor, f"added from {artifact}", now))
         return self.get(version)
 
     def move(self, version: str, to_state: str, actor: str, reason: str, report: dict | None = None,
