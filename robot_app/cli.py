@@ -101,8 +101,6 @@ def _export(args) -> int:
 
 
 def _virtual_robot(args) -> int:
-    import signal
-
     from robot_app.robot.spec import load_robot_spec
     from sim.virtual_robot import Faults, VirtualRobot, write_audit
 
@@ -132,8 +130,6 @@ def _virtual_robot(args) -> int:
 
 
 def _agent(args) -> int:
-    import signal
-
     from calibration.encoders import load_calibration
     from robot_app.agent.policy_runner import ExploringPolicy, OnnxPolicy, SampledPolicy, load_policy
     from robot_app.agent.runtime import Agent
@@ -225,7 +221,6 @@ def _security_files(args, names: tuple[str, str]) -> tuple[Path, Path] | None:
 
 
 def _learner(args) -> int:
-    import signal
     import threading
 
     if args.signing_key:
@@ -308,7 +303,7 @@ def _policies(args) -> int:
 
     if args.action in ("add", "show", "validate", "deploy") and not args.target:
         raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
-                          "(`robot-app policies list` shows the versions)")
+                          f"(`robot-app policies list --registry {args.registry}` shows the versions)")
     if args.action == "add":  # a policy for another robot or task stays out, and so does a registry for it
         from robot_app.agent.policy_runner import load_policy
         from robot_app.robot.spec import load_robot_spec
@@ -377,8 +372,6 @@ def _policy_row(record) -> dict:
 
 
 def _demo(args) -> int:
-    import signal
-
     from robot_app.demo import run_demo
 
     def interrupt(*_):  # SIGTERM (what `kill` and docker send) stops the demo's processes too, as Ctrl-C does
@@ -418,8 +411,6 @@ def _episodes(args) -> int:
 
 
 def _estop(args) -> int:
-    import signal
-
     _check_agent_process(args.pid)
     os.kill(args.pid, signal.SIGUSR2 if args.reset else signal.SIGUSR1)
     print(f"{'e-stop reset' if args.reset else 'e-stop'} sent to agent pid {args.pid}")
