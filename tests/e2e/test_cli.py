@@ -55,6 +55,14 @@ def test_train_evaluate_export_smoke(tmp_path):
     assert all((run / "plots" / name).stat().st_size > 0 for name in ("evaluation.png", "progress.png", "losses.png"))
 
 
+def test_plot_draws_a_learners_own_folder(tmp_path):
+    raw = Path(__file__).parents[2] / "bench" / "results" / "make_run_issue18_progress.jsonl"
+    (tmp_path / "progress.jsonl").write_text("".join(raw.read_text().splitlines(keepends=True)[:40]))
+    result = robot_app("plot", tmp_path)  # a learner's --out, not a demo folder around it
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.split()[0]) == tmp_path / "plots" / "learning.png"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
