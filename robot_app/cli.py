@@ -322,8 +322,9 @@ def _policies(args) -> int:
             return 0
         print(f"{'version':<16}  {'state':<10}  {'step':>8}  {'return':>6}  {'success':>7}  {'updated (UTC)':<20}  source")
         for r in rows:
-            print(f"{r['version']:<16}  {r['state']:<10}  {r['training_step']:>8}  {shown(r['return_mean'], '.1f'):>6}  "
-                  f"{shown(r['success_rate'], '.2f'):>7}  {r['updated_at']:<20}  {r['source_run']}")
+            print(f"{r['version']:<16}  {r['state']:<10}  {r['training_step']:>8}  "
+                  f"{shown(r['return_mean'], '.1f'):>6}  {shown(r['success_rate'], '.2f'):>7}  {r['updated_at']:<20}  "
+                  f"{r['source_run']}")
     elif args.action == "add":
         known = {p.version for p in registry.list()}
         record = registry.add_candidate(args.target, actor)
@@ -459,11 +460,11 @@ def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.Argument
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
 
 
-def _resolve_settings(args, argv: list[str]) -> argparse.Namespace:
+def _resolve_settings(parser: argparse.ArgumentParser, args, argv: list[str]) -> argparse.Namespace:
     from robot_app.settings import given_on_command_line, resolve
 
-    given = given_on_command_line(build_parser(), argv)
-    settings = resolve(args.command, _subcommand(build_parser(), args.command), given, args.config)
+    given = given_on_command_line(build_parser(), argv)  # a parser of its own: it suppresses that one's defaults
+    settings = resolve(args.command, _subcommand(parser, args.command), given, args.config)
     return argparse.Namespace(**{**vars(args), **settings.model_dump()}, settings=settings)
 
 
@@ -579,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     learner = sub.add_parser("learner", help="the learner service: ingest robots' transitions, train, publish")
     learner.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     learner.add_argument("--out", required=True, help="folder for the ingest store, checkpoints and candidates")
-    learner.add_argument("--listen", type=_endpoint, default="tcp://127.0.0.1:5555", help="ingest endpoint (default tcp://127.0.0.1:5555)")
+    learner.add_argument("--listen", type=_endpoint, default="tcp://127.0.0.1:5555",
+                         help="ingest endpoint (default tcp://127.0.0.1:5555)")
     learner.add_argument("--announce", type=_endpoint, default="tcp://127.0.0.1:5556",
                          help="policy announcement endpoint (default tcp://127.0.0.1:5556)")
     learner.add_argument("--push-candidates", action="store_true",
@@ -699,7 +701,6 @@ def _one_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
-# The extra that brings each optional module: `pip install -e '.[EXTRA]'`.
 _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's optional dependencies)
     "agent": ("onnxruntime", "serial", "zmq", "msgpack", "cryptography"),
     "learner": ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm", "cryptography", "zmq", "msgpack", "tensorboard",
@@ -760,10 +761,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from robot_app.common.artifact import ArtifactError
 
-    expected: tuple[type[Exception], ...] = (_UsageError, _MissingExtras, ValidationError, ArtifactError, ValueError, OSError)
+    expected: tuple[type[Exception], ...] = (_UsageError, _MissingExtras, ValidationError, ArtifactError, ValueError,
+                                             OSError)
     try:
         if args.command in LONG_RUNNING:
-            args = _resolve_settings(args, sys.argv[1:] if argv is None else argv)
+            args = _resolve_settings(parser, args, sys.argv[1:] if argv is None else argv)
         _require_extras(*_NEEDS.get(args.command, ()))
         if args.command in ("agent", "learner"):
             import zmq
@@ -792,7 +794,8 @@ def main(argv: list[str] | None = None) -> int:
         extras = [extra for extra, modules in _EXTRAS.items() if module in modules]
         if not extras:
             raise
-        print(f"robot-app {args.command}: error: {_MissingExtras([module], extras, alternatives=True)}", file=sys.stderr)
+        missing = _MissingExtras([module], extras, alternatives=True)
+        print(f"robot-app {args.command}: error: {missing}", file=sys.stderr)
         return 2
     except expected as error:
         print(f"robot-app {args.command}: error: {_one_line(error)}", file=sys.stderr)

@@ -39,8 +39,8 @@ def read_chunks(path: str | Path) -> list[tuple[str, TransitionChunk, bool]]:
     except sqlite3.DatabaseError as error:
         raise ValueError(f"{path} is not a readable transition log: {error}") from None
     if not rows:
-        raise ValueError(f"{path} holds no transitions" + ("" if learner else
-                         " (an agent's log keeps only what no learner has taken yet: read the learner's ingest.sqlite)"))
+        raise ValueError(f"{path} holds no transitions" + ("" if learner else " (an agent's log keeps only what no "
+                                                               "learner has taken yet: read the learner's ingest.sqlite)"))
     chunks = []
     for robot_id, packed, quarantined in rows:
         try:
@@ -67,7 +67,8 @@ def table(chunks, spec: RobotSpec) -> tuple[list[str], list[list]]:
     for robot_id, chunk, quarantined in chunks:
         c = chunk.columns
         if header is None:
-            header = list(SCALARS) + [name for field in VECTORS for name in column_names(spec, field, c[field].shape[1])]
+            header = list(SCALARS) + [name for field in VECTORS
+                                      for name in column_names(spec, field, c[field].shape[1])]
         versions, interventions = chunk.row_policy_versions(), chunk.row_interventions()
         scalars = {name: c[name].tolist() for name in SCALARS if name in c}
         vectors = np.concatenate([c[field] for field in VECTORS], axis=1).tolist()

@@ -43,10 +43,13 @@ def resolve(command: str, parser: argparse.ArgumentParser, given: dict[str, Any]
     from_file = read_yaml_mapping(Path(config), f"{command} config") if config else {}
     model = _model(command, parser, from_file)
     prefix = env_prefix(command)
+    variable_of = {field: prefix + field.upper() for field in model.model_fields}
     variables = {name for name in os.environ if name.startswith(prefix)}
-    for name in sorted(variables - {prefix + field.upper() for field in model.model_fields}):
-        near = difflib.get_close_matches(name, [prefix + field.upper() for field in model.model_fields], n=1)
-        raise ValueError(f"{name}: no {command} setting of that name" + (f" (did you mean {near[0]}?)" if near else ""))
+    unknown = sorted(variables - set(variable_of.values()))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], variable_of.values(), n=1)
+        raise ValueError(f"{unknown[0]}: no {command} setting of that name"
+                         + (f" (did you mean {near[0]}?)" if near else ""))
     try:
         return model(**given)
     except ValidationError as error:
@@ -54,7 +57,7 @@ def resolve(command: str, parser: argparse.ArgumentParser, given: dict[str, Any]
         missing = [f"--{e['loc'][0].replace('_', '-')}" for e in error.errors() if e["type"] == "missing"]
         hint = f" (give {', '.join(missing)} as a flag, in a --config file or as a variable)" if missing else ""
         names = {field: f"--{field.replace('_', '-')}" if field in given else
-                 prefix + field.upper() if prefix + field.upper() in variables else
+                 variable_of[field] if variable_of[field] in variables else
                  f"{config}: {field}" if field in from_file else field for field in model.model_fields}
         raise ValueError(f"{command} settings ({sources}): "
                          f"{describe_validation(error, known=model.model_fields, names=names)}{hint}") from None

@@ -181,7 +181,8 @@ class Trainer:
     def run(self) -> dict:
         c = self.config
         started, updates_at_start = time.perf_counter(), self.updates
-        with Progress(c.steps, "training", "env step", initial=self.env_steps, log=log) as bar, self._closing_scalars():
+        with (Progress(c.steps, "training", "env step", initial=self.env_steps, log=log) as bar,
+              contextlib.closing(self.scalars)):
             while self.env_steps < c.steps:
                 previous, updates_before = self.env_steps, self.updates
                 episode_ended = self.decide_and_learn()
@@ -199,13 +200,6 @@ class Trainer:
                     self._check_finite(self.metrics)
                     self._save()
         return {"env_steps": self.env_steps, "updates": self.updates, "eval_return": self.last_eval}
-
-    @contextlib.contextmanager
-    def _closing_scalars(self):
-        try:
-            yield
-        finally:
-            self.scalars.close()
 
     def decide_and_learn(self) -> bool:
         """One agent decision: act (uniformly at random until random_steps), step, store, and, once learning, update.

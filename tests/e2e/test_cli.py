@@ -67,7 +67,8 @@ def test_plot_draws_a_learners_own_folder(tmp_path):
     "args, message",
     [
         (["train", "--env", "dmc:nope-task", "--out", "{tmp}/r"], "unknown dm_control task 'dmc:nope-task'"),
-        (["train", "--env", "dmc:cartpole-swingup", "--steps", "-5", "--out", "{tmp}/r"], "argument --steps: must be at least 1, got -5"),
+        (["train", "--env", "dmc:cartpole-swingup", "--steps", "-5", "--out", "{tmp}/r"],
+         "argument --steps: must be at least 1, got -5"),
         (["train", "--env", "dmc:cartpole-swingup", "--steps", "ten", "--out", "{tmp}/r"], "invalid int value"),
         (["train", "--out", "{tmp}/r"], "--env is required"),
         (["evaluate", "{tmp}/missing"], "no checkpoint"),

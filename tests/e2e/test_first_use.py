@@ -174,7 +174,8 @@ def test_bad_input_names_what_is_wrong(tmp_path, capsys, case):
         "episodes 0": (["evaluate", tmp_path, "--episodes", "0"], "--episodes: must be at least 1, got 0"),
         "registry file": (["policies", "list", "--registry", tmp_path / "afile"], "afile is a file, not a policy "
                                                                                    "registry folder"),
-        "yaml syntax": (["validate", BALANCE, "--gate-config", broken_yaml], f"gate config {broken_yaml}:3:1: not valid YAML"),
+        "yaml syntax": (["validate", BALANCE, "--gate-config", broken_yaml],
+                        f"gate config {broken_yaml}:3:1: not valid YAML"),
         "gate typo": (["validate", BALANCE, "--gate-config", gate_typo],
                       "min_sucess_rate: unknown key (did you mean 'min_success_rate'?)"),
         "spec missing": (["virtual-robot", "--robot", _spec_without("watchdog_timeout_s", tmp_path / "r.yaml")],
