@@ -10,7 +10,7 @@ export MUJOCO_GL ?= disable
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[agent,learner,sim,dev]'
+	$(BIN)/pip install -q -e '.[agent,learner,sim,dashboard,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -188,7 +188,8 @@ def _agent(args) -> int:
             security = _security_files(args, (f"{args.robot_id}.key_secret", "learner.key"))
             link = RobotLink(transitions, args.learner, args.robot_id, security, announcements=args.announcements,
                              policy_dir=Path(args.log).parent / "policies", load_policy=checked_policy,
-                             on_policy=agent.request_policy, running_version=lambda: agent.policy.version)
+                             on_policy=agent.request_policy, running_version=lambda: agent.policy.version,
+                             agent=agent)
             agent.credit = lambda: link.credit_through  # lockstep: paced by the learner's updates
             link_thread = threading.Thread(target=link.run, name="robot-link", daemon=True)
             link_thread.start()
@@ -217,7 +218,7 @@ def _security_files(args, names: tuple[str, str]) -> tuple[Path, Path] | None:
         return None
     if not args.keys:
         raise _UsageError("give --keys DIR (see `robot-app keys`), or --insecure-local-dev for plaintext on a dev box")
-    return Path(args.keys) / names[0], Path(args.keys) / names[1]
+    return tuple(Path(args.keys) / name for name in names)
 
 
 def _learner(args) -> int:
@@ -250,9 +251,11 @@ def _learner(args) -> int:
         raise _UsageError("--signing-key, --auto-deploy and --explore-below-bar need --registry")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     _record_settings(args, args.out)
-    summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce,
-                            _security_files(args, ("learner.key_secret", "allowed")), args.push_candidates, options,
-                            stop, duration_s=args.duration, deployment_options=deployment)
+    security = _security_files(args, ("learner.key_secret", "allowed", *(("dashboards",) if args.dashboard else ())))
+    summary = serve_learner(load_robot_spec(args.robot), args.out, args.listen, args.announce, security,
+                            args.push_candidates, options, stop, duration_s=args.duration,
+                            deployment_options=deployment, dashboard_endpoint=args.dashboard,
+                            metrics_address=args.metrics)
     print(f"learner stopped: {summary['transitions']} transitions, {summary['updates']} updates, "
           f"{summary['candidates']} candidates; messages rejected: {format_counts(summary['rejected'])}")
     return 0
@@ -584,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ingest endpoint (default tcp://127.0.0.1:5555)")
     learner.add_argument("--announce", type=_endpoint, default="tcp://127.0.0.1:5556",
                          help="policy announcement endpoint (default tcp://127.0.0.1:5556)")
+    learner.add_argument("--dashboard", type=_endpoint, metavar="ENDPOINT",
+                         help="where operators' dashboards subscribe to telemetry and send software stops, e.g. "
+                              "tcp://127.0.0.1:5557; with CURVE, KEYS/dashboards/*.key are the dashboards admitted")
+    learner.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here, e.g. 127.0.0.1:9101")
     learner.add_argument("--push-candidates", action="store_true",
                          help="publish every candidate straight to the robots, unvalidated (development only)")
     learner.add_argument("--registry", help="the policy registry folder: candidates enter it, and its deployed "
@@ -704,12 +711,13 @@ def _one_line(error: Exception) -> str:
 _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's optional dependencies)
     "agent": ("onnxruntime", "serial", "zmq", "msgpack", "cryptography"),
     "learner": ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm", "cryptography", "zmq", "msgpack", "tensorboard",
-                "pyarrow"),
+                "pyarrow", "prometheus_client"),
     "sim": ("mujoco", "dm_control", "matplotlib", "tqdm"),
+    "dashboard": ("fastapi", "uvicorn", "websockets", "prometheus_client", "zmq", "msgpack"),
 }
 
 
-_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim")}  # checked up front
+_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim"), "dashboard": ("dashboard",)}  # checked up front
 
 
 class _MissingExtras(Exception):

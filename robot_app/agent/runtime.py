@@ -468,6 +468,15 @@ class Agent:
 
     # ---- reporting ------------------------------------------------------------------------------------------------
 
+    def safety_state(self) -> tuple[str, str]:
+        """(the e-stop's reason, the latched fault), "" for none: cheap enough to ask every few milliseconds."""
+        return self.supervisor.estop_reason or "", self.supervisor.fault or ""
+
+    def report(self) -> dict:
+        """The episode, the schedule's jitter p99 and the interventions so far, for the link's status."""
+        jitter = self.schedule.jitter.quantiles_us(0.99)[0] if self.schedule is not None else 0.0
+        return {"episode": self.episode, "jitter_p99_us": jitter, "interventions": dict(self.supervisor.counts)}
+
     def status_line(self, phase: str) -> str:
         jitter = ""
         if self.schedule is not None:

@@ -30,12 +30,13 @@ from zmq.utils.monitor import recv_monitor_message
 from robot_app.common.logs import first_and_doubling
 from robot_app.common.storage import DurableSQLite
 from robot_app.learner.registry import read_metadata
+from robot_app.learner.telemetry import FLEET, DashboardFeed
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
 from robot_app.transport.keys import ServerSecurity
 from robot_app.transport.messages import (
-    MAX_MESSAGE_BYTES, MAX_SEQ, Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest,
-    Status, TransitionBatch, TransitionChunk, decode, encode,
+    MAX_MESSAGE_BYTES, MAX_SEQ, Ack, CommandReceipt, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob,
+    PolicyRequest, RobotCommand, Status, TransitionBatch, TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,11 @@ class IngestServer:
 
     def __init__(self, store: IngestStore, endpoint: str, security_files: tuple[str, str] | None,
                  heartbeat_s: float = 1.0, context: zmq.Context | None = None, announce_endpoint: str | None = None,
-                 rows: RowSchema | None = None):
-        """security_files: (learner secret key file, directory of admitted robots' public keys), or None for the
-        explicit local-development plaintext mode. rows: what the robots' rows must hold (None: the schema's checks
-        only, for tests of the transport alone)."""
+                 rows: RowSchema | None = None, dashboard_endpoint: str | None = None):
+        """security_files: (learner secret key file, directory of admitted robots' public keys[, directory of
+        admitted dashboards' keys]), or None for the explicit local-development plaintext mode. rows: what the robots'
+        rows must hold (None: the schema's checks only, for tests of the transport alone). dashboard_endpoint: where
+        dashboards subscribe to telemetry and send software stops (telemetry.DashboardFeed)."""
         self.store, self.rows = store, rows
         self.context = context or zmq.Context.instance()
         self.security = ServerSecurity(self.context, *security_files) if security_files else None
@@ -227,6 +229,9 @@ class IngestServer:
         if self.security:
             self.security.secure(self.publisher)
         self.announce_endpoint = _bind(self.publisher, announce_endpoint or endpoint.rsplit(":", 1)[0] + ":0")
+        self.dashboard = None if dashboard_endpoint is None else DashboardFeed(
+            self.context, dashboard_endpoint, self.security, self._reject, _bind)
+        self.routes: dict[str, bytes] = {}  # robot -> the route it was last heard on (for commands)
         self._policy: tuple[PolicyAnnouncement, bytes] | None = None
         self._policy_lock = threading.Lock()
         self._announce_now = threading.Event()
@@ -261,12 +266,20 @@ class IngestServer:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
+        if self.dashboard is not None:
+            poller.register(self.dashboard.socket, zmq.POLLIN)
         next_announcement = 0.0
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(timeout=100))
+                timeout_ms = 100 if self.dashboard is None else max(0, 1e3 * (self.dashboard.next_flush - time.monotonic()))
+                ready = dict(poller.poll(timeout=min(100, timeout_ms)))
                 if self.socket in ready:
                     self._drain()
+                if self.dashboard is not None:
+                    if self.dashboard.socket in ready:
+                        for route, command in self.dashboard.receive():
+                            self._relay(route, command)
+                    self.dashboard.flush(time.monotonic(), self.statuses, self.last_heard)
                 if self._monitor in ready:
                     event = recv_monitor_message(self._monitor)
                     self._reject("unauthenticated", f"handshake refused (event {event['event']}) from a peer "
@@ -283,8 +296,26 @@ class IngestServer:
             self._monitor.close(linger=0)
             self.socket.close(linger=0)
             self.publisher.close(linger=0)
+            if self.dashboard is not None:
+                self.dashboard.close()
             if self.security:
                 self.security.stop()
+
+    def _relay(self, route: bytes, command: RobotCommand) -> None:
+        """An operator's command to the robot it names, or to every robot heard lately (FLEET); the dashboard is told
+        which robots it went to. Whether each applied it, their statuses say."""
+        now = time.monotonic()
+        heard = sorted(robot for robot, at in self.last_heard.items() if now - at < ACTIVE_ROBOT_S)
+        targets = heard if command.robot_id == FLEET else [command.robot_id] if command.robot_id in heard else []
+        for robot in targets:
+            self.socket.send_multipart([self.routes[robot], encode(
+                RobotCommand(robot, command.command, command.command_id, command.issued_by))])
+        detail = "" if targets else (f"no robot has been heard in the last {ACTIVE_ROBOT_S:g} s"
+                                     if command.robot_id == FLEET else f"robot {command.robot_id!r} has not been heard "
+                                                                       f"in the last {ACTIVE_ROBOT_S:g} s")
+        log.warning("%s by %s (command %s) sent to %s", command.command, command.issued_by, command.command_id,
+                    ", ".join(targets) or f"no robot: {detail}")
+        self.dashboard.reply(route, CommandReceipt(command.command_id, targets, detail))
 
     def _reject(self, reason: str, detail: str, error: Exception | None = None) -> None:
         self.rejected[reason] += 1
@@ -328,6 +359,8 @@ class IngestServer:
                 if first_and_doubling(self.quarantined[problem[0]]):
                     log.warning("quarantined a chunk of %s (%s, %d so far): %s", batch.robot_id, problem[0],
                                 self.quarantined[problem[0]], problem[1])
+            if self.dashboard is not None and problem is None and verdict.stored:
+                self.dashboard.add(batch.robot_id, batch.rows.from_seq(batch.rows.last_seq - verdict.stored + 1))
             through = self.store.held_through(batch.robot_id, batch.outbox_id)
             if through is not None:
                 acks[(route, batch.robot_id, batch.outbox_id)] = through
@@ -362,6 +395,7 @@ class IngestServer:
         if self.security is not None and self.security.name_of(payload) != sender:
             return self._reject("identity", f"{sender!r:.40} is not the robot whose key signed the connection")
         self.last_heard[sender] = time.monotonic()
+        self.routes[sender] = route.bytes
         if isinstance(message, TransitionBatch):
             problem = self.rows.problem(message.rows) if self.rows is not None else None
             if problem is not None and problem[0] in REFUSED:

@@ -113,15 +113,26 @@ def load_deployment(options: DeploymentOptions, robot: str):
 def serve_learner(spec: RobotSpec, out: str | Path, listen: str, announce: str | None,
                   security_files: tuple[str, str] | None, push_candidates: bool, learner_options: LearnerOptions,
                   stop: threading.Event, duration_s: float | None = None, progress_every_s: float = 10.0,
-                  deployment_options: DeploymentOptions | None = None) -> dict:
+                  deployment_options: DeploymentOptions | None = None, dashboard_endpoint: str | None = None,
+                  metrics_address: str | None = None) -> dict:
+    """dashboard_endpoint: where operators' dashboards subscribe to telemetry and send software stops.
+    metrics_address: HOST:PORT of a Prometheus /metrics."""
     out = Path(out)
     deploy = load_deployment(deployment_options, spec.name) if deployment_options else None
     store = IngestStore(out / "ingest.sqlite")
     returns = EpisodeReturns()
     learner = OnlineLearner(store, out, spec, on_chunk=returns.add, **learner_options.model_dump())
-    server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec))
+    server = IngestServer(store, listen, security_files, announce_endpoint=announce, rows=RowSchema.of(spec),
+                          dashboard_endpoint=dashboard_endpoint)
     server.credit = learner.credit  # before the first robot is heard
     deployment = deploy(server) if deploy else None
+    if metrics_address is not None:
+        from robot_app.learner.metrics import LearnerCollector, start_metrics_server
+
+        log.info("metrics on http://%s:%d/metrics", *start_metrics_server(
+            metrics_address, LearnerCollector(learner, server, returns, deployment)))
+    if server.dashboard is not None:
+        log.info("dashboards subscribe on %s", server.dashboard.endpoint)
     server_thread = threading.Thread(target=server.serve, name="ingest", daemon=True)
     server_thread.start()
     log.info("learner listening on %s, announcing on %s; %s", server.endpoint, server.announce_endpoint,

@@ -41,27 +41,47 @@ def _load(path: str | Path, secret: bool) -> tuple[bytes, bytes | None]:
     return public_key, secret_key
 
 
+def _admitted(directory: str | Path) -> dict[str, str]:
+    """z85 public key -> name, of every .key file in an admitted-keys directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"allowed-keys directory {directory} does not exist")
+    return {_load(p, secret=False)[0].decode(): p.stem for p in directory.glob("*.key")}
+
+
 def secure_client(socket: zmq.Socket, own_secret_file: str | Path, server_public_file: str | Path) -> None:
     socket.curve_publickey, socket.curve_secretkey = _load(own_secret_file, secret=True)
     socket.curve_serverkey = _load(server_public_file, secret=False)[0]
 
 
-class ServerSecurity:
-    """CURVE on the learner's sockets: its own key pair, and the directory of robots' public keys it admits."""
+DASHBOARD_DOMAIN = "dashboard"  # the ZAP domain of the learner's dashboard socket: its own admitted keys
 
-    def __init__(self, context: zmq.Context, own_secret_file: str | Path, allowed_dir: str | Path):
+
+class ServerSecurity:
+    """CURVE on the learner's sockets: its own key pair, the directory of robots' public keys it admits, and
+    (optionally) the directory of dashboards' public keys admitted on the dashboard socket alone. A dashboard's key
+    opens no robot socket, and a robot's no dashboard socket."""
+
+    def __init__(self, context: zmq.Context, own_secret_file: str | Path, allowed_dir: str | Path,
+                 dashboards_dir: str | Path | None = None):
         self.public_key, self.secret_key = _load(own_secret_file, secret=True)
-        allowed_dir = Path(allowed_dir)
-        if not allowed_dir.is_dir():
-            raise ValueError(f"allowed-keys directory {allowed_dir} does not exist")
-        self.names = {_load(p, secret=False)[0].decode(): p.stem for p in allowed_dir.glob("*.key")}  # z85 text
+        self.names = _admitted(allowed_dir)
         self._auth = ThreadAuthenticator(context)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(allowed_dir))
         log.info("CURVE on: %d robot key%s admitted from %s", len(self.names), "" if len(self.names) == 1 else "s",
                  allowed_dir)
+        self.dashboards_dir = dashboards_dir
+        if dashboards_dir is not None:
+            log.info("%d dashboard key(s) admitted from %s", len(_admitted(dashboards_dir)), dashboards_dir)
+            self._auth.configure_curve(domain=DASHBOARD_DOMAIN, location=str(dashboards_dir))
 
-    def secure(self, socket: zmq.Socket) -> None:
+    def secure(self, socket: zmq.Socket, domain: str = "") -> None:
+        """domain: DASHBOARD_DOMAIN for the dashboard socket; the robots' sockets use the default."""
+        if domain:
+            if self.dashboards_dir is None:
+                raise ValueError("a dashboard socket needs the directory of admitted dashboard keys")
+            socket.zap_domain = domain.encode()
         socket.curve_secretkey, socket.curve_publickey = self.secret_key, self.public_key
         socket.curve_server = True
 

@@ -14,7 +14,7 @@ import msgpack
 
 from robot_app.common.transition_chunk import MAX_SEQ, MessageError, TransitionChunk, get_field, unpack_map
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: status carries the robot's safety state; software-stop commands
 MAX_MESSAGE_BYTES = 8 << 20
 
 
@@ -29,7 +29,14 @@ class Message:
         return cls(**{f.name: get_field(body, f.name, _SCALARS[f.type]) for f in dataclasses.fields(cls)})
 
 
-_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "bytes": bytes}
+_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "bytes": bytes, "list": list}
+
+
+def _check_map(body: dict, field: str, values, what: str) -> None:
+    """Every key of body[field] a string and every value of type `values`."""
+    for key, value in body[field].items():
+        if not isinstance(key, str) or not isinstance(value, values) or isinstance(value, bool):
+            raise MessageError("field", f"{field}[{key!r:.40}] is {type(value).__name__}, not {what}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +105,42 @@ class PolicyBlob(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Status(Message):
-    """What a robot is running and how it is doing."""
+    """What a robot is running and how it is doing: every heartbeat, and at once when its safety state changes.
+    estop and fault: the latched reason, "" when none. last_command: the id of the last RobotCommand it applied."""
 
     KIND: ClassVar[str] = "status"
     robot_id: str
     policy_version: str
-    counters: dict
+    counters: dict  # the link's
+    estop: str
+    fault: str
+    episode: int
+    jitter_p99_us: float
+    backlog: int  # transitions recorded and not yet acknowledged by a learner
+    interventions: dict  # reason -> ticks the supervisor changed a command, since the agent started
+    last_command: str
+
+
+ROBOT_COMMANDS = ("software_stop", "reset")
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotCommand(Message):
+    """Learner -> robot, from an operator: latch the agent's e-stop (`software_stop`) or release it (`reset`). The
+    robot's watchdog and hardware e-stop stay the safety layer; this is the software one."""
+
+    KIND: ClassVar[str] = "command"
+    robot_id: str
+    command: str
+    command_id: str
+    issued_by: str
+
+    @classmethod
+    def from_body(cls, body: dict) -> "RobotCommand":
+        command = super().from_body(body)
+        if command.command not in ROBOT_COMMANDS:
+            raise MessageError("field", f"command {command.command!r:.40} is not one of {', '.join(ROBOT_COMMANDS)}")
+        return command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +167,57 @@ class TransitionBatch(Message):
         return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandReceipt(Message):
+    """Learner -> dashboard: the RobotCommand `command_id` went to `robots`; `detail` says why to none, if so."""
+
+    KIND: ClassVar[str] = "command_receipt"
+    command_id: str
+    robots: list
+    detail: str
+
+    @classmethod
+    def from_body(cls, body: dict) -> "CommandReceipt":
+        receipt = super().from_body(body)
+        if not all(isinstance(robot, str) for robot in receipt.robots):
+            raise MessageError("field", "robots holds something other than robot ids")
+        return receipt
+
+
+@dataclasses.dataclass(frozen=True)
+class Telemetry(Message):
+    """Learner -> dashboard, FLUSH_HZ times a second. Every message holds every robot's latest status and link age,
+    so the safety state is never dropped; `chunks`, the rows stored since the last message, packed, per robot;
+    `dropped`, rows per robot the learner's bounded buffer let go before they could be sent."""
+
+    KIND: ClassVar[str] = "telemetry"
+    seq: int
+    link_age_s: dict  # robot -> seconds since the learner last heard it
+    statuses: dict  # robot -> the body of its latest Status
+    chunks: dict  # robot -> a packed TransitionChunk
+    dropped: dict
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Telemetry":
+        telemetry = super().from_body(body)
+        for field, values, what in (("link_age_s", (int, float), "a number"), ("statuses", dict, "a status"),
+                                    ("chunks", bytes, "a packed chunk"), ("dropped", int, "an int")):
+            _check_map(body, field, values, what)
+        telemetry.robot_statuses, telemetry.rows  # validated on receipt, like every other field
+        return telemetry
+
+    @functools.cached_property
+    def robot_statuses(self) -> dict[str, Status]:
+        return {robot: Status.from_body(body) for robot, body in self.statuses.items()}
+
+    @functools.cached_property
+    def rows(self) -> dict[str, TransitionChunk]:
+        return {robot: TransitionChunk.unpack(packed) for robot, packed in self.chunks.items()}
+
+
 KINDS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Heartbeat, Ack, Credit, PolicyAnnouncement, PolicyRequest, PolicyBlob, Status, TransitionBatch)
+    m.KIND: m for m in (Heartbeat, Ack, Credit, PolicyAnnouncement, PolicyRequest, PolicyBlob, Status, TransitionBatch,
+                        RobotCommand, CommandReceipt, Telemetry)
 }
 
 

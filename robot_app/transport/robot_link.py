@@ -9,7 +9,12 @@ a learner restart loses nothing.
 Policies: announcements arrive on a SUB socket that keeps only the newest (CONFLATE). The link fetches the artifact,
 checks its sha256 against the announcement, writes it and its signature atomically, loads it (which verifies the
 signature against the robot's trusted key and checks the metadata against the robot), and hands it to the agent, which
-swaps it in at the next episode boundary. Status reports say which version is running.
+swaps it in at the next episode boundary. Status reports say which version is running, and the robot's safety state:
+every heartbeat, and at once when its e-stop or fault latch changes or a command arrives.
+
+Commands: an operator's software stop (or reset) reaches the robot from the learner as a RobotCommand, and the link
+latches (or releases) the agent's e-stop, as SIGUSR1 (SIGUSR2) would. If the learner goes away, nothing changes on the
+robot: the latch stays as it is, and the watchdog and the hardware e-stop remain the safety layer.
 
 With each ack and heartbeat the learner grants credit: how many more rows this robot may record. A lockstep robot waits
 for it between episodes, so a slow learner slows the robot instead of falling behind (the agent reads
@@ -37,8 +42,8 @@ from robot_app.common.files import write_atomic
 from robot_app.common.logs import first_and_doubling
 from robot_app.transport.keys import secure_client
 from robot_app.transport.messages import (
-    Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, Status, TransitionBatch,
-    TransitionChunk, decode, encode,
+    Ack, Credit, Heartbeat, MessageError, PolicyAnnouncement, PolicyBlob, PolicyRequest, RobotCommand, Status,
+    TransitionBatch, TransitionChunk, decode, encode,
 )
 
 log = logging.getLogger(__name__)
@@ -50,10 +55,11 @@ class RobotLink:
                  ack_timeout_s: float = 2.0, heartbeat_s: float = 1.0, context: zmq.Context | None = None,
                  announcements: str | None = None, policy_dir: str | Path | None = None,
                  load_policy: Callable[[str], object] | None = None, on_policy: Callable[[object], None] | None = None,
-                 running_version: Callable[[], str] = lambda: ""):
+                 running_version: Callable[[], str] = lambda: "", agent=None):
         """security_files: (this robot's secret key file, the learner's public key file), or None for plaintext.
         announcements: the learner's PUB endpoint; with it, policy_dir, load_policy (path -> checked policy) and
-        on_policy (the agent's request_policy) receive new policies."""
+        on_policy (the agent's request_policy) receive new policies. agent: the Agent whose safety state the status
+        reports and whose e-stop commands latch (None: the link alone, as in transport tests)."""
         self.transitions, self.robot_id = transitions, robot_id
         self.window, self.batch_rows, self.ack_timeout_s, self.heartbeat_s = window, batch_rows, ack_timeout_s, heartbeat_s
         context = context or zmq.Context.instance()
@@ -76,6 +82,10 @@ class RobotLink:
             self.announcements.connect(announcements)
         self.policy_dir = Path(policy_dir) if policy_dir else None
         self.load_policy, self.on_policy, self.running_version = load_policy, on_policy, running_version
+        self.agent = agent
+        self.last_command = ""  # the id of the last command applied
+        self.commands = 0
+        self._reported: tuple[str, str, str] | None = None  # (estop, fault, last command) in the last status sent
         self.wanted: PolicyAnnouncement | None = None  # announced, not yet fetched and loaded
         self.loaded_versions: list[str] = []
         self.policy_errors = 0
@@ -127,17 +137,28 @@ class RobotLink:
             self._receive_all()
         if self.announcements is not None and self.announcements in ready:
             self._receive(self.announcements.recv())
+        safety = (*self.agent.safety_state(), self.last_command) if self.agent is not None else ("", "", "")
         if now >= next_heartbeat:
             self._send(Heartbeat(self.robot_id, time.monotonic_ns()))
-            self._send(Status(self.robot_id, self.running_version(), {
-                "sent": self.sent, "acked": self.acked, "resends": self.resends,
-                "policy_errors": self.policy_errors, "rejected": self.rejected, "errors": self.errors}))
+            self._send_status(safety)
             if self.wanted is not None:  # ask (again) until the artifact arrives
                 self._send(PolicyRequest(self.robot_id, self.wanted.version))
             next_heartbeat = now + self.heartbeat_s
+        elif safety != self._reported:  # a latch changed or a command arrived: the operator sees it now
+            self._send_status(safety)
         self._check_liveness(now)
         self._check_timeouts(now)
         return next_heartbeat
+
+    def _send_status(self, safety: tuple[str, str, str]) -> None:
+        report = self.agent.report() if self.agent is not None else {}
+        counters = {"sent": self.sent, "acked": self.acked, "resends": self.resends, "policy_errors": self.policy_errors,
+                    "rejected": self.rejected, "errors": self.errors, "commands": self.commands}
+        estop, fault, last_command = safety
+        if self._send(Status(self.robot_id, self.running_version(), counters, estop, fault, report.get("episode", 0),
+                             report.get("jitter_p99_us", 0.0), self.transitions.appended_through - self.acked_through,
+                             report.get("interventions", {}), last_command)):
+            self._reported = safety
 
     def _send(self, message) -> bool:
         try:
@@ -207,7 +228,19 @@ class RobotLink:
                 self._send(PolicyRequest(self.robot_id, message.version))
         elif isinstance(message, PolicyBlob) and self.wanted is not None and message.version == self.wanted.version:
             self._install(message)
+        elif isinstance(message, RobotCommand) and message.robot_id == self.robot_id and self.agent is not None:
+            self._apply(message)
         return message
+
+    def _apply(self, command: RobotCommand) -> None:
+        self.commands += 1
+        if command.command == "software_stop":
+            log.warning("software stop from %s (command %s): e-stop latched", command.issued_by, command.command_id)
+            self.agent.request_estop(f"software stop by {command.issued_by}")
+        else:
+            log.warning("e-stop reset from %s (command %s)", command.issued_by, command.command_id)
+            self.agent.request_estop_reset()
+        self.last_command = command.command_id
 
     def _install(self, blob: PolicyBlob) -> None:
         wanted, self.wanted = self.wanted, None

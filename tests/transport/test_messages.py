@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from robot_app.common.transition_chunk import COLUMNS
 from robot_app.transport.messages import (
-    KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, Status, TransitionBatch,
-    TransitionChunk, decode, encode,
+    KINDS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Ack, Heartbeat, MessageError, PolicyAnnouncement, RobotCommand, Status,
+    TransitionBatch, TransitionChunk, decode, encode,
 )
 from tests.agent.test_transition_log import transition
 from tests.strategies import ANYTHING, array_records, bodies
@@ -19,8 +19,17 @@ from tests.strategies import ANYTHING, array_records, bodies
 
 def test_scalar_messages_round_trip():
     for message in (Heartbeat("learner", 123), Ack("r1", "outbox-1", 42), PolicyAnnouncement("v3", "ab" * 32, 1 << 20, "cd" * 64),
-                    Status("r1", "v3", {"ticks": 5})):
+                    Status("r1", "v3", {"ticks": 5}, "software stop by ops", "", 7, 812.5, 40, {"clamped": 3}, "c-1"),
+                    RobotCommand("r1", "software_stop", "c-1", "ops")):
         assert decode(encode(message)) == message
+
+
+def test_a_command_the_robot_does_not_know_is_refused_by_name():
+    data = msgpack.packb({"v": SCHEMA_VERSION, "kind": "command", "body": {
+        "robot_id": "r1", "command": "self_destruct", "command_id": "c", "issued_by": "ops"}})
+    with pytest.raises(MessageError, match="self_destruct.*software_stop, reset") as error:
+        decode(data)
+    assert error.value.reason == "field"
 
 
 def test_a_transition_batch_round_trips_column_by_column():

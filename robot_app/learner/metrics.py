@@ -1,0 +1,76 @@
+"""The learner's Prometheus /metrics: read from the live service at each scrape, so nothing is updated twice."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+
+def robot_metrics(statuses: dict, link_age_s: dict[str, float]) -> list:
+    """Each robot's link age, jitter p99, backlog, latches and interventions (the dashboard exports the same)."""
+    age = GaugeMetricFamily("robot_app_robot_link_age_seconds", "Seconds since the robot was last heard",
+                            labels=["robot"])
+    jitter = GaugeMetricFamily("robot_app_robot_jitter_p99_microseconds", "The agent loop's tick jitter, p99",
+                               labels=["robot"])
+    backlog = GaugeMetricFamily("robot_app_robot_outbox_backlog", "Transitions the robot holds unacknowledged",
+                                labels=["robot"])
+    latched = GaugeMetricFamily("robot_app_robot_latched", "1 while the robot's e-stop or a fault is latched",
+                                labels=["robot", "latch"])
+    interventions = CounterMetricFamily("robot_app_robot_interventions", "Ticks the safety supervisor changed a command",
+                                        labels=["robot", "reason"])
+    for robot, seconds in link_age_s.items():
+        age.add_metric([robot], seconds)
+    for robot, status in statuses.items():
+        jitter.add_metric([robot], status.jitter_p99_us)
+        backlog.add_metric([robot], status.backlog)
+        latched.add_metric([robot, "estop"], float(bool(status.estop)))
+        latched.add_metric([robot, "fault"], float(bool(status.fault)))
+        for reason, ticks in status.interventions.items():
+            interventions.add_metric([robot, reason], ticks)
+    return [age, jitter, backlog, latched, interventions]
+
+
+class LearnerCollector:
+    """transitions, updates, updates/s, candidates, policies by registry state (the gate's verdicts), the recent
+    return, and each robot's link age, jitter and interventions."""
+
+    def __init__(self, learner, server, returns, deployment=None):
+        self.learner, self.server, self.returns, self.deployment = learner, server, returns, deployment
+        self._last = (time.monotonic(), learner.updates)
+
+    def collect(self):
+        now, updates = time.monotonic(), self.learner.updates
+        then, before = self._last
+        self._last = (now, updates)
+        yield CounterMetricFamily("robot_app_transitions", "Transitions the learner has taken",
+                                  value=self.learner.transitions)
+        yield CounterMetricFamily("robot_app_updates", "SAC-SVG(H) updates made", value=updates)
+        yield GaugeMetricFamily("robot_app_updates_per_second", "Updates per second since the last scrape",
+                                value=(updates - before) / max(now - then, 1e-9))
+        yield CounterMetricFamily("robot_app_candidates", "Candidate policies exported",
+                                  value=len(self.learner.candidates))
+        recent = [e["return"] for e in self.returns.finished[-10:]]
+        if recent:
+            yield GaugeMetricFamily("robot_app_recent_return", "Mean return of the last 10 episodes",
+                                    value=sum(recent) / len(recent))
+        if self.deployment is not None:
+            states = GaugeMetricFamily("robot_app_policies", "Policies in the registry by state (gate verdicts: "
+                                       "validated, rejected)", labels=["state"])
+            for state, count in self.deployment.summary().states.items():
+                states.add_metric([state], count)
+            yield states
+        heard = dict(self.server.last_heard)
+        yield from robot_metrics(dict(self.server.statuses), {robot: now - at for robot, at in heard.items()})
+
+
+def start_metrics_server(address: str, collector) -> tuple[str, int]:
+    """Serve /metrics on HOST:PORT (port 0 chooses) with only `collector`; the (host, port) bound."""
+    from prometheus_client import start_http_server
+
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    return server.server_address[:2]
