@@ -421,6 +421,54 @@ def _estop(args) -> int:
     return 0
 
 
+def _dashboard(args) -> int:
+    if args.dashboard_command == "token":
+        return _dashboard_token(args)
+    from robot_app.dashboard import server
+    from robot_app.dashboard.app import DashboardConfig, create_app
+    from robot_app.dashboard.feed import LearnerFeed
+    from robot_app.dashboard.tokens import TokenStore
+    from robot_app.robot.spec import load_robot_spec
+
+    security = _security_files(args, ("dashboard.key_secret", "learner.key"))
+    spec = load_robot_spec(args.robot)
+    if not TokenStore(args.state).list():
+        logging.getLogger(__name__).warning("no tokens yet: `robot-app dashboard token add NAME --role operator "
+                                            "--state %s` makes one", args.state)
+    sock = server.bind(args.host, args.port, args.public)
+    port = sock.getsockname()[1]
+    config = DashboardConfig(state=Path(args.state), origins=server.origins(args.host, port, args.origin or []),
+                             registry=Path(args.registry) if args.registry else None,
+                             learner_out=Path(args.learner_out) if args.learner_out else None)
+    app = create_app(config, LearnerFeed(args.learner, spec, security, on_update=lambda *_: None))
+    print(f"dashboard on http://{args.host}:{port}/ (telemetry from {args.learner})", flush=True)
+    server.serve(app, sock)
+    return 0
+
+
+def _dashboard_token(args) -> int:
+    from robot_app.dashboard.server import add_token
+    from robot_app.dashboard.tokens import TokenStore
+
+    if args.action == "list":
+        for entry in TokenStore(args.state).list():
+            print(f"{entry['name']:24} {entry['role']:9} {entry['created_at']}")
+        return 0
+    if not args.name:
+        raise _UsageError(f"token {args.action} needs the token's NAME")
+    if args.action == "remove":
+        TokenStore(args.state).remove(args.name)
+        print(f"removed token {args.name}", file=sys.stderr)
+        return 0
+    if not args.role:
+        raise _UsageError("token add needs --role viewer, operator or admin")
+    token = add_token(Path(args.state), args.name, args.role)
+    print(f"token {args.name} ({args.role}) added to {args.state}/tokens.json; it is shown this once. Open the "
+          "dashboard's URL with #token=<it> appended, or send it as `Authorization: Bearer <it>`:", file=sys.stderr)
+    print(token)
+    return 0
+
+
 def _check_agent_process(pid: int) -> None:
     """Refuse to signal a process that is not a `robot-app agent`: SIGUSR1's default action kills a process."""
     try:
@@ -678,6 +726,32 @@ def build_parser() -> argparse.ArgumentParser:
     episodes.add_argument("--robot", default="furuta", help="robot name or spec .yaml, for column names and limits")
     episodes.set_defaults(handler=_episodes)
 
+    dashboard = sub.add_parser("dashboard", help="the operator's web dashboard: live fleet, learning, registry, "
+                                                 "deploys, software stop; `dashboard token add` makes its tokens",
+                               description="Serve the dashboard (loopback unless --public), or manage its tokens: "
+                                           "robot-app dashboard token add NAME --role viewer|operator|admin")
+    dashboard.add_argument("--state", default="dashboard", help="the dashboard's folder: tokens.json, audit.sqlite "
+                                                                "(default dashboard/)")
+    dashboard.add_argument("--learner", type=_endpoint, default="tcp://127.0.0.1:5557",
+                           help="the learner's --dashboard endpoint (default tcp://127.0.0.1:5557)")
+    dashboard.add_argument("--registry", help="the policy registry folder (the learner's --registry)")
+    dashboard.add_argument("--learner-out", help="the learner's --out folder (its progress.jsonl)")
+    dashboard.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 chooses)")
+    dashboard.add_argument("--public", action="store_true",
+                           help="allow a --host other than loopback (serve it behind TLS)")
+    dashboard.add_argument("--origin", action="append", metavar="URL",
+                           help="another Origin the page is served from, e.g. https://robots.example (repeatable)")
+    _add_link_arguments(dashboard)
+    dashboard.set_defaults(handler=_dashboard, dashboard_command=None)
+    dashboard_sub = dashboard.add_subparsers(dest="dashboard_command", metavar="token", parser_class=_Parser)
+    token = dashboard_sub.add_parser("token", help="add, list or remove the dashboard's bearer tokens")
+    token.add_argument("action", choices=["add", "list", "remove"])
+    token.add_argument("name", nargs="?", help="add, remove: the token's name (who holds it, for the audit log)")
+    token.add_argument("--role", choices=["viewer", "operator", "admin"],
+                       help="add: viewer reads; operator also stops, resets, deploys, rolls back; admin manages tokens")
+
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")
     estop.add_argument("pid", type=int, help="the agent's process id")
     estop.add_argument("--reset", action="store_true", help="release a latched e-stop")
@@ -775,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in LONG_RUNNING:
             args = _resolve_settings(parser, args, sys.argv[1:] if argv is None else argv)
         _require_extras(*_NEEDS.get(args.command, ()))
-        if args.command in ("agent", "learner"):
+        if args.command in ("agent", "learner", "dashboard"):
             import zmq
 
             expected += (zmq.ZMQError,)

@@ -78,6 +78,7 @@ class DeviceAudit:
     max_abs_velocity: list[float] = dataclasses.field(default_factory=list)  # per joint, rad/s
     watchdog_trips: int = 0
     estops: int = 0
+    estop_ns: list[int] = dataclasses.field(default_factory=list)  # when each e-stop engaged (monotonic ns, bounded)
     bad_frames: int = 0
     last_command: list[float] = dataclasses.field(default_factory=list)
     last_enabled: bool = False
@@ -351,6 +352,8 @@ class VirtualRobot:
     def _engage_estop(self) -> None:
         if not self._estop:
             self.audit.estops += 1
+            if len(self.audit.estop_ns) < 10_000:
+                self.audit.estop_ns.append(time.monotonic_ns())
         self._estop = True
 
     def _send_sensor(self) -> None:

@@ -21,8 +21,9 @@ Model = TypeVar("Model", bound=BaseModel)
 STALE_TEMPORARY_S = 3600.0  # a temporary file untouched this long was left by a writer that died (kill -9, power cut)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write `data` (bytes, or a function that writes into the open file) to `path` atomically and durably.
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], mode: int = 0o644) -> None:
+    """Write `data` (bytes, or a function that writes into the open file) to `path` atomically and durably, with
+    permissions `mode` (0o600 for a secret).
 
     The new content goes to a temporary file of its own beside `path` (so two writers of one path never share it), is
     fsynced, and replaces `path` in one rename. If writing fails, the temporary file is removed and `path` is untouched.
@@ -40,7 +41,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the artifact is read by other processes and users
+        os.chmod(tmp, mode)  # mkstemp makes it 0600; an artifact is read by other processes and users
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -96,6 +96,10 @@ class FurutaSwingUp(Layouts):
         obs = np.asarray(obs).reshape(-1, 6)
         return np.arctan2(obs[:, [1, 3]], obs[:, [0, 2]])
 
+    def joint_velocities(self, obs: np.ndarray) -> np.ndarray:
+        """The joint velocities (rad/s) that observations [T, obs_dim] carry: a column per `joints`."""
+        return np.asarray(obs).reshape(-1, 6)[:, 4:6]
+
     def reward(self, state: JointState) -> float:
         arm, pendulum = state.position
         return max(0.0, 1.0 - (0.8 * abs(wrap_angle(pendulum)) + 0.2 * abs(arm)) / math.pi)

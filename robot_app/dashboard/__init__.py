@@ -1,0 +1,1 @@
+"""The operator's dashboard: live fleet telemetry, learning curves, the policy registry, deploys and software stops."""

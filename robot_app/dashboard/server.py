@@ -1,0 +1,52 @@
+"""`robot-app dashboard`: the app on uvicorn, on loopback unless told otherwise, and its token commands."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+from robot_app.dashboard.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServingError(ValueError):
+    """A way of serving the dashboard that is refused; the message says why and what to do."""
+
+
+def bind(host: str, port: int, public: bool) -> socket.socket:
+    """The listening socket (port 0 chooses one). Anything but loopback needs `public`, and gets a warning."""
+    if host not in LOOPBACK:
+        if not public:
+            raise ServingError(f"--host {host} serves the dashboard beyond this machine: add --public to mean it "
+                               "(and put it behind TLS)")
+        log.warning("serving the dashboard on %s WITHOUT TLS: tokens and commands cross the network in the clear. "
+                    "Put it behind a TLS-terminating proxy (and give its address with --origin)", host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def origins(host: str, port: int, extra: list[str]) -> set[str]:
+    """The Origins a browser on the dashboard's own page sends."""
+    names = {"127.0.0.1", "localhost"} if host in LOOPBACK else {host}
+    return {f"http://{name}:{port}" for name in names} | {origin.rstrip("/") for origin in extra}
+
+
+def serve(app, sock: socket.socket) -> None:
+    import uvicorn
+
+    # ws_max_queue bounds what one client may send us; the access log would print every request's path.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, ws_max_size=1 << 16, ws_max_queue=4,
+                            ws_ping_interval=10.0, ws_ping_timeout=10.0, timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def add_token(state: Path, name: str, role: str) -> str:
+    return TokenStore(state).add(name, role, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
