@@ -145,7 +145,11 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
         def check(request: Request) -> Identity:
             identity = identify(request.headers.get("authorization"))
             if not identity.may(needed):
-                raise HTTPException(403, f"{identity.name} is a {identity.role}; this needs the {needed} role")
+                detail = f"{identity.name} is a {identity.role}; this needs the {needed} role"
+                if needed != "viewer":  # an attempt at control is recorded, refused or not
+                    audit.record(identity.name, identity.role, f"{request.method} {request.url.path}", "",
+                                 "forbidden", detail)
+                raise HTTPException(403, detail)
             return identity
         return Depends(check)
 

@@ -40,6 +40,24 @@ def short_episode_spec(folder: Path, episode_s: float) -> Path:
     return path
 
 
+def validated_registry(folder: Path, signing_key: Path) -> list[str]:
+    """A registry of two policies, validated and signed as the gate would (its episodes are not what the dashboard's
+    tests are about); their versions."""
+    registry, key = PolicyRegistry(folder), load_signing_key(signing_key)
+    try:
+        versions = []
+        for name in POLICIES:
+            record = registry.add_candidate(FIXTURES / name, "test")
+            registry.start_validation(record.version, "test")
+            signature = sign(Path(record.path).read_bytes(), key)
+            Path(record.path + SIGNATURE_SUFFIX).write_text(signature)
+            registry.move(record.version, "validated", "test", "validated for the test", signature=signature)
+            versions.append(record.version)
+        return versions
+    finally:
+        registry.close()
+
+
 class Stack:
     """Start with `with Stack(tmp_path) as stack:`; every process is stopped on leaving, agents first."""
 
@@ -77,19 +95,7 @@ class Stack:
         generate_signing_keys(self.keys, "gate")
 
     def _registry(self) -> None:
-        """Two policies, validated and signed as the gate would (its episodes are not what these tests are about)."""
-        registry, key = PolicyRegistry(self.registry), load_signing_key(self.keys / "gate.sign_key")
-        try:
-            self.versions = []
-            for name in POLICIES:
-                record = registry.add_candidate(FIXTURES / name, "test")
-                registry.start_validation(record.version, "test")
-                signature = sign(Path(record.path).read_bytes(), key)
-                Path(record.path + SIGNATURE_SUFFIX).write_text(signature)
-                registry.move(record.version, "validated", "test", "validated for the test", signature=signature)
-                self.versions.append(record.version)
-        finally:
-            registry.close()
+        self.versions = validated_registry(self.registry, self.keys / "gate.sign_key")
 
     def _spawn(self, name: str, args: list[str], stdout=subprocess.DEVNULL) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")

@@ -3,6 +3,7 @@
 
 const KEPT_S = 65;          // seconds of live data kept per robot (the longest window, and a little)
 const STALE_AFTER_MS = 1000; // no message, or a silent learner, this long: STALE
+const GAP_S = 0.25;          // rows further apart than this are drawn with a gap (the reset between episodes)
 const COLORS = ["#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f"];
 
 const state = {
@@ -124,6 +125,11 @@ function append(robot, columns) {
   if (!buffer) {
     buffer = state.buffers[robot] = { t: [], q: columns.q.map(() => []), dq: columns.dq.map(() => []),
       cmd: columns.cmd.map(() => []), act: columns.act.map(() => []), r: [], arrivals: [] };
+  }
+  const last = buffer.t[buffer.t.length - 1];
+  if (last !== undefined && columns.t[0] - last > GAP_S) {  // between episodes: a gap, not a line across it
+    buffer.t.push(last + 1e-3); buffer.r.push(null);
+    for (const name of ["q", "dq", "cmd", "act"]) buffer[name].forEach((series) => series.push(null));
   }
   buffer.t.push(...columns.t); buffer.r.push(...columns.r);
   for (const name of ["q", "dq", "cmd", "act"]) columns[name].forEach((values, i) => buffer[name][i].push(...values));
