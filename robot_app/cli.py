@@ -27,6 +27,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
 def _above_zero(text: str) -> float:
     try:
         value = float(text)
@@ -383,10 +393,12 @@ def _demo(args) -> int:
             signal.signal(name, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    if args.dashboard_port:
+        _require_extras("dashboard")
     signal.signal(signal.SIGTERM, interrupt)
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
                     transitions=args.transitions or None, randomise=args.randomise,
-                    on_fresh_folder=lambda folder: _record_settings(args, folder))
+                    on_fresh_folder=lambda folder: _record_settings(args, folder), dashboard_port=args.dashboard_port or None)
 
 
 def _plot(args) -> int:
@@ -700,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=True,
                       help="draw each virtual robot's physics anew between episodes from the ranges the gate draws "
                            "from (domain randomisation; default on: the robot learns on what the gate judges)")
+    demo.add_argument("--dashboard-port", type=_port, default=8000,
+                      help="serve the operator's dashboard on 127.0.0.1 at this port (default 8000, or a free one if "
+                           "it is taken; 0: no dashboard, the demo runs headless)")
     demo.set_defaults(handler=_demo)
 
     plot = sub.add_parser("plot", help="PNG curves of a training run or a demo folder, beside its files")
@@ -738,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--learner-out", help="the learner's --out folder (its progress.jsonl)")
     dashboard.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     dashboard.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1)")
-    dashboard.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 chooses)")
+    dashboard.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000; 0 chooses)")
     dashboard.add_argument("--public", action="store_true",
                            help="allow a --host other than loopback (serve it behind TLS)")
     dashboard.add_argument("--origin", action="append", metavar="URL",

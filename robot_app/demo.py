@@ -41,9 +41,13 @@ class StackError(RuntimeError):
     """A process of the stack did not start; its log says why."""
 
 
-def _free_port() -> int:
+def _free_port(wanted: int = 0) -> int:
+    """`wanted` if it is free on 127.0.0.1, else one the system chooses."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -59,6 +63,9 @@ def _keys(out: Path, robot_ids: list[str]) -> Path:
     keys = out / "keys"
     generate_keys(keys, "learner")
     generate_signing_keys(keys, "gate")
+    public, _ = generate_keys(keys, "dashboard")
+    (keys / "dashboards").mkdir()
+    shutil.copy(public, keys / "dashboards" / public.name)
     for robot_id in robot_ids:
         public, _ = generate_keys(keys, robot_id)
         (keys / "allowed").mkdir(exist_ok=True)
@@ -171,13 +178,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 1,
              transitions: int | None = 36_000, gate_episodes: int = 4, randomise: bool = True,
-             on_fresh_folder: Callable[[Path], None] | None = None) -> int:
+             on_fresh_folder: Callable[[Path], None] | None = None, dashboard_port: int | None = 8000) -> int:
     """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
     The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
     randomise: each virtual robot draws its physics anew between episodes, from the ranges the gate draws from.
     A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile.
-    on_fresh_folder(out) runs once `out` is emptied for this run (the CLI records its settings there)."""
+    on_fresh_folder(out) runs once `out` is emptied for this run (the CLI records its settings there).
+    dashboard_port: the operator's dashboard on 127.0.0.1 there (a free port if it is taken), with an operator token;
+    None: none, headless."""
     if robots < 1:
         raise ValueError(f"--robots must be at least 1, got {robots}")
     if transitions is not None and transitions < 1:
@@ -190,7 +199,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon,
                                           "transitions": transitions, "randomise": randomise}))
     keys = _keys(out, robot_ids)
-    listen, announce = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    listen, announce, dashboard = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
     budget_s = minutes * 60
     logs = out / "logs"
     logs.mkdir()
@@ -202,7 +211,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
             "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
             "--horizon", str(horizon), "--registry", str(out / "registry"), "--signing-key",
             str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--explore-below-bar",
-            "--torch-threads", "1"], quiet=False))
+            "--torch-threads", "1", "--dashboard", dashboard, "--metrics", f"127.0.0.1:{_free_port(9101)}"],
+            quiet=False))
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
                 "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i),
@@ -212,6 +222,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
                 "--seed", str(i), "--learner", listen, "--announcements", announce, "--keys", str(keys),
                 "--log", str(out / robot_id / "transitions.sqlite"), "--status-every", "60",
                 "--trusted-key", str(keys / "gate.sign_pub")], depends_on=device))
+        if dashboard_port is not None:
+            _start_dashboard(supervisor, out, keys, dashboard, _free_port(dashboard_port))
         started = time.monotonic()
         next_progress = started + 15.0
         seen: collections.deque[tuple[float, int]] = collections.deque(maxlen=5)  # the last minute's progress
@@ -233,6 +245,16 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     finally:
         supervisor.stop()
     return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})
+
+
+def _start_dashboard(supervisor: "_Supervisor", out: Path, keys: Path, learner: str, port: int) -> None:
+    from robot_app.dashboard.server import add_token
+
+    token = add_token(out / "dashboard", "demo-operator", "operator")
+    supervisor.add(_Role("dashboard", lambda: [
+        "dashboard", "--state", str(out / "dashboard"), "--learner", learner, "--keys", str(keys), "--registry",
+        str(out / "registry"), "--learner-out", str(out / "learner"), "--port", str(port)]))
+    print(f"demo: dashboard on http://127.0.0.1:{port}/#token={token} (an operator token: open the link)", flush=True)
 
 
 def _print_progress(row: dict, seen: collections.deque, budget: int | None) -> None:

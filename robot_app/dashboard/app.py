@@ -404,7 +404,7 @@ def _metrics_registry(feed: LearnerFeed, hub: Hub, progress: list[ProgressRow], 
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import CollectorRegistry
 
-    from robot_app.learner.metrics import robot_metrics
+    from robot_app.learner.metrics import learning_metrics, policy_metrics, robot_metrics
 
     class Collector:
         def collect(self):
@@ -421,25 +421,11 @@ def _metrics_registry(feed: LearnerFeed, hub: Hub, progress: list[ProgressRow], 
                                         "telemetry", value=age)
             if progress:
                 *before, last = progress
+                rate = None
                 if before and last.elapsed_s > before[0].elapsed_s:
-                    yield GaugeMetricFamily("robot_app_updates_per_second", "Updates per second between the "
-                                            "learner's last two progress rows", value=(last.updates - before[0].updates)
-                                            / (last.elapsed_s - before[0].elapsed_s))
-                progress = last
-                yield CounterMetricFamily("robot_app_transitions", "Transitions the learner has taken",
-                                          value=progress.transitions)
-                yield CounterMetricFamily("robot_app_updates", "SAC-SVG(H) updates made", value=progress.updates)
-                yield CounterMetricFamily("robot_app_candidates", "Candidate policies exported",
-                                          value=progress.candidates)
-                if progress.recent_return is not None:
-                    yield GaugeMetricFamily("robot_app_recent_return", "Mean return of the last 10 episodes",
-                                            value=progress.recent_return)
-            if states:
-                family = GaugeMetricFamily("robot_app_policies", "Policies in the registry by state (gate verdicts: "
-                                           "validated, rejected)", labels=["state"])
-                for state, count in states.items():
-                    family.add_metric([state], count)
-                yield family
+                    rate = (last.updates - before[0].updates) / (last.elapsed_s - before[0].elapsed_s)
+                yield from learning_metrics(last.transitions, last.updates, rate, last.candidates, last.recent_return)
+            yield policy_metrics(states)
             robots = dict(feed.robots)
             yield from robot_metrics({r: s.status for r, s in robots.items() if s.status is not None},
                                      {r: s.link_age_s for r, s in robots.items()})

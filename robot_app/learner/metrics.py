@@ -32,9 +32,32 @@ def robot_metrics(statuses: dict, link_age_s: dict[str, float]) -> list:
     return [age, jitter, backlog, latched, interventions]
 
 
+def learning_metrics(transitions: int, updates: int, updates_per_s: float | None, candidates: int,
+                     recent_return: float | None) -> list:
+    """The learner's progress (the dashboard exports the same)."""
+    out = [CounterMetricFamily("robot_app_transitions", "Transitions the learner has taken", value=transitions),
+           CounterMetricFamily("robot_app_updates", "SAC-SVG(H) updates made", value=updates),
+           CounterMetricFamily("robot_app_candidates", "Candidate policies exported", value=candidates)]
+    if updates_per_s is not None:
+        out.append(GaugeMetricFamily("robot_app_updates_per_second", "SAC-SVG(H) updates per second",
+                                     value=updates_per_s))
+    if recent_return is not None:
+        out.append(GaugeMetricFamily("robot_app_recent_return", "Mean return of the last 10 episodes",
+                                     value=recent_return))
+    return out
+
+
+def policy_metrics(states: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("robot_app_policies", "Policies in the registry by state (the gate's verdicts: "
+                               "validated, rejected)", labels=["state"])
+    for state, count in states.items():
+        family.add_metric([state], count)
+    return family
+
+
 class LearnerCollector:
-    """transitions, updates, updates/s, candidates, policies by registry state (the gate's verdicts), the recent
-    return, and each robot's link age, jitter and interventions."""
+    """The learning metrics, read from the live service at each scrape (updates/s since the last scrape), and each
+    robot's."""
 
     def __init__(self, learner, server, returns, deployment=None):
         self.learner, self.server, self.returns, self.deployment = learner, server, returns, deployment
@@ -44,23 +67,11 @@ class LearnerCollector:
         now, updates = time.monotonic(), self.learner.updates
         then, before = self._last
         self._last = (now, updates)
-        yield CounterMetricFamily("robot_app_transitions", "Transitions the learner has taken",
-                                  value=self.learner.transitions)
-        yield CounterMetricFamily("robot_app_updates", "SAC-SVG(H) updates made", value=updates)
-        yield GaugeMetricFamily("robot_app_updates_per_second", "Updates per second since the last scrape",
-                                value=(updates - before) / max(now - then, 1e-9))
-        yield CounterMetricFamily("robot_app_candidates", "Candidate policies exported",
-                                  value=len(self.learner.candidates))
         recent = [e["return"] for e in self.returns.finished[-10:]]
-        if recent:
-            yield GaugeMetricFamily("robot_app_recent_return", "Mean return of the last 10 episodes",
-                                    value=sum(recent) / len(recent))
+        yield from learning_metrics(self.learner.transitions, updates, (updates - before) / max(now - then, 1e-9),
+                                    len(self.learner.candidates), sum(recent) / len(recent) if recent else None)
         if self.deployment is not None:
-            states = GaugeMetricFamily("robot_app_policies", "Policies in the registry by state (gate verdicts: "
-                                       "validated, rejected)", labels=["state"])
-            for state, count in self.deployment.summary().states.items():
-                states.add_metric([state], count)
-            yield states
+            yield policy_metrics(self.deployment.summary().states)
         heard = dict(self.server.last_heard)
         yield from robot_metrics(dict(self.server.statuses), {robot: now - at for robot, at in heard.items()})
 

@@ -108,11 +108,12 @@ class Stack:
         self._keys()
         self._registry()
         listen, announce, self.dashboard_endpoint = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+        self.learner_metrics_port = free_port()
         robot = ["--robot", str(self.spec)]
         self._spawn("learner", ["learner", *robot, "--out", str(self.folder / "learner"), "--listen", listen,
                                 "--announce", announce, "--keys", str(self.keys), "--registry", str(self.registry),
                                 "--dashboard", self.dashboard_endpoint, "--warmup", "1000000000", "--torch-threads",
-                                "1"])
+                                "1", "--metrics", f"127.0.0.1:{self.learner_metrics_port}"])
         rate = ["--rate", str(self.rate_hz)] if self.rate_hz else []
         for robot_id in self.robot_ids:
             device = self._spawn(f"{robot_id}-device", ["virtual-robot", *robot, "--robot-id", robot_id, *rate,
@@ -140,11 +141,12 @@ class Stack:
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text()
 
-    def get(self, path: str, token: str | None = None):
+    def get(self, path: str, token: str | None = None, text: bool = False):
         request = urllib.request.Request(self.url.rstrip("/") + path,
                                          headers={"Authorization": f"Bearer {token or self.operator_token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+            body = response.read()
+        return body.decode() if text else json.loads(body)
 
     def fleet(self) -> dict:
         return self.get("/api/fleet")["robots"]

@@ -133,6 +133,20 @@ def test_the_screenshot(page, stack, tmp_path):
         shutil.copy(path, os.environ["ROBOT_APP_SCREENSHOT"])
 
 
+def test_metrics_on_the_dashboard_and_the_learner(stack):
+    import urllib.request
+
+    learner = urllib.request.urlopen(f"http://127.0.0.1:{stack.learner_metrics_port}/metrics", timeout=10).read()
+    dashboard = stack.get("/metrics", token=stack.viewer_token, text=True)
+    for text in (learner.decode(), dashboard):
+        for name in ('robot_app_robot_link_age_seconds{robot="robot-0"}', 'robot_app_robot_jitter_p99_microseconds',
+                     'robot_app_robot_interventions_total{reason="estop",robot="robot-0"}', "robot_app_transitions",
+                     'robot_app_policies{state="deployed"} 1.0', "robot_app_candidates"):
+            assert name in text, (name, text)
+    assert "robot_app_updates_per_second" in learner.decode()
+    assert "robot_app_dashboard_samples_delivered_total" in dashboard and "robot_app_dashboard_clients 2.0" not in dashboard
+
+
 def test_stale_shows_when_the_feed_stops_and_the_robot_is_left_as_it_was(page, stack):
     assert page.locator("#stale").is_hidden()
     stack.stop_process("learner")

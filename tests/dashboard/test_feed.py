@@ -1,7 +1,6 @@
 """The learner's dashboard feed over CURVE on 127.0.0.1: telemetry, software stops relayed and acknowledged by the
 robot's own status, bounded buffers on every hop, and keys that open only their own socket."""
 
-import threading
 
 import pytest
 import zmq

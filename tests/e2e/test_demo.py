@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import threading
+import urllib.request
 
 from robot_app.demo import run_demo
 from robot_app.learner.ingest import IngestStore
@@ -77,6 +78,13 @@ def test_the_demo_releases_the_best_policy_that_passes_the_full_gate(tmp_path):
     registry.close()
 
 
+def _answers(request) -> bool:
+    try:
+        return urllib.request.urlopen(request, timeout=5).status == 200
+    except OSError:
+        return False
+
+
 def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path):
     """`kill` (and docker) send SIGTERM: the demo once died of it and left its learner, robot and agent running."""
     import subprocess
@@ -84,11 +92,16 @@ def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path):
 
     out = tmp_path / "demo"
     demo = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "demo", "--out", str(out), "--transitions", "0",
-                             "--minutes", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             "--minutes", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group: whatever is left can be killed at once
     try:
         processes = out / "processes.json"
-        wait_until(lambda: processes.exists() and len(json.loads(processes.read_text())) == 3, timeout_s=120)
+        url = next(line for line in demo.stdout if line.startswith("demo: dashboard on ")).split()[3]
+        wait_until(lambda: processes.exists() and len(json.loads(processes.read_text())) == 4, timeout_s=120)
+        base, _, token = url.partition("#token=")  # the operator's link works as printed
+        request = urllib.request.Request(base + "api/whoami", headers={"Authorization": f"Bearer {token}"})
+        wait_until(lambda: _answers(request), timeout_s=60)
+        assert json.loads(urllib.request.urlopen(request, timeout=10).read())["role"] == "operator"
         started = json.loads(processes.read_text())
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(timeout=300) == 130, demo.stderr.read()  # it stops each child in turn, up to 60 s each

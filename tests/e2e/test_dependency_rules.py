@@ -44,6 +44,21 @@ def test_importing_the_agent_pulls_in_neither_torch_nor_mujoco():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_dashboard_serves_with_torch_mujoco_and_onnx_blocked(tmp_path):
+    """The dashboard's extra has none of them: every module imports, and the app is built, without them."""
+    result = run_python(
+        f"BLOCKED = {{'torch', 'mujoco', 'dm_control', 'onnx', 'serial'}}\n{BLOCKER}\n"
+        "import pkgutil, importlib, pathlib, robot_app.dashboard\n"
+        "for m in pkgutil.iter_modules(robot_app.dashboard.__path__): importlib.import_module('robot_app.dashboard.' + m.name)\n"
+        "from robot_app.dashboard.app import DashboardConfig, create_app\n"
+        "from robot_app.dashboard.feed import LearnerFeed\n"
+        "from robot_app.robot.spec import load_robot_spec\n"
+        f"config = DashboardConfig(state=pathlib.Path({str(tmp_path)!r}), origins=set())\n"
+        "create_app(config, LearnerFeed('tcp://127.0.0.1:9', load_robot_spec('furuta'), None, lambda *_: None))\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_policies_never_import_transport_or_web_libraries():
     result = run_python(
         "import sys, pkgutil, importlib, policies\n"
