@@ -11,6 +11,7 @@ from robot_app.dashboard.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SEND_BUFFER_BYTES = 128 << 10
 
 
 class ServingError(ValueError):
@@ -28,6 +29,9 @@ def bind(host: str, port: int, public: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Connections inherit it: a browser that stops reading holds at most this much in the kernel (and the hub's
+    # bounded queue holds the rest), instead of the megabytes autotuning would grant it.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     sock.bind((host, port))
     sock.listen(128)
     return sock

@@ -63,6 +63,7 @@ class Stack:
 
     def __init__(self, folder: Path, robots: int = 1, rate_hz: float | None = None, episode_s: float = 2.0):
         self.folder, self.robots, self.rate_hz = Path(folder), robots, rate_hz
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.robot_ids = [f"robot-{i}" for i in range(robots)]
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.spec = short_episode_spec(self.folder, episode_s)

@@ -10,7 +10,7 @@ const state = {
   token: null, who: null, robot: null, ws: null, backoff: 500, lastMessage: 0, feedAge: null,
   fleet: {}, buffers: {}, selected: null, plots: {}, dirty: false, fleetDirty: false, plotsBuiltFor: null,
 };
-window.dashboardStats = { frames: [], work: [], messages: 0, samples: 0, dropped: 0 };
+window.dashboardStats = { frames: [], work: [], stops: [], messages: 0, samples: 0, dropped: 0 };
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...children) => {
@@ -189,7 +189,10 @@ function confirmReset(robot) {
   }
 }
 
-function stopFleet() { control("/api/stop", {}, "software stop of the fleet"); }
+function stopFleet() {
+  window.dashboardStats.stops.push(performance.timeOrigin + performance.now());  // epoch ms, for the benchmark
+  control("/api/stop", {}, "software stop of the fleet");
+}
 
 $("stop-fleet").addEventListener("click", stopFleet);
 $("reset-fleet").addEventListener("click", () => confirmReset(null));
