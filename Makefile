@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= disable
 
-.PHONY: run test bench-throughput bench-learning bench-agent clean
+.PHONY: run test bench-throughput bench-learning bench-agent bench-dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-learning: $(VENV)/.bench
 
 bench-agent: $(STAMP)
 	$(BIN)/python bench/agent.py
+
+bench-dashboard: $(STAMP)
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -187,9 +187,9 @@ def main() -> None:
             results["stop_latency"] = stop_latency(browser, args.stops, Path(tmp) / "stop")
             print(json.dumps(results["stop_latency"]), flush=True)
         if args.only in (None, "fanout"):
-            results["fan_out"] = fan_out(browser, args.robots, args.rate, args.browsers, args.seconds,
-                                         Path(tmp) / "fanout")
-            print(json.dumps(results["fan_out"]), flush=True)
+            key = f"fan_out_{args.robots}x{args.rate:g}Hz_{args.browsers}_browsers"
+            results[key] = fan_out(browser, args.robots, args.rate, args.browsers, args.seconds, Path(tmp) / "fanout")
+            print(json.dumps(results[key]), flush=True)
         if args.only in (None, "slow"):
             results["slow_client"] = slow_client(args.robots, args.rate, args.seconds, Path(tmp) / "slow")
             print(json.dumps(results["slow_client"]), flush=True)

@@ -398,7 +398,8 @@ def _demo(args) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
                     transitions=args.transitions or None, randomise=args.randomise,
-                    on_fresh_folder=lambda folder: _record_settings(args, folder), dashboard_port=args.dashboard_port or None)
+                    on_fresh_folder=lambda folder: _record_settings(args, folder),
+                    dashboard_port=args.dashboard_port or None)
 
 
 def _plot(args) -> int:
@@ -806,7 +807,8 @@ _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's
 }
 
 
-_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim"), "dashboard": ("dashboard",)}  # checked up front
+_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim"),
+          "dashboard": ("dashboard",)}  # checked up front
 
 
 class _MissingExtras(Exception):

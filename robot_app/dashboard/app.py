@@ -255,7 +255,7 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
         return {"command_id": future.command_id, "robots": receipt.robots, "acknowledged": acked,
                 "pending": sorted(pending), "audit": entry}
 
-    @app.post("/api/stop", summary="Software stop: latch the e-stop of one robot, or of the fleet", **_needs("operator"))
+    @app.post("/api/stop", summary="Software stop: latch the e-stop of one robot, or the fleet's", **_needs("operator"))
     async def stop(body: StopBody, who: Identity = operator) -> dict:
         return await robot_command("software_stop", body.robot, who)
 

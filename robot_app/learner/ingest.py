@@ -271,8 +271,8 @@ class IngestServer:
         next_announcement = 0.0
         try:
             while not self._stop.is_set():
-                timeout_ms = 100 if self.dashboard is None else max(0, 1e3 * (self.dashboard.next_flush - time.monotonic()))
-                ready = dict(poller.poll(timeout=min(100, timeout_ms)))
+                due_ms = 100 if self.dashboard is None else 1e3 * (self.dashboard.next_flush - time.monotonic())
+                ready = dict(poller.poll(timeout=min(100, max(0, due_ms))))
                 if self.socket in ready:
                     self._drain()
                 if self.dashboard is not None:

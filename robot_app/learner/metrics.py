@@ -18,8 +18,8 @@ def robot_metrics(statuses: dict, link_age_s: dict[str, float]) -> list:
                                 labels=["robot"])
     latched = GaugeMetricFamily("robot_app_robot_latched", "1 while the robot's e-stop or a fault is latched",
                                 labels=["robot", "latch"])
-    interventions = CounterMetricFamily("robot_app_robot_interventions", "Ticks the safety supervisor changed a command",
-                                        labels=["robot", "reason"])
+    interventions = CounterMetricFamily("robot_app_robot_interventions",
+                                        "Ticks the safety supervisor changed a command", labels=["robot", "reason"])
     for robot, seconds in link_age_s.items():
         age.add_metric([robot], seconds)
     for robot, status in statuses.items():

@@ -152,8 +152,9 @@ class RobotLink:
 
     def _send_status(self, safety: tuple[str, str, str]) -> None:
         report = self.agent.report() if self.agent is not None else {}
-        counters = {"sent": self.sent, "acked": self.acked, "resends": self.resends, "policy_errors": self.policy_errors,
-                    "rejected": self.rejected, "errors": self.errors, "commands": self.commands}
+        counters = {"sent": self.sent, "acked": self.acked, "resends": self.resends,
+                    "policy_errors": self.policy_errors, "rejected": self.rejected, "errors": self.errors,
+                    "commands": self.commands}
         estop, fault, last_command = safety
         if self._send(Status(self.robot_id, self.running_version(), counters, estop, fault, report.get("episode", 0),
                              report.get("jitter_p99_us", 0.0), self.transitions.appended_through - self.acked_through,

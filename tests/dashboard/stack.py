@@ -152,18 +152,20 @@ class Stack:
     def fleet(self) -> dict:
         return self.get("/api/fleet")["robots"]
 
-    def wait_for(self, condition, timeout_s: float = 30.0, what: str = "the condition") -> None:
+    def wait_for(self, condition, timeout_s: float = 30.0, what: str = "the condition", ignore=()) -> None:
+        """Poll `condition`; fail if it times out or a process (but those in `ignore`) exits meanwhile."""
         deadline = time.monotonic() + timeout_s
         while not condition():
             for name, proc in self.procs:
-                assert proc.poll() is None, f"{name} exited with {proc.returncode}: {self.log(name)[-2000:]}"
+                assert name in ignore or proc.poll() is None, \
+                    f"{name} exited with {proc.returncode}: {self.log(name)[-2000:]}"
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.05)
 
-    def stop_process(self, name: str) -> None:
+    def stop_process(self, name: str, kill: bool = False) -> None:
         for role, proc in self.procs:
             if role == name and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
                 proc.wait(timeout=30)
 
     def stop(self) -> None:

@@ -127,10 +127,32 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(dashboard):
     assert [(e["action"], e["outcome"]) for e in audit(dashboard)] == [("rollback", "refused"), ("deploy", "refused")]
 
 
+def test_learning_rows_and_report_plots_come_through_the_typed_models(dashboard, tmp_path):
+    row = {"elapsed_s": 10.0, "transitions": 500, "updates": 100, "updates_per_transition": 0.2,
+           "configured_updates_per_transition": 1.0, "owed_updates": 0, "candidates": 0, "episodes": 2,
+           "recent_return": 80.5, "robots": {}, "running": {}, "rejected": {}, "quarantined": {}, "gate": None,
+           "losses": {"critic": 0.5, "alpha": 0.1}}
+    later = row | {"elapsed_s": 20.0, "transitions": 900, "updates": 400}
+    with open(tmp_path / "learner" / "progress.jsonl", "w") as f:
+        f.write("\n".join([json.dumps(row), '{"elapsed_s": "damaged"}', json.dumps(later), '{"half a line'])
+                )  # a damaged row is skipped, and the unfinished last line is not read
+    rows = dashboard.get("/api/learning", headers=auth(dashboard, "viewer")).json()
+    assert [r["transitions"] for r in rows] == [500, 900] and rows[1]["updates_per_s"] == 30.0
+    version = dashboard.versions[0]
+    folder = dashboard.registry / "reports" / version
+    folder.mkdir(parents=True)
+    (folder / "returns.png").write_bytes(b"\x89PNG not really")
+    answer = dashboard.get(f"/api/policies/{version}/plots/returns.png", headers=auth(dashboard, "viewer"))
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    missing = dashboard.get(f"/api/policies/{version}/plots/traces.png", headers=auth(dashboard, "viewer"))
+    assert missing.status_code == 404 and "has not been through the gate" in missing.json()["detail"]
+
+
 def test_a_foreign_origin_is_refused_on_requests_and_websockets(dashboard):
     viewer = auth(dashboard, "viewer")
     assert dashboard.get("/api/fleet", headers={**viewer, "Origin": ORIGIN}).status_code == 200
-    answer = dashboard.post("/api/stop", json={}, headers={**auth(dashboard, "operator"), "Origin": "http://evil.example"})
+    foreign = {**auth(dashboard, "operator"), "Origin": "http://evil.example"}
+    answer = dashboard.post("/api/stop", json={}, headers=foreign)
     assert answer.status_code == 403 and "evil.example" in answer.json()["detail"]
     protocols = ["robot-app.v1", f"bearer.{dashboard.tokens['viewer']}"]
     with dashboard.websocket_connect("/ws", subprotocols=protocols, headers={"Origin": ORIGIN}) as ws:
@@ -138,8 +160,9 @@ def test_a_foreign_origin_is_refused_on_requests_and_websockets(dashboard):
         assert message["fleet"] == {} and message["feed_age_s"] is None and message["dropped"] == 0
     from starlette.websockets import WebSocketDisconnect
 
-    for headers, offered in (({"Origin": "http://evil.example"}, protocols), ({}, protocols),
-                             ({"Origin": ORIGIN}, ["robot-app.v1", "bearer.wrong"]), ({"Origin": ORIGIN}, ["robot-app.v1"])):
+    refused = [({"Origin": "http://evil.example"}, protocols), ({}, protocols),
+               ({"Origin": ORIGIN}, ["robot-app.v1", "bearer.wrong"]), ({"Origin": ORIGIN}, ["robot-app.v1"])]
+    for headers, offered in refused:
         with pytest.raises(WebSocketDisconnect):
             with dashboard.websocket_connect("/ws", subprotocols=offered, headers=headers) as ws:
                 ws.receive_json()

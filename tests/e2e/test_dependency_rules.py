@@ -49,7 +49,8 @@ def test_the_dashboard_serves_with_torch_mujoco_and_onnx_blocked(tmp_path):
     result = run_python(
         f"BLOCKED = {{'torch', 'mujoco', 'dm_control', 'onnx', 'serial'}}\n{BLOCKER}\n"
         "import pkgutil, importlib, pathlib, robot_app.dashboard\n"
-        "for m in pkgutil.iter_modules(robot_app.dashboard.__path__): importlib.import_module('robot_app.dashboard.' + m.name)\n"
+        "for m in pkgutil.iter_modules(robot_app.dashboard.__path__):\n"
+        "    importlib.import_module('robot_app.dashboard.' + m.name)\n"
         "from robot_app.dashboard.app import DashboardConfig, create_app\n"
         "from robot_app.dashboard.feed import LearnerFeed\n"
         "from robot_app.robot.spec import load_robot_spec\n"

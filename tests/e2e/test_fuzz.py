@@ -204,7 +204,8 @@ def _envelopes(kinds):
 
 def _messages():
     scalars = st.sampled_from([
-        encode(Heartbeat("robot-1", 5)), encode(Heartbeat("robot-2", 5)), encode(Status("robot-1", "v", {"x": 1}, "", "", 0, 0.0, 0, {}, "")),
+        encode(Heartbeat("robot-1", 5)), encode(Heartbeat("robot-2", 5)),
+        encode(Status("robot-1", "v", {"x": 1}, "", "", 0, 0.0, 0, {}, "")),
         encode(PolicyRequest("robot-1", "nothing-published")), encode(PolicyAnnouncement("v", "00", 1, "")),
     ])
     kinds = ["heartbeat", "status", "transitions", "ack", "policy_request"]

@@ -54,7 +54,10 @@ function showLogin() {
 
 async function start() {
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fromUrl) { sessionStorage.setItem("robot-app-token", fromUrl); history.replaceState(null, "", location.pathname); }
+  if (fromUrl) {  // kept for this tab; taken off the address bar and the history
+    sessionStorage.setItem("robot-app-token", fromUrl);
+    history.replaceState(null, "", location.pathname);
+  }
   state.token = sessionStorage.getItem("robot-app-token");
   if (!state.token) { showLogin(); return; }
   try {
@@ -134,8 +137,9 @@ function append(robot, columns) {
   buffer.t.push(...columns.t); buffer.r.push(...columns.r);
   for (const name of ["q", "dq", "cmd", "act"]) columns[name].forEach((values, i) => buffer[name][i].push(...values));
   const latest = buffer.t[buffer.t.length - 1];
+  if (buffer.t[0] > latest - KEPT_S - 5) return;  // trimmed in steps of 5 s, not searched at every batch
   const cut = buffer.t.findIndex((t) => t >= latest - KEPT_S);
-  if (cut > 4096) {
+  if (cut > 0) {
     buffer.t.splice(0, cut); buffer.r.splice(0, cut);
     for (const name of ["q", "dq", "cmd", "act"]) buffer[name].forEach((series) => series.splice(0, cut));
   }
@@ -173,7 +177,8 @@ function renderFleet() {
   }));
   $("fleet-empty").hidden = robots.length > 0;
   const stopped = robots.filter((r) => r.estop).length;
-  $("fleet-state").textContent = robots.length ? `${stopped} of ${robots.length} robot${robots.length > 1 ? "s" : ""} e-stopped` : "";
+  const plural = robots.length > 1 ? "s" : "";
+  $("fleet-state").textContent = robots.length ? `${stopped} of ${robots.length} robot${plural} e-stopped` : "";
   $("fleet-state").className = `badge ${stopped ? "bad" : "ok"}`;
   const select = $("live-robot");
   if (select.options.length !== robots.length) {
@@ -211,7 +216,8 @@ function selectRobot(robot) {
 $("live-robot").addEventListener("change", (event) => selectRobot(event.target.value));
 
 function series(labels, dash) {
-  return labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.2, dash: dash ? dash[i] : undefined }));
+  return labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.2,
+    dash: dash ? dash[i] : undefined }));
 }
 
 function buildPlots(buffer) {
@@ -347,7 +353,8 @@ $("rollback").addEventListener("click", () => {
 
 function addEvent(event) {
   const list = $("event-list");
-  list.prepend(el("li", { class: `event ${event.kind}` }, `${event.at} ${event.robot ? event.robot + ": " : ""}${event.text}`));
+  const robot = event.robot ? `${event.robot}: ` : "";
+  list.prepend(el("li", { class: `event ${event.kind}` }, `${event.at} ${robot}${event.text}`));
   while (list.children.length > 200) list.lastChild.remove();
 }
 
