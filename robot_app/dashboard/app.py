@@ -25,7 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 from robot_app.common.reports import GateReport, ProgressRow
 from robot_app.dashboard.audit import AuditLog
 from robot_app.dashboard.feed import LearnerFeed
-from robot_app.dashboard.hub import Hub
+from robot_app.dashboard.hub import Client, Hub
 from robot_app.dashboard.tokens import ROLES, Identity, TokenError, TokenStore
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 
@@ -322,8 +322,8 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
             await websocket.close(code=1008)
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await hub.serve(_client(identity), websocket.send_text)
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the browser went away
+            await hub.serve(Client(identity.name, identity.role), websocket.send_text)
 
     # ---- metrics ----------------------------------------------------------------------------------------------------
 
@@ -343,12 +343,6 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
                         media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _client(identity: Identity):
-    from robot_app.dashboard.hub import Client
-
-    return Client(identity.name, identity.role)
 
 
 def _applied(state, command_id: str, command: str) -> bool:

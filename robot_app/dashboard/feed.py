@@ -28,7 +28,7 @@ from robot_app.transport.messages import (
 log = logging.getLogger(__name__)
 LINK_DOWN_S = 3.0  # a robot the learner has not heard for this long is shown down
 RATE_WINDOW_S = 60.0  # interventions per minute, over this window
-EVENTS_KEPT = 500
+RECEIPT_KEPT_S = 10.0  # a command's receipt is awaited this long at most
 
 
 def _rounded(values: np.ndarray, digits: int = 4) -> list:
@@ -103,6 +103,8 @@ class LearnerFeed:
         self.socket.rcvhwm = self.socket.sndhwm = 100
         self.socket.maxmsgsize = 2 * MAX_MESSAGE_BYTES
         self.socket.reconnect_ivl, self.socket.reconnect_ivl_max = 100, 5000
+        # Queue only on a live connection: a reset refused while the learner is away must not arrive when it is back.
+        self.socket.immediate = True
         if security_files:
             secure_client(self.socket, *security_files)
         self.socket.connect(endpoint)
@@ -111,7 +113,7 @@ class LearnerFeed:
         self.messages = self.rejected = 0
         self.samples = 0  # rows received
         self._commands: queue.Queue[tuple[RobotCommand, concurrent.futures.Future]] = queue.Queue()
-        self._waiting: dict[str, concurrent.futures.Future] = {}
+        self._waiting: dict[str, tuple[concurrent.futures.Future, float]] = {}  # id -> (future, sent at)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="learner-feed", daemon=True)
 
@@ -149,9 +151,11 @@ class LearnerFeed:
                 while not self._commands.empty():
                     command, future = self._commands.get_nowait()
                     if self._send(command):
-                        self._waiting[command.command_id] = future
+                        self._waiting[command.command_id] = (future, now)
                     else:
                         future.set_exception(ConnectionError("the learner is not reachable"))
+                for command_id in [c for c, (_, sent) in self._waiting.items() if now - sent > RECEIPT_KEPT_S]:
+                    del self._waiting[command_id]  # its caller gave up long ago
                 if self.socket.poll(5):  # ms: how soon a command goes out
                     self._receive_all()
         except Exception:
@@ -182,7 +186,7 @@ class LearnerFeed:
             if isinstance(message, Telemetry):
                 self._take(message)
             elif isinstance(message, CommandReceipt) and message.command_id in self._waiting:
-                self._waiting.pop(message.command_id).set_result(message)
+                self._waiting.pop(message.command_id)[0].set_result(message)
 
     def _take(self, telemetry: Telemetry) -> None:
         now = time.monotonic()

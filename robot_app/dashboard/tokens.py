@@ -50,18 +50,30 @@ class TokenStore:
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / TOKENS_FILE
-        self._entries = self._read()
+        self._stamp: tuple[int, int] | None = None  # (inode, mtime): write_atomic makes a new file each time
+        self._entries: list[_Entry] = []
+        self._read()
 
-    def _read(self) -> list[_Entry]:
-        if not self.path.exists():
-            return []
+    def _read(self) -> None:
+        """Read the file again if it changed: a token that `robot-app dashboard token remove` took away (in another
+        process) stops working at the next request."""
         try:
-            return [_Entry.model_validate(entry) for entry in json.loads(self.path.read_text())]
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._entries = None, []
+            return
+        stamp = (stat.st_ino, stat.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        try:
+            self._entries = [_Entry.model_validate(entry) for entry in json.loads(self.path.read_text())]
         except (ValueError, TypeError) as error:
             raise TokenError(f"{self.path}: not a token file ({error}); keep it and check it by hand") from None
+        self._stamp = stamp
 
     def add(self, name: str, role: str, created_at: str) -> str:
         """A new token for `name` with `role`; it is shown this once."""
+        self._read()
         if role not in ROLES:
             raise TokenError(f"role {role!r} is not one of {', '.join(ROLES)}")
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -75,17 +87,20 @@ class TokenStore:
         return token
 
     def remove(self, name: str) -> None:
+        self._read()
         if not any(entry.name == name for entry in self._entries):
             raise TokenError(f"no token named {name!r}")
         self._entries = [entry for entry in self._entries if entry.name != name]
         self._write()
 
     def list(self) -> list[dict]:
+        self._read()
         return [{"name": e.name, "role": e.role, "created_at": e.created_at} for e in self._entries]
 
     def identify(self, token: str) -> Identity | None:
         """The holder of `token`, or None. Every entry is compared, each in constant time, so the time taken says
         nothing about which entry, or how much of one, matched."""
+        self._read()
         found = None
         for entry in self._entries:
             if hmac.compare_digest(_digest(token, entry.salt), entry.digest):
@@ -95,3 +110,5 @@ class TokenStore:
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps([e.model_dump() for e in self._entries], indent=1).encode(), 0o600)
+        stat = self.path.stat()
+        self._stamp = (stat.st_ino, stat.st_mtime_ns)

@@ -183,6 +183,12 @@ def test_only_an_admin_manages_tokens_and_a_new_token_works_at_once(dashboard):
     assert [e["action"] for e in audit(dashboard)[:3]] == ["token remove", "token add", "token add"]
 
 
+def test_a_token_removed_by_another_process_stops_working_at_once(dashboard):
+    assert dashboard.get("/api/whoami", headers=auth(dashboard, "operator")).status_code == 200
+    TokenStore(dashboard.state).remove("alice")  # as `robot-app dashboard token remove alice` does
+    assert dashboard.get("/api/whoami", headers=auth(dashboard, "operator")).status_code == 401
+
+
 def test_tokens_are_kept_only_as_hashes_in_a_private_file(dashboard):
     path = dashboard.state / "tokens.json"
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"

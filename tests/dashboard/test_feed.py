@@ -15,6 +15,7 @@ from robot_app.transport.keys import generate_keys, secure_client
 from robot_app.transport.messages import Heartbeat, RobotCommand, TransitionChunk, decode, encode
 from robot_app.transport.robot_link import RobotLink
 from tests.conftest import wait_until
+from tests.dashboard.stack import free_port
 from tests.transport.test_transport import start, transition
 
 
@@ -174,3 +175,28 @@ def test_a_slow_browser_keeps_its_newest_batches_and_every_message_has_the_fleet
     assert '{"n":29}' not in message and '"dropped":300' in message
     assert hub.totals() == (MAX_QUEUED * 10, 300)
     assert not slow.queue
+
+
+def test_a_command_refused_while_the_learner_is_away_never_arrives_when_it_is_back(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    feed = LearnerFeed(endpoint, load_robot_spec("furuta"), None, on_update=lambda *_: None, heartbeat_s=0.2,
+                       context=zmq.Context()).start()
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server = server_thread = None
+    try:
+        with pytest.raises(ConnectionError, match="not reachable"):
+            feed.command(None, "reset", "alice").result(timeout=5)
+        server = IngestServer(store, "tcp://127.0.0.1:0", None, context=zmq.Context(), dashboard_endpoint=endpoint)
+        relayed = []
+        server._relay = lambda route, command: relayed.append(command)
+        server_thread = start(server.serve)
+        wait_until(lambda: server.dashboard.dashboards, timeout_s=20)  # connected: its heartbeats arrive
+        feed.command(None, "software_stop", "alice")
+        wait_until(lambda: relayed, timeout_s=5)
+        assert [c.command for c in relayed] == ["software_stop"]  # the reset refused before never came
+    finally:
+        feed.stop()
+        if server is not None:
+            server.stop()
+            server_thread.join(timeout=10)
+        store.close()
