@@ -121,7 +121,7 @@ class _Supervisor:
         if role.prints_port:
             role.port = role.proc.stdout.readline().strip()
             if not role.port:
-                _stop(role.proc)
+                terminate(role.proc)
                 return False
         write_atomic(self.out / PROCESSES, json.dumps({r.name: r.proc.pid for r in self.roles if r.proc}).encode())
         return True
@@ -142,7 +142,7 @@ class _Supervisor:
             if role.due is not None and now >= role.due and self._start(role):
                 for dependant in self.roles:
                     if dependant.depends_on is role and dependant.due is None:
-                        _stop(dependant.proc)
+                        terminate(dependant.proc)
                         self._start(dependant)
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -163,10 +163,11 @@ class _Supervisor:
     def stop(self) -> None:
         for role in reversed(self.roles):  # agents first (a safe stop each), then devices, then the learner
             if role.proc is not None:
-                _stop(role.proc)
+                terminate(role.proc)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, a minute to stop, then SIGKILL."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.common.signing import generate_signing_keys, load_signing_key, sign
 from robot_app.dashboard.server import add_token
+from robot_app.demo import terminate
 from robot_app.learner.registry import PolicyRegistry
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.keys import generate_keys
@@ -170,14 +171,8 @@ class Stack:
 
     def stop(self) -> None:
         order = sorted(self.procs, key=lambda p: ("agent" not in p[0], "device" not in p[0]))
-        for name, proc in order:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for _, proc in order:
+            terminate(proc)
 
     def audit(self, robot_id: str) -> dict:
         return json.loads(self.audits[robot_id].read_text())

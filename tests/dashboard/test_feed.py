@@ -48,11 +48,15 @@ def keys(tmp_path):
     return tmp_path
 
 
-def test_telemetry_and_a_software_stop_round_trip_with_the_robots_own_acknowledgement(keys, tmp_path):
+def secure_server(keys, tmp_path) -> tuple[IngestStore, IngestServer]:
     store = IngestStore(tmp_path / "ingest.sqlite")
-    server = IngestServer(store, "tcp://127.0.0.1:0", (keys / "learner.key_secret", keys / "allowed",
-                                                       keys / "dashboards"),
-                          context=zmq.Context(), dashboard_endpoint="tcp://127.0.0.1:0")
+    return store, IngestServer(store, "tcp://127.0.0.1:0", (keys / "learner.key_secret", keys / "allowed",
+                                                            keys / "dashboards"),
+                               context=zmq.Context(), dashboard_endpoint="tcp://127.0.0.1:0")
+
+
+def test_telemetry_and_a_software_stop_round_trip_with_the_robots_own_acknowledgement(keys, tmp_path):
+    store, server = secure_server(keys, tmp_path)
     server_thread = start(server.serve)
     outbox, agent = TransitionLog(tmp_path / "outbox.sqlite", chunk_rows=10), FakeAgent()
     link = RobotLink(outbox, server.endpoint, "robot-1", (keys / "robot-1.key_secret", keys / "learner.key"),
@@ -95,10 +99,7 @@ def test_telemetry_and_a_software_stop_round_trip_with_the_robots_own_acknowledg
 
 
 def test_a_robot_key_opens_no_dashboard_socket_and_a_dashboard_key_no_robot_socket(keys, tmp_path):
-    store = IngestStore(tmp_path / "ingest.sqlite")
-    server = IngestServer(store, "tcp://127.0.0.1:0", (keys / "learner.key_secret", keys / "allowed",
-                                                       keys / "dashboards"),
-                          context=zmq.Context(), dashboard_endpoint="tcp://127.0.0.1:0")
+    store, server = secure_server(keys, tmp_path)
     server_thread = start(server.serve)
     context = zmq.Context()
     try:
