@@ -103,11 +103,31 @@ def stop_latency(browser, stops: int, folder: Path) -> dict:
             "rate_hz": 50, "bar_p99_ms": 100}
 
 
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of every core, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+RENDERER = ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")
+
+
+def renderer_seconds(session) -> dict[str, float]:
+    """What Chromium's renderer main thread spent, by kind (CDP Performance.getMetrics): the page's own profile."""
+    metrics = {m["name"]: m["value"] for m in session.send("Performance.getMetrics")["metrics"]}
+    return {name: metrics.get(name, 0.0) for name in RENDERER}
+
+
 def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, folder: Path) -> dict:
     with Stack(folder, robots=robots, rate_hz=rate, episode_s=8.0) as stack:
         pages = [open_page(browser, stack, f"robot-{i % robots}") for i in range(browsers)]
-        for page in pages:
+        sessions = [page.context.new_cdp_session(page) for page in pages]
+        for page, session in zip(pages, sessions):
+            session.send("Performance.enable")
             page.evaluate("window.dashboardStats.frames = []; window.dashboardStats.work = []")
+        renderer0 = [renderer_seconds(session) for session in sessions]
+        busy0 = machine_busy()
         dashboard = pid_of(stack, "dashboard")
         cpu0, _ = proc_stats(dashboard)
         delivered0, dropped0 = (metric(stack, f"robot_app_dashboard_samples_{k}_total") for k in ("delivered", "dropped"))
@@ -115,6 +135,9 @@ def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, fo
         time.sleep(seconds)
         wall = time.monotonic() - started
         cpu1, rss = proc_stats(dashboard)
+        busy1 = machine_busy()
+        renderer = [{name: round((after[name] - before[name]) / wall, 3) for name in RENDERER}
+                    for before, after in zip(renderer0, (renderer_seconds(session) for session in sessions))]
         delivered1, dropped1 = (metric(stack, f"robot_app_dashboard_samples_{k}_total") for k in ("delivered", "dropped"))
         frames = [f for page in pages for f in page.evaluate("window.dashboardStats.frames")]
         work = [w for page in pages for w in page.evaluate("window.dashboardStats.work")]
@@ -130,6 +153,8 @@ def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, fo
             "frame_interval_ms": dict(zip(("p50", "p99", "max"), quantiles(frames, 0.5, 0.99, 1.0))),
             "frame_work_ms": dict(zip(("p50", "p99", "max"), quantiles(work, 0.5, 0.99, 1.0))),
             "robots_dropped_by_learner": {r: row["dropped"] for r, row in learner_rows.items()},
+            "machine_busy_share": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3),
+            "renderer_main_thread_s_per_s": renderer,
             "bars": {"cpu_share": 0.25, "frame_p99_ms": 20}}
 
 
