@@ -447,14 +447,14 @@ def _dashboard(args) -> int:
     spec = load_robot_spec(args.robot)
     if not TokenStore(args.state).list():
         logging.getLogger(__name__).warning("no tokens yet: `robot-app dashboard token add NAME --role operator "
-                                            "--state %s` makes one", args.state)
+                                            "--state %s` makes one", args.state)  # --state goes either side
     sock = server.bind(args.host, args.port, args.public)
     port = sock.getsockname()[1]
     config = DashboardConfig(state=Path(args.state), origins=server.origins(args.host, port, args.origin or []),
                              registry=Path(args.registry) if args.registry else None,
                              learner_out=Path(args.learner_out) if args.learner_out else None)
     app = create_app(config, LearnerFeed(args.learner, spec, security, on_update=lambda *_: None))
-    print(f"dashboard on http://{args.host}:{port}/ (telemetry from {args.learner})", flush=True)
+    print(f"dashboard on http://{server.url_host(args.host)}:{port}/ (telemetry from {args.learner})", flush=True)
     server.serve(app, sock)
     return 0
 
@@ -764,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_sub = dashboard.add_subparsers(dest="dashboard_command", metavar="token", parser_class=_Parser)
     token = dashboard_sub.add_parser("token", help="add, list or remove the dashboard's bearer tokens")
     token.add_argument("action", choices=["add", "list", "remove"])
+    token.add_argument("--state", default=argparse.SUPPRESS, help="the dashboard's folder (default dashboard/)")
     token.add_argument("name", nargs="?", help="add, remove: the token's name (who holds it, for the audit log)")
     token.add_argument("--role", choices=["viewer", "operator", "admin"],
                        help="add: viewer reads; operator also stops, resets, deploys, rolls back; admin manages tokens")

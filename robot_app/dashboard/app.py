@@ -34,6 +34,11 @@ STATIC = Path(__file__).parent / "static"
 SUBPROTOCOL = "robot-app.v1"  # the page offers it and "bearer.<token>"; the dashboard answers with this one
 ACK_TIMEOUT_S = 2.0  # how long a stop or reset waits for the learner's receipt, then for the robots' reports
 REPORT_PLOTS = ("returns.png", "traces.png")
+TOKEN_RECHECK_S = 1.0  # how often an open WebSocket's token is checked again
+
+
+class TokenRevoked(Exception):
+    """The token that opened a WebSocket was removed."""
 
 
 @dataclasses.dataclass
@@ -229,8 +234,9 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
 
     async def robot_command(command: str, robot: str | None, who: Identity) -> dict:
         target = robot or "fleet"
-        if robot is not None and robot not in feed.robots:
-            raise HTTPException(404, f"no robot {robot!r} in the fleet (known: {', '.join(feed.robots) or 'none'})")
+        known = list(feed.robots)  # the feed thread adds to it
+        if robot is not None and robot not in known:
+            raise HTTPException(404, f"no robot {robot!r} in the fleet (known: {', '.join(known) or 'none'})")
         future = feed.command(robot, command, f"{who.name} (dashboard)")
         started = time.monotonic()
         try:
@@ -322,8 +328,22 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
             await websocket.close(code=1008)
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
+        checked = time.monotonic()
+
+        async def send(text: str) -> None:
+            nonlocal checked
+            if time.monotonic() - checked > TOKEN_RECHECK_S:  # a removed token closes the sockets it opened
+                checked = time.monotonic()
+                if tokens.identify(token) is None:
+                    raise TokenRevoked
+            await websocket.send_text(text)
+
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the browser went away
-            await hub.serve(Client(identity.name, identity.role), websocket.send_text)
+            try:
+                await hub.serve(Client(identity.name, identity.role), send)
+            except TokenRevoked:
+                log.warning("closed %s's WebSocket: the token was removed", identity.name)
+                await websocket.close(code=1008)
 
     # ---- metrics ----------------------------------------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ class LearnerFeed:
         return time.monotonic() - self.last_telemetry if self.last_telemetry else float("inf")
 
     def fleet(self) -> dict:
-        return {robot: state.row() for robot, state in sorted(self.robots.items())}
+        return {robot: state.row() for robot, state in sorted(list(self.robots.items()))}  # the feed thread adds
 
     def command(self, robot_id: str | None, command: str, issued_by: str) -> concurrent.futures.Future:
         """Send a software stop or reset to one robot (or, with None, the fleet); the Future gets the learner's

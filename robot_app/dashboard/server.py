@@ -37,9 +37,14 @@ def bind(host: str, port: int, public: bool) -> socket.socket:
     return sock
 
 
+def url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def origins(host: str, port: int, extra: list[str]) -> set[str]:
     """The Origins a browser on the dashboard's own page sends."""
-    names = {"127.0.0.1", "localhost"} if host in LOOPBACK else {host}
+    names = {"127.0.0.1", "localhost", "[::1]"} if host in LOOPBACK else {url_host(host)}
     return {f"http://{name}:{port}" for name in names} | {origin.rstrip("/") for origin in extra}
 
 

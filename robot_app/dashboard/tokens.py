@@ -7,10 +7,11 @@ import hmac
 import json
 import secrets
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from robot_app.common.files import write_atomic
+from robot_app.common.files import describe_validation, write_atomic
 
 ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
 TOKENS_FILE = "tokens.json"
@@ -25,16 +26,19 @@ class Identity(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     name: str
-    role: str
+    role: Role
 
     def may(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+Role = Literal["viewer", "operator", "admin"]
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    role: str
+    role: Role
     salt: str
     digest: str
     created_at: str
@@ -67,6 +71,9 @@ class TokenStore:
             return
         try:
             self._entries = [_Entry.model_validate(entry) for entry in json.loads(self.path.read_text())]
+        except ValidationError as error:
+            raise TokenError(f"{self.path}: not a token file ({describe_validation(error)}); keep it and check it "
+                             "by hand") from None
         except (ValueError, TypeError) as error:
             raise TokenError(f"{self.path}: not a token file ({error}); keep it and check it by hand") from None
         self._stamp = stamp

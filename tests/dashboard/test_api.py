@@ -13,8 +13,8 @@ from robot_app.common.signing import generate_signing_keys
 from robot_app.dashboard.app import DashboardConfig, create_app
 from robot_app.dashboard.audit import AuditLog
 from robot_app.dashboard.feed import LearnerFeed
-from robot_app.dashboard.server import ServingError, add_token, bind
-from robot_app.dashboard.tokens import TokenStore
+from robot_app.dashboard.server import ServingError, add_token, bind, origins
+from robot_app.dashboard.tokens import TokenError, TokenStore
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.learner.registry import PolicyRegistry
 from robot_app.robot.spec import load_robot_spec
@@ -189,6 +189,31 @@ def test_a_token_removed_by_another_process_stops_working_at_once(dashboard):
     assert dashboard.get("/api/whoami", headers=auth(dashboard, "operator")).status_code == 401
 
 
+def test_a_removed_token_closes_the_websockets_it_opened(dashboard):
+    from starlette.websockets import WebSocketDisconnect
+
+    protocols = ["robot-app.v1", f"bearer.{dashboard.tokens['viewer']}"]
+    with dashboard.websocket_connect("/ws", subprotocols=protocols, headers={"Origin": ORIGIN}) as ws:
+        ws.receive_json()
+        TokenStore(dashboard.state).remove("victor")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            for _ in range(200):  # 25 a second; the token is checked again every second
+                ws.receive_json()
+    assert closed.value.code == 1008
+
+
+def test_a_hand_edited_token_file_with_an_unknown_role_is_refused_by_name(tmp_path):
+    (tmp_path / "tokens.json").write_text('[{"name": "x", "role": "root", "salt": "00", "digest": "00", '
+                                          '"created_at": "now"}]')
+    with pytest.raises(TokenError, match="tokens.json: not a token file.*role"):
+        TokenStore(tmp_path)
+
+
+def test_the_dashboards_own_origins_include_ipv6_loopback_in_brackets():
+    assert origins("::1", 8000, []) == {"http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"}
+    assert origins("10.0.0.5", 80, ["https://robots.example/"]) == {"http://10.0.0.5:80", "https://robots.example"}
+
+
 def test_tokens_are_kept_only_as_hashes_in_a_private_file(dashboard):
     path = dashboard.state / "tokens.json"
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
@@ -241,3 +266,15 @@ def test_serving_beyond_loopback_needs_public(caplog):
     sock = bind("0.0.0.0", 0, public=True)
     sock.close()
     assert "WITHOUT TLS" in caplog.text
+
+
+def test_token_commands_take_state_on_either_side_of_token(tmp_path, capsys):
+    from robot_app.cli import main
+
+    assert main(["dashboard", "token", "add", "bob", "--role", "viewer", "--state", str(tmp_path / "a")]) == 0
+    assert main(["dashboard", "--state", str(tmp_path / "b"), "token", "add", "eve", "--role", "admin"]) == 0
+    tokens = capsys.readouterr().out.split()
+    assert TokenStore(tmp_path / "a").identify(tokens[0]).name == "bob"
+    assert TokenStore(tmp_path / "b").identify(tokens[1]).role == "admin"
+    assert main(["dashboard", "token", "add", "bob", "--role", "viewer", "--state", str(tmp_path / "a")]) == 2
+    assert "a token named 'bob' exists" in capsys.readouterr().err

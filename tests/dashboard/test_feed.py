@@ -164,6 +164,29 @@ def test_a_dashboard_that_never_reads_costs_the_learner_bounded_memory_and_is_co
         context.destroy(linger=0)
 
 
+def test_rows_past_what_one_message_holds_are_dropped_and_counted_and_the_safety_state_still_goes(monkeypatch):
+    import robot_app.transport.messages as messages
+
+    context = zmq.Context()
+    feed = DashboardFeed(context, "tcp://127.0.0.1:0", None, lambda *_: None,
+                         lambda s, e: f"{e[:-2]}:{s.bind_to_random_port(e[:-2])}")
+    listener = context.socket(zmq.DEALER)
+    listener.connect(feed.endpoint)
+    try:
+        listener.send(encode(Heartbeat("dashboard", 1)))
+        wait_until(lambda: feed.receive() == [] and feed.dashboards, timeout_s=5)
+        feed.add("robot-1", chunk(1, 2000))
+        monkeypatch.setattr(messages, "MAX_MESSAGE_BYTES", 20_000)  # as if many robots' rings were full
+        now = next(iter(feed.dashboards.values()))
+        feed.flush(now, {}, {"robot-1": now - 0.5})
+        message = decode(listener.recv())
+        assert message.chunks == {} and message.dropped == {"robot-1": 2000} and message.link_age_s == {"robot-1": 0.5}
+    finally:
+        listener.close(linger=0)
+        feed.close()
+        context.destroy(linger=0)
+
+
 def test_a_slow_browser_keeps_its_newest_batches_and_every_message_has_the_fleets_safety_state():
     hub = Hub(lambda: 0.02)
     slow = Client("victor", "viewer")
