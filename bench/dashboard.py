@@ -119,6 +119,20 @@ def renderer_seconds(session) -> dict[str, float]:
     return {name: metrics.get(name, 0.0) for name in RENDERER}
 
 
+def top_functions(profile: dict, count: int = 10) -> list[dict]:
+    """A CDP CPU profile's self time by function, largest first: the share of the profile's samples."""
+    by_node = {node["id"]: node for node in profile["nodes"]}
+    hits: dict[str, int] = {}
+    for node_id in profile["samples"]:
+        frame = by_node[node_id]["callFrame"]
+        name = f"{frame['functionName'] or '(anonymous)'} {Path(frame['url']).name}:{frame['lineNumber'] + 1}" \
+            if frame["url"] else frame["functionName"] or "(anonymous)"
+        hits[name] = hits.get(name, 0) + 1
+    total = max(len(profile["samples"]), 1)
+    return [{"function": name, "share": round(n / total, 3)}
+            for name, n in sorted(hits.items(), key=lambda item: -item[1])[:count]]
+
+
 def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, folder: Path) -> dict:
     with Stack(folder, robots=robots, rate_hz=rate, episode_s=8.0) as stack:
         pages = [open_page(browser, stack, f"robot-{i % robots}") for i in range(browsers)]
@@ -127,6 +141,8 @@ def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, fo
             session.send("Performance.enable")
             page.evaluate("window.dashboardStats.frames = []; window.dashboardStats.work = []")
         renderer0 = [renderer_seconds(session) for session in sessions]
+        sessions[0].send("Profiler.enable")
+        sessions[0].send("Profiler.start")
         busy0 = machine_busy()
         dashboard = pid_of(stack, "dashboard")
         cpu0, _ = proc_stats(dashboard)
@@ -136,6 +152,7 @@ def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, fo
         wall = time.monotonic() - started
         cpu1, rss = proc_stats(dashboard)
         busy1 = machine_busy()
+        profile = sessions[0].send("Profiler.stop")["profile"]
         renderer = [{name: round((after[name] - before[name]) / wall, 3) for name in RENDERER}
                     for before, after in zip(renderer0, (renderer_seconds(session) for session in sessions))]
         delivered1, dropped1 = (metric(stack, f"robot_app_dashboard_samples_{k}_total") for k in ("delivered", "dropped"))
@@ -155,6 +172,7 @@ def fan_out(browser, robots: int, rate: float, browsers: int, seconds: float, fo
             "robots_dropped_by_learner": {r: row["dropped"] for r, row in learner_rows.items()},
             "machine_busy_share": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3),
             "renderer_main_thread_s_per_s": renderer,
+            "first_page_cpu_profile_top": top_functions(profile),
             "bars": {"cpu_share": 0.25, "frame_p99_ms": 20}}
 
 

@@ -245,12 +245,22 @@ function drawLive() {
   const latest = buffer.t[buffer.t.length - 1];
   let from = buffer.t.length - 1;
   while (from > 0 && buffer.t[from - 1] >= latest - windowS) from--;
-  const t = buffer.t.slice(from);
-  const cut = (columns) => columns.map((values) => values.slice(from));
+  // At most two points per pixel column (more cost drawing time and show nothing more), and a gap kept a gap.
+  const columns = 2 * state.plots.q.bbox.width / devicePixelRatio;
+  const stride = Math.max(1, Math.floor((buffer.t.length - from) / columns));
+  const picks = [];
+  for (let i = from; i < buffer.t.length; i += stride) {
+    const last = picks[picks.length - 1];
+    if (last !== undefined && buffer.t[i] - buffer.t[last] > GAP_S) picks.push(-1 - last);  // a gap after `last`
+    picks.push(i);
+  }
+  const every = (values) => picks.map((i) => (i >= 0 ? values[i] : null));
+  const t = picks.map((i) => (i >= 0 ? buffer.t[i] : buffer.t[-1 - i] + 1e-3));
+  const cut = (series) => series.map(every);
   const low = state.robot.command_low, high = state.robot.command_high;
   const limits = low.flatMap((l, i) => [t.map(() => l), t.map(() => high[i])]);
   const data = { q: [t, ...cut(buffer.q)], dq: [t, ...cut(buffer.dq)],
-    cmd: [t, ...cut(buffer.cmd), ...cut(buffer.act), ...limits], r: [t, buffer.r.slice(from)] };
+    cmd: [t, ...cut(buffer.cmd), ...cut(buffer.act), ...limits], r: [t, every(buffer.r)] };
   for (const [name, plot] of Object.entries(state.plots)) {
     plot.setData(data[name], false);
     plot.setScale("x", { min: latest - windowS, max: latest });
