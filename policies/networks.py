@@ -32,10 +32,11 @@ class SquashedGaussianActor(nn.Module):
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw_log_std) + 1)
         return mean, log_std
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterised action in (-1, 1) and its log-prob, shape [..., 1]."""
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in (-1, 1) and its log-prob, shape [..., 1]. noise: the standard normal draw, for
+        a caller with a generator of its own (the planner); default a fresh one."""
         mean, log_std = self.distribution_params(obs)
-        noise = torch.randn_like(mean)
+        noise = torch.randn_like(mean) if noise is None else noise
         pre_tanh = mean + log_std.exp() * noise
         action = torch.tanh(pre_tanh)
         gaussian_log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
