@@ -58,7 +58,7 @@ def _endpoint(text: str) -> str:
 
 
 _RUN_FLAGS = ("env", "horizon", "steps", "seed", "action_repeat", "eval_every", "eval_episodes", "random_steps",
-              "checkpoint_every")  # train's flags that are TrainConfig fields
+              "checkpoint_every", "plan_eval")  # train's flags that are TrainConfig fields
 
 
 def _train(args) -> int:
@@ -85,16 +85,29 @@ def _evaluate(args) -> int:
 
     from sim.envs import evaluate_artifact, evaluate_returns, make_env
 
+    planning = {name: getattr(args, name) for name in ("samples", "iterations", "elites", "horizon")
+                if getattr(args, name) is not None}
+    if planning and not args.plan:
+        raise _UsageError(f"--{', --'.join(planning)} set the planner: add --plan")
     if Path(args.target).suffix == ".onnx":
+        if args.plan:
+            raise _UsageError("--plan needs the learned model: give the run folder or a checkpoint, not an .onnx")
         name, returns = evaluate_artifact(args.target, args.episodes, args.seed, progress="evaluating")
     else:
+        from policies.planner import Planner, PlannerConfig
         from robot_app.learner.training import load_agent
 
         loaded = load_agent(args.target)
         env = make_env(loaded.config.env, args.seed, loaded.config.action_repeat)
-        returns = evaluate_returns(env, lambda obs: loaded.agent.act(obs, deterministic=True), args.episodes,
-                                   progress="evaluating")
-        name = loaded.config.env
+        if args.plan:
+            config = PlannerConfig(**planning)
+            planner = Planner(loaded.agent, config, seed=args.seed)
+            act, reset = planner.plan, planner.reset
+            logging.getLogger(__name__).info("planning: %s", config)
+        else:
+            act, reset = (lambda obs: loaded.agent.act(obs, deterministic=True)), None
+        returns = evaluate_returns(env, act, args.episodes, progress="evaluating", reset=reset)
+        name = f"{loaded.config.env}{' (planned)' if args.plan else ''}"
     print(f"{name}: return {np.mean(returns):.1f} ± {np.std(returns):.1f} over {args.episodes} episodes "
           f"(min {np.min(returns):.1f}, max {np.max(returns):.1f})")
     return 0
@@ -558,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train SAC-SVG(H) on a simulated task")
     train.add_argument("--env", help="e.g. dmc:cartpole-swingup")
     train.add_argument("--horizon", type=int, help="model expansion steps H; 0 is SAC (default 3)")
+    train.add_argument("--plan-eval", action="store_true", default=None,
+                       help="at each evaluation, also evaluate with CEM-MPC planning over the model (in eval.jsonl)")
     train.add_argument("--steps", type=_positive, help="simulator env steps (default 50000)")
     train.add_argument("--seed", type=int)
     train.add_argument("--action-repeat", type=_positive, help="default: per-domain (cartpole 8, reacher 4, ...)")
@@ -576,6 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     evaluate.add_argument("--episodes", type=_positive, default=10)
     evaluate.add_argument("--seed", type=int, default=2024)
+    evaluate.add_argument("--plan", action="store_true",
+                          help="act by CEM-MPC planning over the run's learned model (a run or checkpoint only)")
+    evaluate.add_argument("--samples", type=_positive, help="--plan: action sequences per decision (default 256)")
+    evaluate.add_argument("--iterations", type=_positive, help="--plan: refits per decision (default 4)")
+    evaluate.add_argument("--elites", type=_positive, help="--plan: sequences each refit keeps (default 32)")
+    evaluate.add_argument("--horizon", type=_positive, help="--plan: steps planned (default: the run's SVG horizon)")
     evaluate.set_defaults(handler=_evaluate)
 
     export = sub.add_parser("export", help="export a run's deterministic actor to ONNX (with a parity check)")

@@ -98,7 +98,10 @@ def make_env(name: str, seed: int, action_repeat: int | None = None) -> Env:
     return ENV_FAMILIES[family](rest, seed, action_repeat)
 
 
-def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
+def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray], reset: Callable[[], None] | None = None) -> float:
+    """reset: called before the episode (a planner drops its warm start)."""
+    if reset is not None:
+        reset()
     obs, total, done = env.reset(), 0.0, False
     while not done:
         result = env.step(act(obs))
@@ -107,15 +110,15 @@ def run_episode(env: Env, act: Callable[[np.ndarray], np.ndarray]) -> float:
 
 
 def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes: int,
-                     progress: str | None = None) -> list[float]:
+                     progress: str | None = None, reset: Callable[[], None] | None = None) -> list[float]:
     """Returns of `episodes` episodes, act(obs) giving actions in [-1, 1]. `progress` names the work for a bar on a
-    terminal, or a log line per episode elsewhere."""
+    terminal, or a log line per episode elsewhere. reset: called before each episode."""
     if progress is None:
-        return [run_episode(env, act) for _ in range(episodes)]
+        return [run_episode(env, act, reset) for _ in range(episodes)]
     returns: list[float] = []
     with Progress(episodes, progress, unit="episode", every_s=0, log=log) as bar:
         for _ in range(episodes):
-            returns.append(run_episode(env, act))
+            returns.append(run_episode(env, act, reset))
             bar.set_postfix(last_return=f"{returns[-1]:.1f}")
             bar.update()
     return returns

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.learning import default_device, non_finite, sample_and_update
+from policies.planner import Planner, PlannerConfig
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
 from robot_app.common.files import load_json_model, write_atomic
@@ -57,11 +58,20 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(10_000, ge=1)  # env steps; taken at the next episode boundary
     replay_capacity: int = Field(1_000_000, ge=1)
     agent: dict = Field(default_factory=dict)  # overrides of SACSVGConfig fields
+    plan_eval: bool = False  # evaluate with the CEM-MPC planner too, beside the policy, at every evaluation
+    planner: dict = Field(default_factory=dict)  # overrides of PlannerConfig fields
 
     @model_validator(mode="after")
     def _learns(self) -> "TrainConfig":
         if self.random_steps is None:
             self.random_steps = min(4_000, self.steps // 4)
+        if self.plan_eval and self.horizon == 0 and not self.planner.get("horizon"):
+            raise ValueError("plan_eval needs a model to plan with: SAC (horizon 0) trains none (give --horizon 1 or "
+                             "more)")
+        try:
+            PlannerConfig(**self.planner)  # a bad planner setting fails before the run starts
+        except TypeError as error:
+            raise ValueError(f"planner: {error}") from None
         if self.random_steps >= self.steps:
             raise ValueError(f"random_steps {self.random_steps} is not below steps {self.steps}: the run would end "
                              "before its first update (give --random-steps below --steps)")
@@ -262,6 +272,14 @@ class Trainer:
         self.last_eval = float(np.mean(returns))
         row = {"env_step": self.env_steps, "return_mean": self.last_eval, "return_std": float(np.std(returns)),
                "return_min": float(np.min(returns)), "return_max": float(np.max(returns)), "returns": returns}
+        if self.config.plan_eval:  # the same checkpoint, planned: episodes of their own, after the policy's
+            planner = Planner(self.agent, PlannerConfig(**self.config.planner), seed=self.config.seed + self.env_steps)
+            planned = evaluate_returns(self.eval_env, planner.plan, self.config.eval_episodes, reset=planner.reset)
+            row |= {"plan_return_mean": float(np.mean(planned)), "plan_return_std": float(np.std(planned)),
+                    "plan_returns": planned}
+            self.scalars.add(self.env_steps, {"eval/plan_return_mean": row["plan_return_mean"]})
+            log.info("env step %d: planned eval return %.1f ± %.1f", self.env_steps, row["plan_return_mean"],
+                     row["plan_return_std"])
         with open(self.out / "eval.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         self.scalars.add(self.env_steps, {"eval/return_mean": self.last_eval, "eval/return_min": row["return_min"]})

@@ -22,7 +22,7 @@ def test_train_evaluate_export_smoke(tmp_path):
     run = tmp_path / "smoke"
     result = robot_app("train", "--env", "dmc:cartpole-swingup", "--horizon", "3", "--steps", "2000",
                        "--random-steps", "1000", "--eval-every", "1000", "--eval-episodes", "2", "--seed", "0",
-                       "--out", run)
+                       "--plan-eval", "--out", run)
     assert result.returncode == 0, result.stderr
     assert "evaluation return" in result.stdout
     assert "MUJOCO_GL" not in result.stderr  # absl's line from dm_control
@@ -33,10 +33,15 @@ def test_train_evaluate_export_smoke(tmp_path):
     assert "dynamics_loss" in metrics[-1]
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [e["env_step"] for e in evals] == [1000, 2000]
+    assert all(len(e["plan_returns"]) == 2 and e["plan_return_mean"] >= 0 for e in evals)  # beside the policy's
 
     result = robot_app("evaluate", run, "--episodes", "2")
     assert result.returncode == 0, result.stderr
     assert "dmc:cartpole-swingup: return" in result.stdout
+    result = robot_app("evaluate", run, "--episodes", "1", "--plan", "--samples", "64", "--iterations", "2",
+                       "--elites", "8")
+    assert result.returncode == 0, result.stderr
+    assert "dmc:cartpole-swingup (planned): return" in result.stdout
 
     onnx_path = tmp_path / "policy.onnx"
     result = robot_app("export", run, "--out", onnx_path)
@@ -48,6 +53,8 @@ def test_train_evaluate_export_smoke(tmp_path):
 
     result = robot_app("evaluate", onnx_path, "--episodes", "1")
     assert result.returncode == 0, result.stderr
+    result = robot_app("evaluate", onnx_path, "--plan")
+    assert result.returncode == 2 and "--plan needs the learned model" in result.stderr
 
     result = robot_app("plot", run)
     assert result.returncode == 0, result.stderr

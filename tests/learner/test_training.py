@@ -75,3 +75,15 @@ def test_unreadable_checkpoints_raise_a_clear_error(tmp_path):
         load_agent(garbage)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_agent(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"horizon": 0, "plan_eval": True}, "plan_eval needs a model"),
+    ({"plan_eval": True, "planner": {"sample": 64}}, "planner: .*unexpected keyword argument 'sample'"),
+    ({"plan_eval": True, "planner": {"elites": 0}}, "elites must be in 1..samples"),
+])
+def test_planned_evaluation_settings_are_checked_before_a_run_starts(settings, words):
+    from robot_app.learner.training import TrainConfig
+
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(env="dmc:cartpole-swingup", **settings)
