@@ -6,8 +6,10 @@ import dataclasses
 
 import numpy as np
 import torch
+from torch import nn
 
 from policies.sac_svg import SACSVG, soft_value_expansion
+from robot_app.common.planning import noise_shapes, warm_start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +40,16 @@ class PlannerConfig:
         if not 0 < self.min_std <= self.max_std:
             raise ValueError(f"need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}")
 
+    def noise_shapes(self, horizon: int, action_dim: int) -> dict[str, tuple[int, ...]]:
+        return noise_shapes(self.samples, self.policy_samples, self.iterations, horizon, action_dim)
 
-class Planner:
-    """Plans one action per call, of fixed tensor shapes: N sequences of H actions in [-1, 1], scored by
+
+class PlanningGraph(nn.Module):
+    """One decision as a pure function of fixed shapes, so the robot runs this very graph (exported to ONNX):
+
+        (raw observation, warm-start mean [H, act], the decision's noise) -> (first action in [-1, 1], final mean)
+
+    N sequences of H actions in [-1, 1] are scored by
 
         sum_{t<H} g^t w_t r(x_t, a_t) + g^H w_H V(x_H),  V(x) = min Q(x, a) - alpha log pi(a|x), a ~ pi(x),
         w_t = prod_{k<t} (1 - d(x_k, a_k)),
@@ -50,80 +59,93 @@ class Planner:
     Hidden state: every sequence starts at the current observation from the dynamics' zero state. That is the state
     the model has at any step it is asked about: it is trained from zero at the start of every replay window, and the
     actor's value expansion starts there too, so no state is carried between decisions.
-
-    Warm start: the previous decision's final mean, shifted one step (its last step repeated); reset() drops it at an
-    episode's start. Given a seed, the decisions are the same every run.
     """
 
-    def __init__(self, agent: SACSVG, config: PlannerConfig = PlannerConfig(), seed: int = 0):
-        self.agent, self.config = agent, config
-        self.horizon = config.horizon or agent.config.horizon
-        if self.horizon < 1:
+    def __init__(self, agent: SACSVG, config: PlannerConfig, horizon: int):
+        super().__init__()
+        self.config, self.horizon, self.gamma = config, horizon, agent.config.gamma
+        self.normalizer, self.actor, self.critic = agent.normalizer, agent.actor, agent.critic
+        self.dynamics, self.reward_model, self.done_model = agent.dynamics, agent.reward_model, agent.done_model
+        self.register_buffer("alpha", agent.alpha.detach().clone())  # the temperature when the planner was made
+
+    def sequence_values(self, x0: torch.Tensor, actions: torch.Tensor, terminal_noise: torch.Tensor) -> torch.Tensor:
+        """The objective of each sequence: x0 [N, obs] normalised, actions [H, N, act] -> [N]."""
+        rewards, done_probs = [], []
+        x, state = x0, self.dynamics.initial_state(x0.shape[0], x0.device)
+        for action in actions:
+            rewards.append(self.reward_model(x, action))
+            done_probs.append(torch.sigmoid(self.done_model(x, action)))
+            x, state = self.dynamics.step(x, action, state)
+        terminal_action, terminal_log_prob = self.actor.sample(x, terminal_noise)
+        log_probs = torch.cat([torch.zeros_like(terminal_log_prob).expand(len(actions), -1, -1),
+                               terminal_log_prob[None]])  # entropy counts at the value's state only
+        value = soft_value_expansion(torch.stack(rewards), log_probs, torch.stack(done_probs),
+                                     self.critic.min_q(x, terminal_action), self.alpha, self.gamma)
+        return value.squeeze(-1)
+
+    def policy_sequences(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """pi's rollouts through the model from x0 [1, obs], one per noise column [H, P, act], then one of pi's mean:
+        [H, P+1, act]."""
+        count = noise.shape[1]
+        x = x0.expand(count + 1, -1)
+        state = self.dynamics.initial_state(count + 1, x0.device)
+        actions = []
+        for step_noise in noise:
+            sampled, _ = self.actor.sample(x[:count], step_noise)
+            action = torch.cat([sampled, self.actor.act_deterministic(x[count:])])
+            actions.append(action)
+            x, state = self.dynamics.step(x, action, state)
+        return torch.stack(actions)
+
+    def forward(self, obs: torch.Tensor, warm_mean: torch.Tensor, policy_noise: torch.Tensor,
+                gaussian_noise: torch.Tensor, terminal_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        x0 = self.normalizer(obs.reshape(1, -1))
+        fixed = self.policy_sequences(x0, policy_noise) if c.policy_samples else None
+        mean, std = warm_mean, torch.full_like(warm_mean, c.max_std)
+        x = x0.expand(c.samples, -1)
+        for iteration in range(c.iterations):
+            drawn = (mean[:, None] + std[:, None] * gaussian_noise[iteration]).clamp(-1.0, 1.0)
+            actions = drawn if fixed is None else torch.cat([fixed, drawn], dim=1)
+            elite_values, elite = self.sequence_values(x, actions, terminal_noise[iteration]).topk(c.elites)
+            weights = torch.softmax(c.temperature * (elite_values - elite_values.max()), dim=0)[None, :, None]
+            elite_actions = actions[:, elite]  # [H, K, act], the best first
+            mean = (weights * elite_actions).sum(dim=1)
+            std = (weights * (elite_actions - mean[:, None]).pow(2)).sum(dim=1).sqrt().clamp(c.min_std, c.max_std)
+        return (mean[0] if c.take == "mean" else elite_actions[0, 0]), mean
+
+
+class Planner:
+    """The learner's planner: a PlanningGraph over the live agent, its warm start, and its noise. Given a seed (or a
+    noise function), the decisions are the same every run; reset() drops the warm start at an episode's start."""
+
+    def __init__(self, agent: SACSVG, config: PlannerConfig = PlannerConfig(), seed: int = 0, noise=None):
+        """noise: shape -> standard normal draws (numpy), asked in `PlannerConfig.noise_shapes` order (default: a
+        generator of the planner's own). The robot's planner, given the same function, plans the same action."""
+        horizon = config.horizon or agent.config.horizon
+        if horizon < 1:
             raise ValueError("planning needs a model: the agent's horizon is 0 (SAC); give PlannerConfig.horizon")
+        self.agent, self.config, self.horizon = agent, config, horizon
+        self.graph = PlanningGraph(agent, config, horizon)
         self.generator = torch.Generator(device=agent.device).manual_seed(seed)
-        self.previous_mean: torch.Tensor | None = None  # [H, action_dim]
+        self.noise = noise
+        self.previous_mean: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.previous_mean = None
 
     def warm_start(self) -> torch.Tensor:
-        """The Gaussian's first mean [H, act]: the previous decision's, shifted one step; zeros after a reset."""
-        mean = torch.zeros(self.horizon, self.agent.action_dim, device=self.agent.device)
-        if self.previous_mean is not None:
-            mean[:-1], mean[-1] = self.previous_mean[1:], self.previous_mean[-1]
-        return mean
+        return warm_start(self.previous_mean, self.horizon, self.agent.action_dim, torch).to(self.agent.device)
 
-    def _normal(self, *shape: int) -> torch.Tensor:
+    def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.noise is not None:
+            return torch.as_tensor(self.noise(shape), dtype=torch.float32, device=self.agent.device)
         return torch.randn(shape, generator=self.generator, device=self.agent.device)
-
-    def sequence_values(self, x0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The objective of each sequence: x0 [N, obs] normalised, actions [H, N, act] -> [N]."""
-        agent = self.agent
-        rewards, done_probs = [], []
-        x, state = x0, agent.dynamics.initial_state(x0.shape[0], x0.device)
-        for action in actions:
-            rewards.append(agent.reward_model(x, action))
-            done_probs.append(torch.sigmoid(agent.done_model(x, action)))
-            x, state = agent.dynamics.step(x, action, state)
-        terminal_action, terminal_log_prob = agent.actor.sample(x, self._normal(x.shape[0], agent.action_dim))
-        log_probs = torch.cat([torch.zeros(len(actions), *terminal_log_prob.shape, device=x.device),
-                               terminal_log_prob[None]])  # entropy counts at the value's state only
-        value = soft_value_expansion(torch.stack(rewards), log_probs, torch.stack(done_probs),
-                                     agent.critic.min_q(x, terminal_action), agent.alpha, agent.config.gamma)
-        return value.squeeze(-1)
-
-    def policy_sequences(self, x0: torch.Tensor, count: int) -> torch.Tensor:
-        """pi's rollouts through the model from x0 [obs]: count sampled ones, then one of pi's mean: [H, count+1, act]."""
-        agent = self.agent
-        x = x0.expand(count + 1, -1)
-        state = agent.dynamics.initial_state(count + 1, x0.device)
-        actions = []
-        for _ in range(self.horizon):
-            sampled, _ = agent.actor.sample(x[:count], self._normal(count, agent.action_dim))
-            action = torch.cat([sampled, agent.actor.act_deterministic(x[count:])])
-            actions.append(action)
-            x, state = agent.dynamics.step(x, action, state)
-        return torch.stack(actions)
 
     @torch.no_grad()
     def plan(self, obs: np.ndarray) -> np.ndarray:
         """The action for a raw observation, in [-1, 1]."""
-        c, agent = self.config, self.agent
-        x0 = agent.normalizer(torch.as_tensor(obs, dtype=torch.float32, device=agent.device)).reshape(1, -1)
-        fixed = self.policy_sequences(x0[0], c.policy_samples) if c.policy_samples else None
-        mean = self.warm_start()
-        std = torch.full_like(mean, c.max_std)
-        gaussian = c.samples - (c.policy_samples + 1 if fixed is not None else 0)
-        x = x0.expand(c.samples, -1)
-        for _ in range(c.iterations):
-            drawn = (mean[:, None] + std[:, None] * self._normal(self.horizon, gaussian, agent.action_dim)).clamp(-1, 1)
-            actions = drawn if fixed is None else torch.cat([fixed, drawn], dim=1)
-            values = self.sequence_values(x, actions)
-            elite_values, elite = values.topk(c.elites)
-            weights = torch.softmax(c.temperature * (elite_values - elite_values.max()), dim=0)[None, :, None]
-            elite_actions = actions[:, elite]  # [H, K, act]
-            mean = (weights * elite_actions).sum(dim=1)
-            std = ((weights * (elite_actions - mean[:, None]).pow(2)).sum(dim=1)).sqrt().clamp(c.min_std, c.max_std)
-        self.previous_mean = mean
-        first = mean[0] if c.take == "mean" else elite_actions[0, 0]
-        return first.cpu().numpy()
+        noise = [self._normal(shape) for shape in self.config.noise_shapes(self.horizon, self.agent.action_dim).values()]
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.agent.device)
+        action, self.previous_mean = self.graph(obs, self.warm_start(), *noise)
+        return action.cpu().numpy()

@@ -77,11 +77,15 @@ def soft_value_expansion(
 ) -> torch.Tensor:
     """sum_{t<H} g^t w_t (r_t - a logp_t) + g^H w_H (Q_H - a logp_H), with w_t = prod_{k<t} (1 - d_k) and w_0 = 1.
 
-    w_t multiplies only the steps *before* t: a termination at step t ends the episode after r_t is collected.
+    w_t multiplies only the steps *before* t: a termination at step t ends the episode after r_t is collected. The
+    product is written out step by step (as cumprod computes it), because ONNX, which the planner is exported to, has
+    no cumulative product.
     """
     horizon = rewards.shape[0]
-    not_done = 1.0 - done_probs
-    survival = torch.cumprod(torch.cat([torch.ones_like(terminal_q)[None], not_done], dim=0), dim=0)  # [H+1, B, 1]
+    survival = [torch.ones_like(terminal_q)]
+    for not_done in 1.0 - done_probs:
+        survival.append(survival[-1] * not_done)
+    survival = torch.stack(survival)  # [H+1, B, 1]
     discount = gamma ** torch.arange(horizon + 1, device=terminal_q.device, dtype=terminal_q.dtype)
     step_values = torch.cat([rewards, terminal_q[None]], dim=0) - alpha * log_probs
     return (discount.view(-1, 1, 1) * survival * step_values).sum(dim=0)

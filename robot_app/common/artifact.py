@@ -15,6 +15,13 @@ INPUT_NAME, OUTPUT_NAME = "obs", "action"
 MEAN_NAME, STD_NAME = "pre_tanh_mean", "pre_tanh_std"
 
 
+# The planning artifact: one decision of the planner (policies.planner.PlanningGraph); noise in noise_shapes order.
+WORLD_METADATA_KEY = "robot_app.world_model"
+WORLD_FORMAT = "robot_app.world_model/1"
+PLAN_INPUTS = ("obs", "warm_mean", "policy_noise", "gaussian_noise", "terminal_noise")
+PLAN_OUTPUTS = ("action", "mean")
+
+
 class ArtifactError(ValueError):
     """A policy artifact is missing, malformed, or does not fit what it is asked to drive."""
 
@@ -77,3 +84,47 @@ class PolicyMetadata(Layouts, BaseModel):
         if METADATA_KEY not in props:
             raise ArtifactError(f"{source}: no '{METADATA_KEY}' metadata; was it exported by robot-app export?")
         return cls.from_json(props[METADATA_KEY], source)
+
+
+class WorldModelMetadata(Layouts, BaseModel):
+    """What a robot needs to plan over a world model: layouts, native bounds, the objective's gamma and alpha, and
+    the planner's settings (PlannerConfig's fields, the horizon resolved), which fix the graph's shapes. The
+    normaliser, actor, critic and model are inside the graph."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = WORLD_FORMAT
+    kind: str = "planning"
+    env: str
+    obs_layout: list[tuple[str, int]]
+    action_layout: list[str]
+    action_low: list[float]
+    action_high: list[float]
+    action_repeat: int = Field(1, ge=1)
+    training_step: int = Field(ge=0)
+    source_run: str
+    gamma: float = Field(gt=0, le=1)
+    alpha: float = Field(ge=0)
+    planner: dict[str, Any]
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    exported_at: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "WorldModelMetadata":
+        if self.format != WORLD_FORMAT:
+            raise ValueError(f"format is {self.format!r}, this runtime reads {WORLD_FORMAT!r}")
+        if not (len(self.action_low) == len(self.action_high) == len(self.action_layout)):
+            raise ValueError("action_low, action_high and action_layout differ in length")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any], source: str = "artifact") -> "WorldModelMetadata":
+        if WORLD_METADATA_KEY not in props:
+            raise ArtifactError(f"{source}: no '{WORLD_METADATA_KEY}' metadata; is it a planning artifact?")
+        try:
+            return cls.model_validate(json.loads(props[WORLD_METADATA_KEY]))
+        except (json.JSONDecodeError, ValidationError) as error:
+            raise ArtifactError(f"{source}: bad '{WORLD_METADATA_KEY}' metadata: {error}") from None

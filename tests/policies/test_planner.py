@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from policies.planner import Planner, PlannerConfig
+from policies.planner import Planner, PlannerConfig, PlanningGraph
 from policies.sac_svg import SACSVG, SACSVGConfig
 from tests.conftest import TINY_AGENT
 
@@ -27,8 +27,7 @@ class _Stub(nn.Module):
 def test_the_objective_matches_a_hand_computed_two_step_case_with_termination_weights():
     """x' = x + a, r = x, P(done) = 0.25, Q = x + 10, log pi = 0.3, alpha 0.5, gamma 0.9, from x0 = 1."""
     stub = types.SimpleNamespace(
-        device=torch.device("cpu"), action_dim=1, alpha=torch.tensor(0.5),
-        config=types.SimpleNamespace(horizon=2, gamma=0.9),
+        alpha=torch.tensor(0.5), config=types.SimpleNamespace(gamma=0.9), normalizer=None,
         dynamics=types.SimpleNamespace(initial_state=lambda batch, device: torch.zeros(batch, 1),
                                        step=lambda x, a, state: (x + a, state)),
         reward_model=_Stub(lambda x, a: x.clone()),
@@ -36,8 +35,8 @@ def test_the_objective_matches_a_hand_computed_two_step_case_with_termination_we
         actor=types.SimpleNamespace(sample=lambda x, noise: (torch.zeros_like(x), torch.full_like(x, 0.3))),
         critic=types.SimpleNamespace(min_q=lambda x, a: x + 10.0),
     )
-    value = Planner(stub, PlannerConfig(samples=2, elites=1, policy_samples=0)).sequence_values(
-        torch.tensor([[1.0]]), torch.tensor([[[0.5]], [[1.0]]]))
+    value = PlanningGraph(stub, PlannerConfig(samples=2, elites=1, policy_samples=0), horizon=2).sequence_values(
+        torch.tensor([[1.0]]), torch.tensor([[[0.5]], [[1.0]]]), torch.zeros(1, 1))
     # r0 = 1, d0 = .25, x1 = 1.5; r1 = 1.5, d1 = .25, x2 = 2.5; V(x2) = 12.5 - 0.5 * 0.3
     expected = 1.0 + 0.9 * 0.75 * 1.5 + 0.9 ** 2 * 0.75 * 0.75 * (12.5 - 0.5 * 0.3)
     assert value.item() == pytest.approx(expected, rel=1e-6)
