@@ -145,7 +145,8 @@ class Planner:
     @torch.no_grad()
     def plan(self, obs: np.ndarray) -> np.ndarray:
         """The action for a raw observation, in [-1, 1]."""
-        noise = [self._normal(shape) for shape in self.config.noise_shapes(self.horizon, self.agent.action_dim).values()]
+        shapes = self.config.noise_shapes(self.horizon, self.agent.action_dim)
+        noise = [self._normal(shape) for shape in shapes.values()]
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.agent.device)
         action, self.previous_mean = self.graph(obs, self.warm_start(), *noise)
         return action.cpu().numpy()
