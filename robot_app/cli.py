@@ -85,10 +85,7 @@ def _evaluate(args) -> int:
 
     from sim.envs import evaluate_artifact, evaluate_returns, make_env
 
-    planning = {name: getattr(args, name) for name in ("samples", "iterations", "elites", "horizon")
-                if getattr(args, name) is not None}
-    if planning and not args.plan:
-        raise _UsageError(f"--{', --'.join(planning)} set the planner: add --plan")
+    planning = _planner_settings(args, args.plan, "--plan")
     if Path(args.target).suffix == ".onnx":
         if args.plan:
             raise _UsageError("--plan needs the learned model: give the run folder or a checkpoint, not an .onnx")
@@ -113,10 +110,34 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _planner_settings(args, on: bool, flag: str) -> dict:
+    """The planner flags given (samples, iterations, elites, horizon), which only `flag` makes sense of."""
+    settings = {name: getattr(args, name) for name in ("samples", "iterations", "elites", "horizon")
+                if getattr(args, name) is not None}
+    if settings and not on:
+        raise _UsageError(f"--{', --'.join(settings)} set the planner: add {flag}")
+    return settings
+
+
+def _add_planner_arguments(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument("--samples", type=_positive, help=f"{flag}: action sequences per decision (default 256)")
+    parser.add_argument("--iterations", type=_positive, help=f"{flag}: refits per decision (default 4)")
+    parser.add_argument("--elites", type=_positive, help=f"{flag}: sequences each refit keeps (default 32)")
+    parser.add_argument("--horizon", type=_positive, help=f"{flag}: steps planned (default: the run's SVG horizon)")
+
+
 def _export(args) -> int:
     from robot_app.learner.training import export_run
 
+    planning = _planner_settings(args, args.planning, "--planning")
     logging.getLogger(__name__).info("loading %s", args.target)
+    if args.planning:
+        from policies.planner import PlannerConfig
+
+        meta = export_run(args.target, args.out, PlannerConfig(**planning))
+        print(f"exported the planning artifact {args.out}: {meta.planner} step={meta.training_step} "
+              f"sha256={meta.weights_sha256}")
+        return 0
     meta = export_run(args.target, args.out)
     print(f"exported {args.out}: obs_dim={meta.obs_dim} action_dim={meta.action_dim} "
           f"step={meta.training_step} sha256={meta.weights_sha256}")
@@ -593,15 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=2024)
     evaluate.add_argument("--plan", action="store_true",
                           help="act by CEM-MPC planning over the run's learned model (a run or checkpoint only)")
-    evaluate.add_argument("--samples", type=_positive, help="--plan: action sequences per decision (default 256)")
-    evaluate.add_argument("--iterations", type=_positive, help="--plan: refits per decision (default 4)")
-    evaluate.add_argument("--elites", type=_positive, help="--plan: sequences each refit keeps (default 32)")
-    evaluate.add_argument("--horizon", type=_positive, help="--plan: steps planned (default: the run's SVG horizon)")
+    _add_planner_arguments(evaluate, "--plan")
     evaluate.set_defaults(handler=_evaluate)
 
     export = sub.add_parser("export", help="export a run's deterministic actor to ONNX (with a parity check)")
     export.add_argument("target", metavar="RUN_OR_CHECKPOINT")
     export.add_argument("--out", required=True, help="the .onnx file to write")
+    export.add_argument("--planning", action="store_true",
+                        help="export the planning artifact instead: the model, actor, critic and the CEM-MPC planner "
+                             "in one graph, its shapes fixed by the planner flags")
+    _add_planner_arguments(export, "--planning")
     export.set_defaults(handler=_export)
 
     virtual = sub.add_parser("virtual-robot", help="simulate a robot behind the serial protocol on a pty; prints its path")

@@ -117,8 +117,17 @@ def load_agent(run_or_checkpoint: str | os.PathLike, device: torch.device | None
     return LoadedRun(agent, config, payload, env.spec)
 
 
-def export_run(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike):
+def export_run(run_or_checkpoint: str | os.PathLike, out: str | os.PathLike, planning: PlannerConfig | None = None):
+    """The run's deterministic actor, or with `planning` its planning artifact (policies.world_model)."""
     agent, config, payload, spec = load_agent(run_or_checkpoint, torch.device("cpu"))
+    if planning is not None:
+        from policies.world_model import export_world_model
+
+        return export_world_model(agent, out, env=config.env, obs_layout=spec.obs_layout,
+                                  action_layout=spec.action_layout, action_low=spec.action_low,
+                                  action_high=spec.action_high, action_repeat=spec.action_repeat,
+                                  training_step=payload["counters"]["env_steps"], source_run=payload["run"],
+                                  planner=planning)
     policy = DeployedPolicy(agent.normalizer, agent.actor, spec.action_low, spec.action_high)
     return export_onnx(
         policy,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robot_app.agent.policy_runner import OnnxPolicy
@@ -55,6 +56,18 @@ def test_train_evaluate_export_smoke(tmp_path):
     assert result.returncode == 0, result.stderr
     result = robot_app("evaluate", onnx_path, "--plan")
     assert result.returncode == 2 and "--plan needs the learned model" in result.stderr
+
+    planning = tmp_path / "planner.onnx"
+    result = robot_app("export", run, "--out", planning, "--planning", "--samples", "32", "--iterations", "2",
+                       "--elites", "4")
+    assert result.returncode == 0, result.stderr
+    assert "'samples': 32" in result.stdout and "'horizon': 3" in result.stdout
+    from robot_app.agent.world_planner import WorldModelPlanner
+
+    planner = WorldModelPlanner(planning)
+    assert planner.plan(np.zeros(5, np.float32)).shape == (1,)  # cartpole: 5 observations, 1 action
+    result = robot_app("export", run, "--out", tmp_path / "x.onnx", "--samples", "32")
+    assert result.returncode == 2 and "--samples set the planner: add --planning" in result.stderr
 
     result = robot_app("plot", run)
     assert result.returncode == 0, result.stderr
