@@ -39,28 +39,28 @@ class Layouts:
         return len(self.action_layout)
 
 
-class PolicyMetadata(Layouts, BaseModel):
-    """What a runtime needs to drive a policy: layouts, native action bounds and provenance."""
+class _Artifact(Layouts, BaseModel):
+    """What every artifact a robot runs declares: what it was trained on, its layouts and native action bounds, and
+    its provenance."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: str = FORMAT
     env: str
     obs_layout: list[tuple[str, int]]  # (field, width) in the order of the flat observation
     action_layout: list[str]
-    action_low: list[float]  # the ONNX output is already in these native units
+    action_low: list[float]  # the native units the artifact's actions are mapped onto
     action_high: list[float]
     action_repeat: int = Field(1, ge=1)  # simulator steps per decision of the environment it was trained on
     training_step: int = Field(ge=0)
     source_run: str
-    horizon: int = Field(ge=0)
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     exported_at: str
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PolicyMetadata":
-        if self.format != FORMAT:
-            raise ValueError(f"format is {self.format!r}, this runtime reads {FORMAT!r}")
+    def _consistent(self):
+        expected = type(self).model_fields["format"].default
+        if self.format != expected:
+            raise ValueError(f"format is {self.format!r}, this runtime reads {expected!r}")
         if not (len(self.action_low) == len(self.action_high) == len(self.action_layout)):
             raise ValueError("action_low, action_high and action_layout differ in length")
         if not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in zip(self.action_low,
@@ -68,6 +68,13 @@ class PolicyMetadata(Layouts, BaseModel):
             raise ValueError(f"action_low {self.action_low} must lie below action_high {self.action_high}, both "
                              "finite")
         return self
+
+
+class PolicyMetadata(_Artifact):
+    """What a runtime needs to drive a policy: layouts, native action bounds and provenance."""
+
+    format: str = FORMAT
+    horizon: int = Field(ge=0)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -86,36 +93,16 @@ class PolicyMetadata(Layouts, BaseModel):
         return cls.from_json(props[METADATA_KEY], source)
 
 
-class WorldModelMetadata(Layouts, BaseModel):
+class WorldModelMetadata(_Artifact):
     """What a robot needs to plan over a world model: layouts, native bounds, the objective's gamma and alpha, and
     the planner's settings (PlannerConfig's fields, the horizon resolved), which fix the graph's shapes. The
     normaliser, actor, critic and model are inside the graph."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     format: str = WORLD_FORMAT
     kind: str = "planning"
-    env: str
-    obs_layout: list[tuple[str, int]]
-    action_layout: list[str]
-    action_low: list[float]
-    action_high: list[float]
-    action_repeat: int = Field(1, ge=1)
-    training_step: int = Field(ge=0)
-    source_run: str
     gamma: float = Field(gt=0, le=1)
     alpha: float = Field(ge=0)
     planner: dict[str, Any]
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    exported_at: str
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "WorldModelMetadata":
-        if self.format != WORLD_FORMAT:
-            raise ValueError(f"format is {self.format!r}, this runtime reads {WORLD_FORMAT!r}")
-        if not (len(self.action_low) == len(self.action_high) == len(self.action_layout)):
-            raise ValueError("action_low, action_high and action_layout differ in length")
-        return self
 
     def to_json(self) -> str:
         return self.model_dump_json()
