@@ -58,18 +58,21 @@ def _endpoint(text: str) -> str:
 
 
 _RUN_FLAGS = ("env", "horizon", "steps", "seed", "action_repeat", "eval_every", "eval_episodes", "random_steps",
-              "checkpoint_every", "plan_eval")  # train's flags that are TrainConfig fields
+              "checkpoint_every")  # train's flags that are TrainConfig fields
 
 
 def _train(args) -> int:
     from robot_app.learner.training import Trainer
 
     settings = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
+    if args.plan_eval:  # a switch: given, it turns planned evaluation on (a resumed run keeps what it had)
+        settings["plan_eval"] = True
     if not args.resume and "env" not in settings:
         raise _UsageError("--env is required for a new run")
     trainer = Trainer.open(args.out, settings, resume=args.resume, overwrite=args.overwrite)
     # The file records the run's own defaults too, so that it reproduces the run under later defaults.
-    args.settings = args.settings.model_copy(update={name: getattr(trainer.config, name) for name in _RUN_FLAGS})
+    args.settings = args.settings.model_copy(update={name: getattr(trainer.config, name)
+                                                     for name in (*_RUN_FLAGS, "plan_eval")})
     _record_settings(args, trainer.out)
     summary = trainer.run()
     print(
@@ -592,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train SAC-SVG(H) on a simulated task")
     train.add_argument("--env", help="e.g. dmc:cartpole-swingup")
     train.add_argument("--horizon", type=int, help="model expansion steps H; 0 is SAC (default 3)")
-    train.add_argument("--plan-eval", action="store_true", default=None,
+    train.add_argument("--plan-eval", action="store_true",
                        help="at each evaluation, also evaluate with CEM-MPC planning over the model (in eval.jsonl)")
     train.add_argument("--steps", type=_positive, help="simulator env steps (default 50000)")
     train.add_argument("--seed", type=int)

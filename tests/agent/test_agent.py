@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import itertools
 import json
 import math
 import re
@@ -150,7 +151,8 @@ def test_realtime_mode_runs_on_deadlines(tmp_path):
 
 ADVERSARIES = {
     "nan": lambda obs: np.array([np.nan]),
-    "bang_bang": lambda obs: np.array([5.0 if int(time.monotonic() * 8) % 2 else -5.0]),
+    # Full push, reversed every 6 ticks (about 8 Hz at 50 Hz): counted in ticks, so a busy machine sees the same.
+    "bang_bang": (lambda ticks: lambda obs: np.array([5.0 if next(ticks) // 6 % 2 else -5.0]))(itertools.count()),
     "pump_towards_the_stops": lambda obs: np.array([5.0 if obs[4] >= 0 else -5.0]),
     "saturated": lambda obs: np.array([1e6]),
     "steady_push": lambda obs: np.array([5.0]),
