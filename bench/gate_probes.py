@@ -76,7 +76,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     from gate import raw_replay
-
     from robot_app.robot.spec import load_robot_spec
     from sim.gate import _episode_job, plan_episodes
 

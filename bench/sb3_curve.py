@@ -16,9 +16,9 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 
 
 def main() -> None:
-    from sb3_env import GymEnv, sb3_sac  # beside this script
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from sb3_env import GymEnv, sb3_sac  # beside this script
     from robot_app.learner.training import EVAL_SEED_OFFSET
     from sim.envs import evaluate_returns, make_env
 

@@ -56,9 +56,10 @@ def measure_ours(horizon: int, steps: int) -> dict:
 
 
 def measure_sb3(steps: int) -> dict:
-    from sb3_env import GymEnv, sb3_sac  # beside this script
     from stable_baselines3.common.callbacks import BaseCallback
     from torch.utils.flop_counter import FlopCounterMode
+
+    from sb3_env import GymEnv, sb3_sac  # beside this script
 
     class Clock(BaseCallback):
         def _on_step(self):
