@@ -497,7 +497,6 @@ def _dashboard(args) -> int:
 
 
 def _dashboard_token(args) -> int:
-    from robot_app.dashboard.server import add_token
     from robot_app.dashboard.tokens import TokenStore
 
     if args.action == "list":
@@ -512,7 +511,7 @@ def _dashboard_token(args) -> int:
         return 0
     if not args.role:
         raise _UsageError("token add needs --role viewer, operator or admin")
-    token = add_token(Path(args.state), args.name, args.role)
+    token = TokenStore(args.state).add(args.name, args.role)
     print(f"token {args.name} ({args.role}) added to {args.state}/tokens.json; it is shown this once. Open the "
           "dashboard's URL with #token=<it> appended, or send it as `Authorization: Bearer <it>`:", file=sys.stderr)
     print(token)
@@ -807,12 +806,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="another Origin the page is served from, e.g. https://robots.example (repeatable)")
     _add_link_arguments(dashboard)
     dashboard.set_defaults(handler=_dashboard, dashboard_command=None)
+    from robot_app.dashboard.tokens import ROLES
+
     dashboard_sub = dashboard.add_subparsers(dest="dashboard_command", metavar="token", parser_class=_Parser)
     token = dashboard_sub.add_parser("token", help="add, list or remove the dashboard's bearer tokens")
     token.add_argument("action", choices=["add", "list", "remove"])
     token.add_argument("--state", default=argparse.SUPPRESS, help="the dashboard's folder (default dashboard/)")
     token.add_argument("name", nargs="?", help="add, remove: the token's name (who holds it, for the audit log)")
-    token.add_argument("--role", choices=["viewer", "operator", "admin"],
+    token.add_argument("--role", choices=ROLES,
                        help="add: viewer reads; operator also stops, resets, deploys, rolls back; admin manages tokens")
 
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")

@@ -249,9 +249,9 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
 
 
 def _start_dashboard(supervisor: "_Supervisor", out: Path, keys: Path, learner: str, port: int) -> None:
-    from robot_app.dashboard.server import add_token
+    from robot_app.dashboard.tokens import TokenStore
 
-    token = add_token(out / "dashboard", "demo-operator", "operator")
+    token = TokenStore(out / "dashboard").add("demo-operator", "operator")
     supervisor.add(_Role("dashboard", lambda: [
         "dashboard", "--state", str(out / "dashboard"), "--learner", learner, "--keys", str(keys), "--registry",
         str(out / "registry"), "--learner-out", str(out / "learner"), "--port", str(port)]))

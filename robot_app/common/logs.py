@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
+
+
+def utc_now() -> str:
+    """The time for records people read (the registry's history, the audit log, tokens): UTC, ISO 8601, seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def first_and_doubling(count: int) -> bool:

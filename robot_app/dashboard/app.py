@@ -26,7 +26,7 @@ from robot_app.common.reports import GateReport, ProgressRow
 from robot_app.dashboard.audit import AuditLog
 from robot_app.dashboard.feed import LearnerFeed
 from robot_app.dashboard.hub import Client, Hub
-from robot_app.dashboard.tokens import ROLES, Identity, TokenError, TokenStore
+from robot_app.dashboard.tokens import ROLES, Identity, Role, TokenError, TokenStore
 from robot_app.learner.registry import PolicyRegistry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RollbackBody(_Body):
 
 class TokenBody(_Body):
     name: str
-    role: Literal["viewer", "operator", "admin"]
+    role: Role
 
 
 def _needs(role: str) -> dict:
@@ -298,7 +298,7 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
     @app.post("/api/tokens", summary="Create a token; it is shown in this answer only", **_needs("admin"))
     def token_add(body: TokenBody, who: Identity = admin) -> dict:
         try:
-            token = tokens.add(body.name, body.role, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            token = tokens.add(body.name, body.role)
         except TokenError as error:
             audit.record(who.name, who.role, "token add", body.name, "refused", str(error))
             raise HTTPException(409, str(error)) from None
@@ -358,8 +358,8 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
                     counts[record.state] = counts.get(record.state, 0) + 1
             return counts
 
-        rows = _progress(config.learner_out) if config.learner_out is not None else []
-        return Response(generate_latest(_metrics_registry(feed, hub, rows[-2:], states())),
+        rows = _progress(config.learner_out, last=2) if config.learner_out is not None else []
+        return Response(generate_latest(_metrics_registry(feed, hub, rows, states())),
                         media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -390,16 +390,18 @@ def _policy(record) -> dict:
             "success_rate": None if report is None or report.metrics is None else report.metrics.success_rate}
 
 
-def _progress(folder: Path | None) -> list[ProgressRow]:
-    """The whole rows of a learner's progress.jsonl (it may be writing the next one); a damaged row is skipped."""
+def _progress(folder: Path | None, last: int | None = None) -> list[ProgressRow]:
+    """The whole rows of a learner's progress.jsonl (it may be writing the next one), or the `last` few of them; a
+    damaged row is skipped."""
     if folder is None:
         raise HTTPException(404, "this dashboard was started without --learner-out")
     try:
         lines = (folder / "progress.jsonl").read_text().split("\n")[:-1]
     except FileNotFoundError:
         return []
+    first = 0 if last is None else max(0, len(lines) - last)
     rows = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines[first:], first + 1):
         try:
             rows.append(ProgressRow.model_validate_json(line))
         except ValidationError as error:

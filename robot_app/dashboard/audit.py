@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+from robot_app.common.logs import utc_now
 from robot_app.common.storage import DurableSQLite
 
 SCHEMA_VERSION = 1
@@ -26,7 +26,7 @@ class AuditLog:
                            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END")
 
     def record(self, who: str, role: str, action: str, target: str, outcome: str, detail: str = "") -> dict:
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        at = utc_now()
         with self.store.db as db:
             cursor = db.execute("INSERT INTO audit (at, who, role, action, target, outcome, detail)"
                                 " VALUES (?, ?, ?, ?, ?, ?, ?)", (at, who, role, action, target, outcome, detail))

@@ -14,6 +14,8 @@ import json
 import time
 from typing import Callable
 
+from robot_app.common.logs import utc_now
+
 FLUSH_HZ = 25
 MAX_QUEUED = 50  # telemetry batches per client: 2 s of the learner's feed
 EVENTS_KEPT = 500
@@ -50,7 +52,7 @@ class Hub:
                 client.dropped += client.queue.popleft()[1]
 
     def add_events(self, events: list[dict]) -> None:
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        at = utc_now()
         for event in events:
             self.events.append({"id": next(self._ids), "at": at, **event})
 

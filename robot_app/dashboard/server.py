@@ -1,13 +1,9 @@
-"""`robot-app dashboard`: the app on uvicorn, on loopback unless told otherwise, and its token commands."""
+"""`robot-app dashboard`: the app on uvicorn, on loopback unless told otherwise."""
 
 from __future__ import annotations
 
 import logging
 import socket
-import time
-from pathlib import Path
-
-from robot_app.dashboard.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -56,6 +52,3 @@ def serve(app, sock: socket.socket) -> None:
                             ws_ping_interval=10.0, ws_ping_timeout=10.0, timeout_graceful_shutdown=2)
     uvicorn.Server(config).run(sockets=[sock])
 
-
-def add_token(state: Path, name: str, role: str) -> str:
-    return TokenStore(state).add(name, role, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -7,13 +7,15 @@ import hmac
 import json
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from robot_app.common.files import describe_validation, write_atomic
+from robot_app.common.logs import utc_now
 
-ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)  # each role may do what the ones before it may
 TOKENS_FILE = "tokens.json"
 
 
@@ -30,9 +32,6 @@ class Identity(BaseModel):
 
     def may(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
-
-
-Role = Literal["viewer", "operator", "admin"]
 
 
 class _Entry(BaseModel):
@@ -78,7 +77,7 @@ class TokenStore:
             raise TokenError(f"{self.path}: not a token file ({error}); keep it and check it by hand") from None
         self._stamp = stamp
 
-    def add(self, name: str, role: str, created_at: str) -> str:
+    def add(self, name: str, role: str) -> str:
         """A new token for `name` with `role`; it is shown this once."""
         self._read()
         if role not in ROLES:
@@ -89,7 +88,7 @@ class TokenStore:
             raise TokenError(f"a token named {name!r} exists; remove it first to replace it")
         token, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
         self._entries.append(_Entry(name=name, role=role, salt=salt, digest=_digest(token, salt),
-                                    created_at=created_at))
+                                    created_at=utc_now()))
         self._write()
         return token
 

@@ -15,11 +15,11 @@ import json
 import os
 import re
 import socket
-import time
 from pathlib import Path
 
 from robot_app.common.artifact import ArtifactError, PolicyMetadata
 from robot_app.common.files import write_atomic
+from robot_app.common.logs import utc_now
 from robot_app.common.storage import DurableSQLite
 
 SCHEMA_VERSION = 1
@@ -77,10 +77,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class PolicyRegistry:
@@ -144,7 +140,7 @@ class PolicyRegistry:
         path = self.folder / "artifacts" / f"{version}.onnx"
         if not path.exists():
             write_atomic(path, data)
-        now = _now()
+        now = utc_now()
         with self._write() as db:
             added = db.execute(
                 "INSERT OR IGNORE INTO policies VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, ?, NULL, '')",
@@ -232,7 +228,7 @@ class PolicyRegistry:
         if to_state not in MOVES[state]:
             allowed = ", ".join(sorted(MOVES[state])) or "nothing (it is final)"
             raise RegistryError(f"policy {version} is {state}; it can move to {allowed}, not {to_state}")
-        now = _now()
+        now = utc_now()
         db.execute("UPDATE policies SET state = ?, updated_at = ?, report = COALESCE(?, report) WHERE version = ?",
                    (to_state, now, json.dumps(report) if report is not None else None, version))
         db.execute("INSERT INTO history (version, from_state, to_state, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -105,29 +105,30 @@ class DashboardFeed:
             self._rows.clear()
             self._held.clear()
             return
-        chunks = {robot: self._joined(robot, ring).pack() for robot, ring in self._rows.items() if ring}
+        joined = {robot: self._joined(robot, ring) for robot, ring in self._rows.items() if ring}
         self._rows.clear()
         self._held.clear()
         self.seq += 1
         ages = {robot: round(now - heard, 3) for robot, heard in last_heard.items()}
         bodies = {robot: status.body() for robot, status in statuses.items()}
         try:
-            message = encode(Telemetry(self.seq, ages, bodies, chunks, dict(self.dropped)))
+            message = encode(Telemetry(self.seq, ages, bodies, {robot: chunk.pack() for robot, chunk in joined.items()},
+                                       dict(self.dropped)))
         except ValueError:  # more rows than one message holds (many robots' full rings): the safety state goes alone
-            for robot, packed in chunks.items():
-                self.dropped[robot] += len(TransitionChunk.unpack(packed, check=False))
+            for robot, chunk in joined.items():
+                self.dropped[robot] += len(chunk)
             message = encode(Telemetry(self.seq, ages, bodies, {}, dict(self.dropped)))
         for route in list(self.dashboards):
             self._send(route, message)
 
     def _joined(self, robot: str, ring: collections.deque[TransitionChunk]) -> TransitionChunk:
         """The ring's rows as one chunk; rows before a break in the seqs (a new outbox) are dropped and counted."""
-        start = len(ring) - 1
-        while start > 0 and ring[start - 1].last_seq + 1 == ring[start].first_seq:
+        chunks = list(ring)
+        start = len(chunks) - 1
+        while start > 0 and chunks[start - 1].last_seq + 1 == chunks[start].first_seq:
             start -= 1
-        self.dropped[robot] += sum(len(chunk) for chunk in list(ring)[:start])
-        run = list(ring)[start:]
-        return run[0] if len(run) == 1 else TransitionChunk.concat(run)
+        self.dropped[robot] += sum(len(chunk) for chunk in chunks[:start])
+        return chunks[start] if start == len(chunks) - 1 else TransitionChunk.concat(chunks[start:])
 
     def _send(self, route: bytes, data: bytes) -> None:
         try:

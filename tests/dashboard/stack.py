@@ -14,7 +14,7 @@ from pathlib import Path
 
 from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
 from robot_app.common.signing import generate_signing_keys, load_signing_key, sign
-from robot_app.dashboard.server import add_token
+from robot_app.dashboard.tokens import TokenStore
 from robot_app.demo import terminate
 from robot_app.learner.registry import PolicyRegistry
 from robot_app.robot.spec import load_robot_spec
@@ -128,8 +128,8 @@ class Stack:
                 listen, "--announcements", announce, "--keys", str(self.keys), "--trusted-key",
                 str(self.keys / "gate.sign_pub"), "--log", str(self.folder / robot_id / "transitions.sqlite"),
                 "--status-every", "60"])
-        self.operator_token = add_token(self.state, "alice", "operator")
-        self.viewer_token = add_token(self.state, "victor", "viewer")
+        tokens = TokenStore(self.state)
+        self.operator_token, self.viewer_token = tokens.add("alice", "operator"), tokens.add("victor", "viewer")
         dashboard = self._spawn("dashboard", [
             "dashboard", *robot, "--state", str(self.state), "--learner", self.dashboard_endpoint, "--keys",
             str(self.keys), "--registry", str(self.registry), "--learner-out", str(self.folder / "learner"),

@@ -13,7 +13,7 @@ from robot_app.common.signing import generate_signing_keys
 from robot_app.dashboard.app import DashboardConfig, create_app
 from robot_app.dashboard.audit import AuditLog
 from robot_app.dashboard.feed import LearnerFeed
-from robot_app.dashboard.server import ServingError, add_token, bind, origins
+from robot_app.dashboard.server import ServingError, bind, origins
 from robot_app.dashboard.tokens import TokenError, TokenStore
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.learner.registry import PolicyRegistry
@@ -35,7 +35,7 @@ def open_dashboard(tmp_path, learner: str):
     generate_signing_keys(tmp_path / "keys", "gate")
     versions = validated_registry(tmp_path / "registry", tmp_path / "keys" / "gate.sign_key")
     state = tmp_path / "dashboard"
-    tokens = {role: add_token(state, name, role) for name, role in
+    tokens = {role: TokenStore(state).add(name, role) for name, role in
               (("victor", "viewer"), ("alice", "operator"), ("root", "admin"))}
     (tmp_path / "learner").mkdir()
     (tmp_path / "learner" / "progress.jsonl").write_text("")

@@ -8,7 +8,7 @@ import zmq
 from robot_app.agent.transition_log import TransitionLog
 from robot_app.dashboard.feed import LearnerFeed
 from robot_app.dashboard.hub import MAX_QUEUED, Client, Hub
-from robot_app.learner.ingest import IngestServer, IngestStore
+from robot_app.learner.ingest import IngestServer, IngestStore, _bind
 from robot_app.learner.telemetry import MAX_ROWS_HELD, DashboardFeed
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.keys import generate_keys, secure_client
@@ -129,7 +129,7 @@ def chunk(first_seq: int, rows: int) -> TransitionChunk:
 
 def test_the_learners_ring_keeps_the_newest_rows_and_counts_what_it_let_go():
     feed = DashboardFeed(zmq.Context(), "tcp://127.0.0.1:0", None, lambda *_: None,
-                         lambda s, e: f"{e[:-2]}:{s.bind_to_random_port(e[:-2])}")
+                         _bind)
     try:
         feed.add("robot-1", chunk(1, 10))
         assert not feed._held  # no dashboard listens: nothing is held
@@ -144,7 +144,7 @@ def test_the_learners_ring_keeps_the_newest_rows_and_counts_what_it_let_go():
 def test_a_dashboard_that_never_reads_costs_the_learner_bounded_memory_and_is_counted(keys):
     context = zmq.Context()
     feed = DashboardFeed(context, "tcp://127.0.0.1:0", None, lambda *_: None,
-                         lambda s, e: f"{e[:-2]}:{s.bind_to_random_port(e[:-2])}")
+                         _bind)
     stalled = context.socket(zmq.DEALER)
     stalled.rcvhwm = 1
     stalled.connect(feed.endpoint)
@@ -169,7 +169,7 @@ def test_rows_past_what_one_message_holds_are_dropped_and_counted_and_the_safety
 
     context = zmq.Context()
     feed = DashboardFeed(context, "tcp://127.0.0.1:0", None, lambda *_: None,
-                         lambda s, e: f"{e[:-2]}:{s.bind_to_random_port(e[:-2])}")
+                         _bind)
     listener = context.socket(zmq.DEALER)
     listener.connect(feed.endpoint)
     try:
