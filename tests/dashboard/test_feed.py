@@ -2,6 +2,7 @@
 robot's own status, bounded buffers on every hop, and keys that open only their own socket."""
 
 
+import msgpack
 import pytest
 import zmq
 
@@ -12,7 +13,9 @@ from robot_app.learner.ingest import IngestServer, IngestStore, _bind
 from robot_app.learner.telemetry import MAX_ROWS_HELD, DashboardFeed
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.keys import generate_keys, secure_client
-from robot_app.transport.messages import Heartbeat, RobotCommand, TransitionChunk, decode, encode
+from robot_app.transport.messages import (
+    SCHEMA_VERSION, Ack, Heartbeat, MessageError, RobotCommand, TransitionChunk, decode, encode,
+)
 from robot_app.transport.robot_link import RobotLink
 from tests.conftest import wait_until
 from tests.dashboard.stack import free_port
@@ -223,4 +226,45 @@ def test_a_command_refused_while_the_learner_is_away_never_arrives_when_it_is_ba
         if server is not None:
             server.stop()
             server_thread.join(timeout=10)
+        store.close()
+
+
+@pytest.mark.parametrize("field, value", [("link_age_s", {"r": "far"}), ("statuses", {"r": 5}),
+                                          ("chunks", {"r": b"not a chunk"}), ("dropped", {1: 2}),
+                                          ("statuses", {"r": {"robot_id": "r"}})])
+def test_a_telemetry_message_with_a_bad_field_is_refused_by_name(field, value):
+    body = {"seq": 1, "link_age_s": {}, "statuses": {}, "chunks": {}, "dropped": {}} | {field: value}
+    data = msgpack.packb({"v": SCHEMA_VERSION, "kind": "telemetry", "body": body}, use_bin_type=True)
+    with pytest.raises(MessageError) as error:
+        decode(data)
+    assert error.value.reason in ("field", "decode")
+
+
+def test_garbage_on_either_end_of_the_dashboard_link_is_counted_and_the_link_serves_on(tmp_path):
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server = IngestServer(store, "tcp://127.0.0.1:0", None, context=zmq.Context(),
+                          dashboard_endpoint="tcp://127.0.0.1:0")
+    server_thread = start(server.serve)
+    context = zmq.Context()
+    junk = context.socket(zmq.DEALER)
+    junk.connect(server.dashboard.endpoint)
+    feed = LearnerFeed(server.dashboard.endpoint, load_robot_spec("furuta"), None, on_update=lambda *_: None,
+                       heartbeat_s=0.2, context=zmq.Context()).start()
+    try:
+        for data in (b"\xc1 not msgpack", encode(Ack("r", "o", 1)), msgpack.packb({"v": 99, "kind": "x", "body": {}})):
+            junk.send(data)
+        wait_until(lambda: server.rejected["decode"] and server.rejected["kind"] and server.rejected["version"],
+                   timeout_s=10)
+        wait_until(lambda: feed.messages > 0, timeout_s=10)  # the learner still feeds the dashboard
+        route = next(iter(server.dashboard.dashboards))
+        server.dashboard._send(route, b"\xc1 garbage for the dashboard")  # as if the learner sent nonsense
+        wait_until(lambda: feed.rejected == 1, timeout_s=10)
+        before = feed.messages
+        wait_until(lambda: feed.messages > before, timeout_s=10)  # and the dashboard still takes telemetry
+    finally:
+        feed.stop()
+        junk.close(linger=0)
+        context.destroy(linger=0)
+        server.stop()
+        server_thread.join(timeout=10)
         store.close()
