@@ -224,7 +224,7 @@ def run_adversary(name: str, port: str, rate: float, seconds: float, commands_ou
     }
 
     class Adversary:
-        version, kind, sample_seed = name, PolicyKind.BRING_UP, -1
+        version, kind, sample_seed, fell_back = name, PolicyKind.BRING_UP, -1, False
 
         def reset(self):
             pass

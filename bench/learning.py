@@ -33,20 +33,23 @@ def evaluations(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def train(task: str, horizon: int, seed: int, steps: int) -> str:
-    folder = run_dir(task, horizon, seed)
+def train(folder: Path, steps: int, settings: list) -> str:
+    """`robot-app train` into `folder` with `settings` (flags of a new run), resuming it if interrupted."""
     done = evaluations(folder)
     if done and done[-1]["env_step"] >= steps:
         return f"{folder.name}: already done"
     resume = (folder / "checkpoints" / "last.pt").is_file()
     command = [sys.executable, "-m", "robot_app.cli", "train", "--out", str(folder), "--steps", str(steps)]
-    command += ["--resume"] if resume else ["--env", f"dmc:{task}", "--horizon", str(horizon), "--seed", str(seed),
-                                           "--eval-every", "5000", "--eval-episodes", "10", "--overwrite"]
+    command += ["--resume"] if resume else [str(s) for s in settings] + ["--overwrite"]
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MUJOCO_GL": "disable"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     status = "ok" if result.returncode == 0 else f"FAILED: {result.stderr.strip().splitlines()[-1:]}"
     return f"{folder.name}: {status} in {time.time() - started:.0f} s"
+
+
+def settings(task: str, horizon: int, seed: int) -> list:
+    return ["--env", f"dmc:{task}", "--horizon", horizon, "--seed", seed, "--eval-every", 5000, "--eval-episodes", 10]
 
 
 def summarise(tasks, horizons, seeds, steps) -> dict:
@@ -101,7 +104,7 @@ def main() -> None:
     jobs = [(t, h, s) for t in args.tasks for s in args.seeds for h in args.horizons]
     if not args.summary_only:
         with ThreadPoolExecutor(args.workers) as pool:
-            for line in pool.map(lambda job: train(*job, args.steps), jobs):
+            for line in pool.map(lambda job: train(run_dir(*job), args.steps, settings(*job)), jobs):
                 print(line, flush=True)
     summary = summarise(args.tasks, args.horizons, args.seeds, args.steps)
     (ROOT / "results" / "learning_summary.json").write_text(json.dumps(summary, indent=2))

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,9 +78,16 @@ def weights_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def export_onnx(
+def export_onnx(policy: DeployedPolicy, path: str | os.PathLike, **provenance) -> PolicyMetadata:
+    """Write `path` atomically, with metadata; raise ArtifactError if torch and onnxruntime disagree by >= 1e-5."""
+    data, metadata = actor_artifact(policy, **provenance)
+    write_atomic(path, data)  # only an artifact that passed parity is ever written
+    log.info("exported %s (sha256 %s)", path, metadata.weights_sha256[:12])
+    return metadata
+
+
+def actor_artifact(
     policy: DeployedPolicy,
-    path: str | os.PathLike,
     *,
     env: str,
     obs_layout,
@@ -92,11 +98,10 @@ def export_onnx(
     horizon: int,
     parity_samples: int = 1024,
     seed: int = 0,
-) -> PolicyMetadata:
-    """Write `path` atomically, with metadata; raise ArtifactError if torch and onnxruntime disagree by >= 1e-5."""
+) -> tuple[bytes, PolicyMetadata]:
+    """The policy artifact's bytes and metadata; ArtifactError if torch and onnxruntime disagree by >= 1e-5."""
     import onnxruntime
 
-    path = Path(path)
     metadata = PolicyMetadata(
         env=env,
         obs_layout=[(name, int(width)) for name, width in obs_layout],
@@ -143,6 +148,5 @@ def export_onnx(
     if not error < PARITY_TOLERANCE:
         raise ArtifactError(f"ONNX parity check failed: max |torch - onnxruntime| (of the half-range, or relative) = "
                             f"{error:.3g} >= {PARITY_TOLERANCE}")
-    write_atomic(path, data)  # only an artifact that passed parity is ever written
-    log.info("exported %s (parity max error %.3g of the half-range, sha256 %s)", path, error, metadata.weights_sha256[:12])
-    return metadata
+    log.info("parity max error %.3g of the half-range", error)
+    return data, metadata

@@ -1,7 +1,9 @@
-"""The planning artifact: one decision of the planner (model, actor, critic, normaliser inside) as one ONNX graph."""
+"""The planning artifact: one decision of the planner (model, actor, critic, normaliser inside) as one ONNX graph,
+with pi's own policy artifact inside its metadata, the robot's fallback when a plan misses its deadline."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import datetime
@@ -12,10 +14,12 @@ import warnings
 import numpy as np
 import torch
 
-from policies.export import weights_sha256
+from policies.export import DeployedPolicy, actor_artifact, weights_sha256
 from policies.planner import PlannerConfig, PlanningGraph
 from policies.sac_svg import SACSVG
-from robot_app.common.artifact import PLAN_INPUTS, PLAN_OUTPUTS, WORLD_METADATA_KEY, ArtifactError, WorldModelMetadata
+from robot_app.common.artifact import (
+    PLAN_INPUTS, PLAN_OUTPUTS, WORLD_METADATA_KEY, WORLD_POLICY_KEY, ArtifactError, WorldModelMetadata,
+)
 from robot_app.common.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,12 @@ def export_world_model(agent: SACSVG, path: str | os.PathLike, *, env: str, obs_
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, decision_inputs(metadata, graph, generator), input_names=list(PLAN_INPUTS),
                                     output_names=list(PLAN_OUTPUTS), dynamo=True, external_data=False, verbose=False)
+    fallback, _ = actor_artifact(DeployedPolicy(agent.normalizer, agent.actor, action_low, action_high), env=env,
+                                 obs_layout=obs_layout, action_layout=action_layout, action_repeat=action_repeat,
+                                 training_step=training_step, source_run=source_run, horizon=agent.config.horizon)
     proto = program.model_proto
     proto.metadata_props.add(key=WORLD_METADATA_KEY, value=metadata.to_json())
+    proto.metadata_props.add(key=WORLD_POLICY_KEY, value=base64.b64encode(fallback).decode())
     data = proto.SerializeToString()
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -113,20 +113,29 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _planner_settings(args, on: bool, flag: str) -> dict:
-    """The planner flags given (samples, iterations, elites, horizon), which only `flag` makes sense of."""
-    settings = {name: getattr(args, name) for name in ("samples", "iterations", "elites", "horizon")
-                if getattr(args, name) is not None}
+PLANNER_FLAGS = ("samples", "iterations", "elites", "horizon")
+DEMO_PLANNER = {"samples": 128, "iterations": 3, "elites": 32}  # what fits a 50 Hz period on one core (BENCHMARKS)
+
+
+def _planner_settings(args, on: bool, flag: str, prefix: str = "") -> dict:
+    """The planner flags given (samples, iterations, elites, horizon, after `prefix`), which only `flag` makes sense
+    of."""
+    settings = {name: getattr(args, prefix + name) for name in PLANNER_FLAGS if getattr(args, prefix + name) is not None}
     if settings and not on:
-        raise _UsageError(f"--{', --'.join(settings)} set the planner: add {flag}")
+        raise _UsageError(f"--{', --'.join(prefix.replace('_', '-') + name for name in settings)} set the planner: "
+                          f"add {flag}")
     return settings
 
 
-def _add_planner_arguments(parser: argparse.ArgumentParser, flag: str) -> None:
-    parser.add_argument("--samples", type=_positive, help=f"{flag}: action sequences per decision (default 256)")
-    parser.add_argument("--iterations", type=_positive, help=f"{flag}: refits per decision (default 4)")
-    parser.add_argument("--elites", type=_positive, help=f"{flag}: sequences each refit keeps (default 32)")
-    parser.add_argument("--horizon", type=_positive, help=f"{flag}: steps planned (default: the run's SVG horizon)")
+def _add_planner_arguments(parser: argparse.ArgumentParser, flag: str, prefix: str = "",
+                           defaults: str = "256, 4, 32") -> None:
+    """--samples, --iterations, --elites, --horizon (each after `prefix`, e.g. plan-): the planner's settings."""
+    samples, iterations, elites = defaults.split(", ")
+    for name, text in (("samples", f"action sequences per decision (default {samples})"),
+                       ("iterations", f"refits per decision (default {iterations})"),
+                       ("elites", f"sequences each refit keeps (default {elites})"),
+                       ("horizon", "steps planned (default: the model's SVG horizon)")):
+        parser.add_argument(f"--{prefix}{name}", type=_positive, help=f"{flag}: {text}")
 
 
 def _export(args) -> int:
@@ -205,7 +214,9 @@ def _agent(args) -> int:
         logging.getLogger(__name__).warning("loading policies WITHOUT signature checks: development only")
 
     def checked_policy(name_or_path: str):
-        policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed, trusted_key=trusted_key)
+        deadline = args.plan_deadline_ms / 1e3 if args.plan_deadline_ms else None
+        policy = load_policy(name_or_path, spec, obs_layout, seed=args.seed, trusted_key=trusted_key,
+                             plan_deadline_s=deadline)
         if args.sample and isinstance(policy, OnnxPolicy):
             return SampledPolicy(policy, seed=args.seed)
         return ExploringPolicy(policy, args.explore, *limits, seed=args.seed) if args.explore else policy
@@ -287,8 +298,9 @@ def _learner(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    planning = _planner_settings(args, args.plan, "--plan", "plan_")
     options = LearnerOptions(horizon=args.horizon, warmup=args.warmup, candidate_every=args.candidate_every,
-                             seed=args.seed)
+                             seed=args.seed, planner=planning if args.plan else None)
     deployment = None
     if args.registry:
         deployment = DeploymentOptions(registry=args.registry, signing_key=args.signing_key,
@@ -433,8 +445,10 @@ def _demo(args) -> int:
     if args.dashboard_port:
         _require_extras("dashboard")
     signal.signal(signal.SIGTERM, interrupt)
+    planning = _planner_settings(args, args.plan, "--plan", "plan_")
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
                     transitions=args.transitions or None, randomise=args.randomise,
+                    planner=({**DEMO_PLANNER, **planning} if args.plan else None),
                     on_fresh_folder=lambda folder: _record_settings(args, folder),
                     dashboard_port=args.dashboard_port or None)
 
@@ -673,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     explore = agent.add_mutually_exclusive_group()
     explore.add_argument("--sample", action="store_true",
                          help="learning on the robot: sample each action from the ONNX policy's stochastic actor "
-                              "(SAC's own exploration), seeded by --seed; `zero` and `random` run as they are")
+                              "(SAC's own exploration), seeded by --seed; `zero`, `random` and planning artifacts "
+                              "run as they are")
     explore.add_argument("--explore", type=float, default=0.0,
                          help="bring-up: add Gaussian noise of this many half-ranges to every action")
     _add_link_arguments(agent)
@@ -684,6 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--learner", type=_endpoint, help="the learner's ingest endpoint, e.g. tcp://10.0.0.2:5555")
     agent.add_argument("--announcements", type=_endpoint, help="the learner's policy announcement endpoint")
     agent.add_argument("--seed", type=int, default=0)
+    agent.add_argument("--plan-deadline-ms", type=_above_zero,
+                       help="a planning artifact's time per decision before pi's own action goes instead (default: "
+                            "3/4 of the control period)")
     agent.set_defaults(handler=_agent)
 
     learner = sub.add_parser("learner", help="the learner service: ingest robots' transitions, train, publish")
@@ -712,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "config's `exploring` task bars, so robots explore with policies that do not balance yet "
                               "(their reports still give the success rate)")
     learner.add_argument("--horizon", type=int, default=3)
+    learner.add_argument("--plan", action="store_true",
+                         help="export planning artifacts as candidates: the robots plan with CEM-MPC over the model, "
+                              "and the gate validates them in planned episodes")
+    _add_planner_arguments(learner, "--plan", "plan-")
     learner.add_argument("--warmup", type=int, default=1000, help="transitions before the first update")
     learner.add_argument("--candidate-every", type=int, default=500, help="updates between candidate exports")
     learner.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
@@ -761,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dashboard-port", type=_port, default=8000,
                       help="serve the operator's dashboard on 127.0.0.1 at this port (default 8000, or a free one if "
                            "it is taken; 0: no dashboard, the demo runs headless)")
+    demo.add_argument("--plan", action="store_true",
+                      help="the robots plan with CEM-MPC over the learned model, within their control period "
+                           "(the learner exports, and the gate validates, planning artifacts)")
+    _add_planner_arguments(demo, "--plan", "plan-", defaults=", ".join(map(str, DEMO_PLANNER.values())))
     demo.set_defaults(handler=_demo)
 
     plot = sub.add_parser("plot", help="PNG curves of a training run or a demo folder, beside its files")

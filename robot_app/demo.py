@@ -179,7 +179,8 @@ def terminate(proc: subprocess.Popen) -> None:
 
 def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: int = 1,
              transitions: int | None = 36_000, gate_episodes: int = 4, randomise: bool = True,
-             on_fresh_folder: Callable[[Path], None] | None = None, dashboard_port: int | None = 8000) -> int:
+             on_fresh_folder: Callable[[Path], None] | None = None, dashboard_port: int | None = 8000,
+             planner: dict | None = None) -> int:
     """transitions: the budget, in transitions the learner has taken (None: until `minutes`); minutes is a cap.
     The robots run in lockstep, paced by the learner's credit: a busy machine takes longer, not learns less.
     gate_episodes: randomised sim-validation episodes per candidate; only what passes is signed and deployed.
@@ -187,7 +188,8 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     A process that dies is restarted, with backoff; the robots' outboxes hold their data meanwhile.
     on_fresh_folder(out) runs once `out` is emptied for this run (the CLI records its settings there).
     dashboard_port: the operator's dashboard on 127.0.0.1 there (a free port if it is taken), with an operator token;
-    None: none, headless."""
+    None: none, headless. planner: PlannerConfig settings: the learner exports planning artifacts, so the robots plan
+    (CEM-MPC) within their control period, validated by the gate in planned episodes; None: they run pi alone."""
     if robots < 1:
         raise ValueError(f"--robots must be at least 1, got {robots}")
     if transitions is not None and transitions < 1:
@@ -198,7 +200,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
         on_fresh_folder(out)
     robot_ids = [f"furuta-virtual-{i}" for i in range(robots)]
     (out / MARKER).write_text(json.dumps({"robots": robot_ids, "minutes": minutes, "horizon": horizon,
-                                          "transitions": transitions, "randomise": randomise}))
+                                          "transitions": transitions, "randomise": randomise, "planner": planner}))
     keys = _keys(out, robot_ids)
     listen, announce, dashboard = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
     budget_s = minutes * 60
@@ -206,13 +208,16 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
     logs.mkdir()
     supervisor = _Supervisor(logs, out)
     budget = f"{transitions} transitions, at most {minutes:g} min" if transitions else f"{minutes:g} min"
-    print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}), {budget}; logs in {logs}")
+    planning = [f"--plan-{name}={value}" for name, value in (planner or {}).items()]
+    plans = f", the robots planning with CEM-MPC ({', '.join(planning)})" if planner is not None else ""
+    print(f"demo: {robots} virtual Furuta robot(s), learner SAC-SVG({horizon}){plans}, {budget}; logs in {logs}")
     try:
         supervisor.add(_Role("learner", lambda: [
             "learner", "--out", str(out / "learner"), "--listen", listen, "--announce", announce, "--keys", str(keys),
             "--horizon", str(horizon), "--registry", str(out / "registry"), "--signing-key",
             str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--explore-below-bar",
-            "--torch-threads", "1", "--dashboard", dashboard, "--metrics", f"127.0.0.1:{_free_port(9101)}"],
+            "--torch-threads", "1", "--dashboard", dashboard, "--metrics", f"127.0.0.1:{_free_port(9101)}",
+            *(["--plan", *planning] if planner is not None else [])],
             quiet=False))
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [

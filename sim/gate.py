@@ -60,6 +60,7 @@ class GateConfig(TaskBars):
     # limits. Judged before the supervisor, whose rate limit keeps every command on the wire smooth.
     max_command_step_mean: float = Field(gt=0)
     max_tick_overrun_rate: float = Field(ge=0)  # steps answered more than a control period after their sensor frame
+    max_plan_fallback_rate: float = Field(ge=0, le=1)  # a planning artifact: steps where pi's action went instead
     exploring: TaskBars  # the task bars for a robot learning from scratch (learner --explore-below-bar)
 
     def for_exploring(self) -> "GateConfig":
@@ -142,7 +143,8 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: Agent
         max_abs_position=dict(zip([j.name for j in joints], audit["max_abs_position"])),
         max_abs_velocity=dict(zip([j.name for j in joints], audit["max_abs_velocity"])),
         command_step_mean=float(np.abs(np.diff(asked, axis=0)).mean()) if len(rows) > 1 else 0.0,
-        policy_p99_us=summary.policy_p99_us, tick_overruns=summary.overruns,
+        policy_p50_us=summary.policy_p50_us, policy_p99_us=summary.policy_p99_us,
+        plan_fallbacks=summary.plan_fallbacks, tick_overruns=summary.overruns,
         stop_reason=summary.stop_reason, seconds=seconds,
         trace=EpisodeTrace(obs=[t.obs.tolist() for t in rows], command=commands.tolist(), reward=rewards.tolist()),
     )
@@ -161,6 +163,7 @@ def _freeze_worker_heap() -> None:
 
     import robot_app.agent.policy_runner  # noqa: F401
     import robot_app.agent.runtime  # noqa: F401
+    import robot_app.agent.world_planner  # noqa: F401
     import sim.virtual_robot  # noqa: F401
 
     gc.collect()
@@ -201,7 +204,7 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
     spec = load_robot_spec(robot)
     report = {"artifact": str(artifact), "robot": robot, "config": config.model_dump(), "created": time.time()}
     try:
-        version = load_policy(str(artifact), spec, make_task(spec).obs_layout).version  # fits this robot at all?
+        policy = load_policy(str(artifact), spec, make_task(spec).obs_layout)  # fits this robot at all?
     except ArtifactError as error:
         return GateReport(**report, version=None, passed=False, reasons=[f"artifact: {error}"])
     plans = plan_episodes(spec, config.episodes, config.seed)
@@ -219,7 +222,7 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
             raise RuntimeError(f"a validation worker died ({error}); the gate did not finish") from None
     episodes.sort(key=lambda e: e.index)
     metrics, reasons = judge(episodes, config)
-    return GateReport(**report, version=version, workers=workers, wall_s=time.perf_counter() - started,
+    return GateReport(**report, version=policy.version, kind=policy.kind.value, workers=workers, wall_s=time.perf_counter() - started,
                       episodes=episodes, passed=not reasons, reasons=reasons, metrics=metrics)
 
 
@@ -243,7 +246,9 @@ def judge(episodes: list[EpisodeResult], config: GateConfig) -> tuple[GateMetric
                           for name in episodes[0].max_abs_velocity},
         command_step_mean=float(np.mean([e.command_step_mean for e in episodes])),
         tick_overruns=sum(e.tick_overruns for e in episodes),
+        policy_p50_us_median=float(np.median([e.policy_p50_us for e in episodes])),
         policy_p99_us_max=max(e.policy_p99_us for e in episodes),
+        plan_fallback_rate=sum(e.plan_fallbacks for e in episodes) / max(steps, 1),
     )
     checks = [
         (m.wire_violations == 0, f"{m.wire_violations} commands outside the limits at the wire"),
@@ -259,6 +264,9 @@ def judge(episodes: list[EpisodeResult], config: GateConfig) -> tuple[GateMetric
          f"({m.interventions})"),
         (m.tick_overruns <= config.max_tick_overrun_rate * steps,
          f"{m.tick_overruns} of {steps} steps answered later than a control period"),
+        (m.plan_fallback_rate <= config.max_plan_fallback_rate,
+         f"the planner ran out of time on {m.plan_fallback_rate:.3f} of the steps > {config.max_plan_fallback_rate} "
+         f"(its p99 per decision: {m.policy_p99_us_max / 1e3:.1f} ms)"),
         (m.command_step_mean <= config.max_command_step_mean,
          f"rough commands: mean step {m.command_step_mean:.3f} > {config.max_command_step_mean}"),
     ]
@@ -291,6 +299,11 @@ def write_report(report: GateReport, folder: str | Path) -> Path:
                   "| joint | max \\|position\\| | position limit | max \\|velocity\\| (rad/s) | velocity limit |",
                   "|---|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in joint_rows(m, spec)]
+        if report.kind == "planning":
+            lines += ["", f"Planned episodes (CEM-MPC on the robot's side): per decision p50 "
+                          f"{m.policy_p50_us_median / 1e3:.2f} ms (median of the episodes), p99 "
+                          f"{m.policy_p99_us_max / 1e3:.2f} ms (the worst episode's); pi's action went on "
+                          f"{m.plan_fallback_rate:.2%} of the steps (at most {bars['max_plan_fallback_rate']:.0%})."]
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {_cell(value)} |" for name, value in m.model_dump().items()
                   if name not in ("max_abs_position", "max_abs_velocity")]

@@ -57,3 +57,27 @@ def reply(socket):
     while isinstance(message := decode(socket.recv()), Credit):
         pass
     return message
+
+
+@pytest.fixture(scope="session")
+def furuta_planning_artifact(tmp_path_factory):
+    """A planning artifact for the Furuta (untrained tiny nets, a small planner): the robot-side tests' world model."""
+    import torch
+
+    from policies.planner import PlannerConfig
+    from policies.sac_svg import SACSVG, SACSVGConfig
+    from policies.world_model import export_world_model
+    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.task import make_task
+
+    spec = load_robot_spec("furuta")
+    task = make_task(spec)
+    torch.manual_seed(0)
+    agent = SACSVG(task.obs_dim, len(task.action_layout), SACSVGConfig(horizon=2, **TINY_AGENT))
+    path = tmp_path_factory.mktemp("planning") / "furuta-planner.onnx"
+    low, high = spec.command_limits
+    export_world_model(agent, path, env=f"furuta:{spec.task}", obs_layout=task.obs_layout,
+                       action_layout=task.action_layout, action_low=low, action_high=high, action_repeat=1,
+                       training_step=0, source_run="tests", parity_decisions=2,
+                       planner=PlannerConfig(samples=32, elites=8, iterations=2, policy_samples=4))
+    return path

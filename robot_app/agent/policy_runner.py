@@ -1,5 +1,5 @@
 """The policies the agent runs, behind one `Policy` seam: exported ONNX actors (onnxruntime, metadata checked against
-the robot), the samplers that explore with them, and the bring-up policies."""
+the robot), planning artifacts (agent.world_planner), the samplers that explore with them, and bring-up policies."""
 
 from __future__ import annotations
 
@@ -11,50 +11,61 @@ from typing import Protocol
 import numpy as np
 
 from robot_app.common.actions import ActionScaler
-from robot_app.common.artifact import INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, ArtifactError, PolicyMetadata
+from robot_app.common.artifact import (
+    INPUT_NAME, MEAN_NAME, OUTPUT_NAME, STD_NAME, WORLD_METADATA_KEY, ArtifactError, PolicyMetadata,
+)
 from robot_app.robot.spec import RobotSpec
 
 
 class PolicyKind(str, enum.Enum):
     BRING_UP = "bring-up"  # zero or random commands, for a robot's first power-on
     ONNX_ACTOR = "onnx-actor"  # an exported actor network, run deterministically or sampled
+    PLANNING = "planning"  # a planning artifact: CEM-MPC over the learned model, pi's action when out of time
 
 
 class Policy(Protocol):
     """What the agent runs: an observation in, a native-unit action out, once per tick. A policy may keep state between
     calls; `reset()` comes at every episode start. `sample_seed` is the seed of the last action's random draw, -1 when
-    the action drew none; it is recorded with the transition."""
+    the action drew none; `fell_back`, whether a planner ran out of time on it and pi's action went instead. Both are
+    recorded with the transition."""
 
     version: str
     kind: PolicyKind
     sample_seed: int
+    fell_back: bool
 
     def reset(self) -> None: ...
 
     def __call__(self, obs: np.ndarray) -> np.ndarray: ...
 
 
+def open_session(model: str | os.PathLike | bytes, source: str):
+    """An onnxruntime session of one thread, for low-latency inference; ArtifactError for what is not a model."""
+    import onnxruntime
+
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ArtifactError(f"no policy file at {model}")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    try:
+        return onnxruntime.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                            providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+        raise ArtifactError(f"{source}: not a loadable ONNX model: {error}") from None
+
+
 class OnnxPolicy:
     """One policy artifact, loaded for single-threaded low-latency inference: its deterministic action."""
 
-    kind, sample_seed = PolicyKind.ONNX_ACTOR, -1
+    kind, sample_seed, fell_back = PolicyKind.ONNX_ACTOR, -1, False
 
-    def __init__(self, path: str | os.PathLike, data: bytes | None = None):
-        """data: the file's bytes, when the caller has already read (and verified) them: exactly those are run."""
+    def __init__(self, path: str | os.PathLike, data: bytes | None = None, session=None):
+        """data: the file's bytes, when the caller has already read (and verified) them: exactly those are run.
+        session: theirs, already open (open_session)."""
         import onnxruntime
 
         self.path = Path(path)
-        if data is None:
-            if not self.path.is_file():
-                raise ArtifactError(f"no policy file at {self.path}")
-            data = self.path.read_bytes()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        try:
-            self._session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-            raise ArtifactError(f"{self.path}: not a loadable ONNX model: {error}") from None
+        self._session = session or open_session(self.path if data is None else data, str(self.path))
         props = self._session.get_modelmeta().custom_metadata_map
         self.metadata = PolicyMetadata.from_props(props, str(self.path))
         inputs = {i.name: i.shape for i in self._session.get_inputs()}
@@ -131,7 +142,7 @@ class OnnxPolicy:
 class ConstantPolicy:
     """Bring-up policy `zero`: the robot's safe command on every tick."""
 
-    version, kind, sample_seed = "zero", PolicyKind.BRING_UP, -1
+    version, kind, sample_seed, fell_back = "zero", PolicyKind.BRING_UP, -1, False
 
     def __init__(self, command):
         self._command = np.asarray(command, dtype=np.float32)
@@ -146,7 +157,7 @@ class ConstantPolicy:
 class RandomPolicy:
     """Bring-up policy `random`: uniform over the command limits on every tick (a full-rate stress test)."""
 
-    version, kind, sample_seed = "random", PolicyKind.BRING_UP, -1
+    version, kind, sample_seed, fell_back = "random", PolicyKind.BRING_UP, -1, False
 
     def __init__(self, low, high, seed: int = 0):
         self._low, self._high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -173,7 +184,7 @@ class SeededDraws:
 
 def _stream_seed(seed: int, policy) -> list[int]:
     """Each policy its own stream: a new version does not replay the draws of the last one."""
-    return [seed, int(policy.version, 16)] if isinstance(policy, OnnxPolicy) else [seed]
+    return [seed] if policy.kind == PolicyKind.BRING_UP else [seed, int(policy.version, 16)]
 
 
 class SampledPolicy:
@@ -181,8 +192,12 @@ class SampledPolicy:
     own exploration). Evaluation and the gate run the deterministic action instead. `sample_seed` is the last draw's."""
 
     def __init__(self, policy: OnnxPolicy, seed: int = 0):
+        if not isinstance(policy, OnnxPolicy):
+            raise ArtifactError(f"{getattr(policy, 'path', policy)} is not an actor to sample from (a planning "
+                                "artifact plans deterministically)")
         policy.check_stochastic()  # refused at load, not at the first tick
         self.policy, self.version, self.kind, self.sample_seed = policy, policy.version, policy.kind, -1
+        self.fell_back = False
         self._draws = SeededDraws(_stream_seed(seed, policy))
 
     def reset(self) -> None:
@@ -202,6 +217,10 @@ class ExploringPolicy:
         self._scale = sigma * ActionScaler(low, high, as_array=lambda array: array.astype(np.float32)).half_range
         self._draws = SeededDraws(_stream_seed(seed, policy))
 
+    @property
+    def fell_back(self) -> bool:
+        return self.policy.fell_back
+
     def reset(self) -> None:
         self.policy.reset()
 
@@ -214,25 +233,38 @@ class ExploringPolicy:
 SIGNATURE_SUFFIX = ".sig"  # beside an artifact: the gate's signature of its bytes, in hex
 
 
-def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, trusted_key=None) -> Policy:
-    """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits. With a trusted
-    key (an Ed25519 public key), the file must carry the gate's signature in <file>.sig, or it is refused."""
+PLAN_DEADLINE_SHARE = 0.75  # of the control period: a plan's time from the call on, before pi's goes (agent --help)
+
+
+def load_policy(name_or_path: str, spec: RobotSpec, obs_layout, seed: int = 0, trusted_key=None,
+                plan_deadline_s: float | None = None) -> Policy:
+    """`zero`, `random`, or an ONNX file checked against the robot's task layout and command limits: a policy
+    artifact, or a planning artifact (planned within `plan_deadline_s`, by default PLAN_DEADLINE_SHARE of the control
+    period). With a trusted key (an Ed25519 public key), the file must carry the gate's signature in <file>.sig, or it
+    is refused."""
     low, high = spec.command_limits
     if name_or_path == "zero":
         return ConstantPolicy([a.safe_command for a in spec.actuators])
     if name_or_path == "random":
         return RandomPolicy(low, high, seed)
-    data = None
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ArtifactError(f"no policy file at {path}")
+    data = path.read_bytes()  # read once: the bytes verified are the bytes run
     if trusted_key is not None:
         from robot_app.common.signing import verify
 
-        path, signature_file = Path(name_or_path), Path(name_or_path + SIGNATURE_SUFFIX)
-        if not path.is_file():
-            raise ArtifactError(f"no policy file at {path}")
-        data = path.read_bytes()  # read once: the bytes verified are the bytes run
+        signature_file = Path(name_or_path + SIGNATURE_SUFFIX)
         signature = signature_file.read_text().strip() if signature_file.is_file() else ""
         verify(data, signature, trusted_key, str(path))
-    policy = OnnxPolicy(name_or_path, data)
+    session = open_session(data, name_or_path)
+    if WORLD_METADATA_KEY in session.get_modelmeta().custom_metadata_map:
+        from robot_app.agent.world_planner import PlanningPolicy  # it builds on this module
+
+        deadline = PLAN_DEADLINE_SHARE * spec.period_s if plan_deadline_s is None else plan_deadline_s
+        policy = PlanningPolicy(name_or_path, session, deadline, seed)
+    else:
+        policy = OnnxPolicy(name_or_path, data, session)
     trained_on = policy.metadata.env
     if trained_on.partition(":")[0] != spec.name:
         raise ArtifactError(f"{name_or_path} was trained on {trained_on!r}, not on a {spec.name} task: robot "

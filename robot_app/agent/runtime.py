@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from calibration.encoders import RobotCalibration
-from robot_app.agent.policy_runner import Policy
+from robot_app.agent.policy_runner import Policy, PolicyKind
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError, TransitionSink
 from robot_app.common.logs import first_and_doubling, format_counts
@@ -45,6 +45,7 @@ class _OpenStep:
     command_time_ns: int
     device_time_us: int
     sample_seed: int
+    plan_fallback: bool
 
 
 class Agent:
@@ -83,6 +84,7 @@ class Agent:
         self.transitions_recorded = 0
         self.link_losses = 0
         self.policy_latency = LatencyWindow()
+        self.plan_fallbacks = 0  # ticks a planning policy ran out of time on, and sent pi's action
         self.late_responses = 0  # lockstep: commands sent more than a control period after their sensor frame
         self.tick_errors = 0
         self.tick_error_limit = tick_error_limit
@@ -197,10 +199,11 @@ class Agent:
                 if self._step == 0:
                     self.policy.reset()  # a new episode
                 policy_action = np.asarray(self.policy(obs), dtype=np.float64)
-                sample_seed = self.policy.sample_seed
+                sample_seed, fell_back = self.policy.sample_seed, self.policy.fell_back
             except Exception as error:  # a broken policy is a fault, never a crash with the motor on
                 log.error("policy raised: %s", error)
-                policy_action, sample_seed = np.full(len(self.spec.actuators), np.nan), -1
+                policy_action, sample_seed, fell_back = np.full(len(self.spec.actuators), np.nan), -1, False
+            self.plan_fallbacks += fell_back
             self.policy_latency.add(time.perf_counter_ns() - started)
             verdict = self.supervisor.check(policy_action, state, age)
             self.robot.send_command(verdict.command, verdict.enable)
@@ -208,7 +211,7 @@ class Agent:
             if self.schedule is None and sent_ns - reading.received_ns > self.spec.period_s * 1e9:
                 self.late_responses += 1  # on a real robot at this rate, a missed deadline
             self._open = _OpenStep(obs, verdict.command, policy_action, self._step, verdict.reasons,
-                                   reading.received_ns, sent_ns, reading.frame.device_time_us, sample_seed)
+                                   reading.received_ns, sent_ns, reading.frame.device_time_us, sample_seed, fell_back)
             self._step += 1
         else:
             target = self.task.reset_command(state) if state is not None else self.supervisor.safe
@@ -441,6 +444,7 @@ class Agent:
                 interventions=interventions, obs_time_ns=open_step.obs_time_ns,
                 command_time_ns=open_step.command_time_ns, next_obs_time_ns=received_ns,
                 device_time_us=open_step.device_time_us, sample_seed=open_step.sample_seed,
+                plan_fallback=open_step.plan_fallback,
             ))
         self.transitions_recorded += 1
         return terminated or truncated
@@ -489,6 +493,7 @@ class Agent:
                 f"interventions={format_counts(self.supervisor.counts, compact=True)} "
                 f"link_frames={link.get('frames', 0)} link_errors={format_counts(bad, compact=True)} "
                 f"tick_errors={self.tick_errors} "
+                f"{f'plan_fallbacks={self.plan_fallbacks} ' if self.policy.kind == PolicyKind.PLANNING else ''}"
                 f"estop={self.supervisor.estop_reason or 'off'} fault={self.supervisor.fault or 'none'}")
 
     def summary(self, wall_s: float, cpu_s: float) -> AgentSummary:
@@ -499,6 +504,7 @@ class Agent:
             "link": self.robot.link_counters,
             "link_losses": self.link_losses,
             "credit_waits": self.credit_waits,
+            "plan_fallbacks": self.plan_fallbacks,
             "tick_errors": self.tick_errors,
             "stop_reason": self._stop_reason,
             "failure": self.failure,

@@ -28,7 +28,7 @@ from robot_app.common.storage import DurableSQLite
 from robot_app.common.transition_chunk import TransitionChunk
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3  # 3: transition chunks carry sample_seed
+SCHEMA_VERSION = 4  # 4: transition chunks carry plan_fallback
 
 
 class TransitionLogError(OSError):
@@ -54,6 +54,7 @@ class Transition:
     next_obs_time_ns: int
     device_time_us: int  # the device's clock at the observation
     sample_seed: int = -1  # the seed of the draw that sampled the policy's action (-1: the policy records none)
+    plan_fallback: bool = False  # a planner ran out of time, and this action is pi's own
 
 
 @dataclasses.dataclass(frozen=True)

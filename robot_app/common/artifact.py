@@ -1,7 +1,9 @@
-"""The policy artifact contract: the metadata an exported ONNX policy carries. Torch-free, so the agent can import it."""
+"""The artifact contracts: the metadata an exported ONNX policy or planner carries. Torch-free, for the agent."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -20,6 +22,8 @@ WORLD_METADATA_KEY = "robot_app.world_model"
 WORLD_FORMAT = "robot_app.world_model/1"
 PLAN_INPUTS = ("obs", "warm_mean", "policy_noise", "gaussian_noise", "terminal_noise")
 PLAN_OUTPUTS = ("action", "mean")
+# The planner's fallback inside the same file: pi's own policy artifact (the bytes `robot-app export` writes), base64.
+WORLD_POLICY_KEY = "robot_app.world_model.policy"
 
 
 class ArtifactError(ValueError):
@@ -115,3 +119,20 @@ class WorldModelMetadata(_Artifact):
             return cls.model_validate(json.loads(props[WORLD_METADATA_KEY]))
         except (json.JSONDecodeError, ValidationError) as error:
             raise ArtifactError(f"{source}: bad '{WORLD_METADATA_KEY}' metadata: {error}") from None
+
+
+def read_metadata(props: dict[str, Any], source: str = "artifact") -> PolicyMetadata | WorldModelMetadata:
+    """The metadata of either kind of artifact, by which key its ONNX properties carry."""
+    if WORLD_METADATA_KEY in props:
+        return WorldModelMetadata.from_props(props, source)
+    return PolicyMetadata.from_props(props, source)
+
+
+def embedded_policy(props: dict[str, Any], source: str = "artifact") -> bytes:
+    """The policy artifact a planning artifact carries for its fallback (see WORLD_POLICY_KEY)."""
+    try:
+        return base64.b64decode(props[WORLD_POLICY_KEY], validate=True)
+    except KeyError:
+        raise ArtifactError(f"{source}: a planning artifact without its fallback policy ('{WORLD_POLICY_KEY}')") from None
+    except (binascii.Error, ValueError) as error:
+        raise ArtifactError(f"{source}: '{WORLD_POLICY_KEY}' is not base64: {error}") from None

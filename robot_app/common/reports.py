@@ -43,7 +43,9 @@ class EpisodeResult(Result):
     max_abs_position: dict[str, float]
     max_abs_velocity: dict[str, float]
     command_step_mean: float  # the policy's own mean |command change| per step, clipped to the limits
+    policy_p50_us: float = 0.0  # the policy's time per decision: a planner's, with pi's action and any fallback
     policy_p99_us: float
+    plan_fallbacks: int = 0  # steps a planning artifact ran out of time on, and sent pi's action
     tick_overruns: int
     stop_reason: str | None
     seconds: float
@@ -66,7 +68,9 @@ class GateMetrics(Result):
     max_abs_velocity: dict[str, float]
     command_step_mean: float
     tick_overruns: int
+    policy_p50_us_median: float = 0.0
     policy_p99_us_max: float
+    plan_fallback_rate: float = 0.0  # of all steps: a planning artifact's decisions not ready in time
 
 
 class GateReport(Result):
@@ -77,6 +81,7 @@ class GateReport(Result):
     config: dict[str, Any]  # the GateConfig, as judged
     created: float  # unix time
     version: str | None  # None: the artifact did not load
+    kind: str | None = None  # the policy kind it ran as: "onnx-actor", or "planning" (planned episodes)
     passed: bool
     reasons: list[str]  # why it was rejected; empty when it passed
     episodes: list[EpisodeResult] = []
@@ -103,6 +108,7 @@ class AgentSummary(Result):
     link: dict[str, int]
     link_losses: int
     credit_waits: int
+    plan_fallbacks: int = 0  # ticks a planning policy ran out of time on, and sent pi's action instead
     tick_errors: int
     stop_reason: str | None
     failure: str | None  # why the agent stopped itself, if it did
@@ -157,6 +163,7 @@ class LearnerOptions(Result):
     total_updates: int = Field(100_000, ge=1)
     replay_capacity: int = Field(1_000_000, ge=1)
     credit_rows: int | None = Field(None, ge=1)
+    planner: dict[str, Any] | None = None  # PlannerConfig settings: candidates are planning artifacts; None: actors
 
 
 class DeploymentOptions(Result):

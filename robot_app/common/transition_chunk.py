@@ -71,6 +71,7 @@ COLUMNS = {
     "obs_time_ns": ("<i8", 1), "command_time_ns": ("<i8", 1), "next_obs_time_ns": ("<i8", 1),
     "device_time_us": ("<i8", 1),
     "sample_seed": ("<i8", 1),  # the seed of the draw that sampled this row's action; -1: the policy records none
+    "plan_fallback": ("|b1", 1),  # a planner ran out of time on this row, so pi's own action was sent
 }
 MAX_INTERVENTION_NAMES = 63
 

@@ -29,7 +29,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from robot_app.common.logs import first_and_doubling
 from robot_app.common.storage import DurableSQLite
-from robot_app.learner.registry import read_metadata
+from robot_app.learner.registry import read_artifact_metadata
 from robot_app.learner.telemetry import FLEET, DashboardFeed
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import make_task
@@ -40,7 +40,7 @@ from robot_app.transport.messages import (
 )
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3  # 3: transition chunks carry sample_seed
+SCHEMA_VERSION = 4  # 4: transition chunks carry plan_fallback
 DRAIN_LIMIT = 64  # messages taken per round, so one commit covers them and the loop still turns
 ACTIVE_ROBOT_S = 10.0  # a robot heard from this recently shares the learner's credit
 
@@ -254,7 +254,7 @@ class IngestServer:
         """Make `artifact` the policy robots should run; announced now and again every heartbeat (latest only).
         `signature`: the gate's, in hex; robots with a trusted key refuse an artifact without a valid one."""
         data = Path(artifact).read_bytes()
-        version = read_metadata(data, str(artifact)).weights_sha256[:16]  # what robots report running
+        version = read_artifact_metadata(data, str(artifact)).weights_sha256[:16]  # what robots report running
         announcement = PolicyAnnouncement(version, hashlib.sha256(data).hexdigest(), len(data), signature)
         with self._policy_lock:
             self._policy = (announcement, data)

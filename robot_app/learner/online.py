@@ -17,8 +17,10 @@ import torch
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.export import DeployedPolicy, export_onnx
 from policies.learning import default_device, non_finite, sample_and_update
+from policies.planner import PlannerConfig
 from policies.replay import ReplayBuffer
 from policies.sac_svg import SACSVG, SACSVGConfig
+from policies.world_model import export_world_model
 from robot_app.common.artifact import ArtifactError
 from robot_app.common.transition_chunk import MAX_EPISODE
 from robot_app.learner.ingest import IngestStore, RowSchema
@@ -33,8 +35,10 @@ class OnlineLearner:
     def __init__(self, store: IngestStore, out: str | Path, spec: RobotSpec, horizon: int = 3,
                  agent_overrides: dict | None = None, seed: int = 0, warmup: int = 1000,
                  updates_per_transition: float = 1.0, candidate_every: int = 1000, total_updates: int = 100_000,
-                 replay_capacity: int = 1_000_000, on_chunk=None, credit_rows: int | None = None):
+                 replay_capacity: int = 1_000_000, on_chunk=None, credit_rows: int | None = None,
+                 planner: dict | None = None):
         """on_chunk(robot_id, chunk) sees every TransitionChunk as it enters replay (for episode returns).
+        planner: PlannerConfig settings, to export planning artifacts as candidates instead of actors.
         credit_rows: how far each lockstep robot may run ahead of the updates, besides the episode it may finish past
         its credit (default one episode; see credit)."""
         if updates_per_transition <= 0:
@@ -56,6 +60,9 @@ class OnlineLearner:
         self.replay = ReplayBuffer(obs_dim, len(self.action_layout), replay_capacity, self.device)
         self.warmup, self.ratio = warmup, updates_per_transition
         self.candidate_every, self.total_updates = candidate_every, total_updates
+        self.planner = None if planner is None else PlannerConfig(**planner)
+        if self.planner is not None and not (self.planner.horizon or horizon):
+            raise ValueError("planning candidates need a model: give horizon >= 1, or the planner's own horizon")
         self.cursor = 0  # the last ingest-store seq added to replay
         self.transitions = self.updates = 0
         self.robots: dict[str, int] = {}
@@ -143,10 +150,14 @@ class OnlineLearner:
 
     def export_candidate(self) -> Path:
         path = self.out / "candidates" / f"candidate-{self.updates:08d}.onnx"
-        policy = DeployedPolicy(self.agent.normalizer, self.agent.actor, self.scaler.low, self.scaler.high)
-        export_onnx(policy, path, env=self.env_name, obs_layout=self.obs_layout, action_layout=self.action_layout,
-                    action_repeat=1, training_step=self.transitions, source_run=str(self.out),
-                    horizon=self.agent.config.horizon)
+        provenance = dict(env=self.env_name, obs_layout=self.obs_layout, action_layout=self.action_layout,
+                          action_repeat=1, training_step=self.transitions, source_run=str(self.out))
+        if self.planner is not None:
+            export_world_model(self.agent, path, action_low=self.scaler.low, action_high=self.scaler.high,
+                               planner=self.planner, parity_decisions=2, **provenance)
+        else:
+            policy = DeployedPolicy(self.agent.normalizer, self.agent.actor, self.scaler.low, self.scaler.high)
+            export_onnx(policy, path, horizon=self.agent.config.horizon, **provenance)
         self.candidates.append(path)
         log.info("candidate %s after %d updates on %d transitions", path.name, self.updates, self.transitions)
         return path

@@ -17,7 +17,7 @@ import re
 import socket
 from pathlib import Path
 
-from robot_app.common.artifact import ArtifactError, PolicyMetadata
+from robot_app.common.artifact import ArtifactError, PolicyMetadata, WorldModelMetadata, read_metadata
 from robot_app.common.files import write_atomic
 from robot_app.common.logs import utc_now
 from robot_app.common.storage import DurableSQLite
@@ -53,15 +53,15 @@ class PolicyRecord:
     signature: str  # the gate's Ed25519 signature of the artifact, hex; "" until validated
 
 
-def read_metadata(data: bytes, source: str) -> PolicyMetadata:
-    """The robot_app metadata of an ONNX file's bytes (learner side: it needs the onnx package)."""
+def read_artifact_metadata(data: bytes, source: str) -> PolicyMetadata | WorldModelMetadata:
+    """The robot_app metadata of an ONNX file's bytes, a policy's or a planner's (learner side: it needs onnx)."""
     import onnx
 
     try:
         props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
     except Exception as error:  # onnx raises DecodeError and others for a file that is not ONNX
         raise ArtifactError(f"{source}: not an ONNX model: {error}") from None
-    return PolicyMetadata.from_props(props, source)
+    return read_metadata(props, source)
 
 
 def _record(row: tuple) -> PolicyRecord:
@@ -135,7 +135,7 @@ class PolicyRegistry:
         """Copy an exported ONNX into the registry as a candidate; adding the same weights again changes nothing."""
         artifact = Path(artifact)
         data = artifact.read_bytes()
-        meta = read_metadata(data, str(artifact))
+        meta = read_artifact_metadata(data, str(artifact))
         version = meta.weights_sha256[:16]  # what the agent reports running
         path = self.folder / "artifacts" / f"{version}.onnx"
         if not path.exists():

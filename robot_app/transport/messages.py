@@ -14,7 +14,7 @@ import msgpack
 
 from robot_app.common.transition_chunk import MAX_SEQ, MessageError, TransitionChunk, get_field, unpack_map
 
-SCHEMA_VERSION = 4  # 4: status carries the robot's safety state; software-stop commands
+SCHEMA_VERSION = 5  # 5: transition chunks carry plan_fallback
 MAX_MESSAGE_BYTES = 8 << 20
 
 

@@ -63,7 +63,7 @@ def virtual_robot(tmp_path, *flags):
 
 
 class FnPolicy:
-    kind, sample_seed = PolicyKind.BRING_UP, -1
+    kind, sample_seed, fell_back = PolicyKind.BRING_UP, -1, False
 
     def __init__(self, fn, version):
         self.fn, self.version = fn, version
@@ -215,8 +215,8 @@ def test_the_device_audit_judges_every_step_and_writes_strict_json(tmp_path):
 
 
 def test_agent_watchdog_stops_safely_on_stale_sensor_data(tmp_path):
-    with virtual_robot(tmp_path, "--hang-after", "0.6") as robot:
-        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=1.5)
+    with virtual_robot(tmp_path, "--hang-after", "2.0") as robot:  # time enough to connect on a busy machine
+        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(duration_s=3.0)
     assert summary.interventions.get("stale_sensors", 0) > 0
     assert summary.stop_reason == "duration reached"
 

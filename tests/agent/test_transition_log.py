@@ -51,7 +51,7 @@ def test_an_outbox_of_another_schema_is_refused_not_rewritten(tmp_path):
     db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     db.commit()
     db.close()
-    with pytest.raises(ValueError, match="schema v1; this version reads and writes v3"):
+    with pytest.raises(ValueError, match="schema v1; this version reads and writes v4"):
         TransitionLog(tmp_path / "old.sqlite")
 
 

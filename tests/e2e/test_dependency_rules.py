@@ -92,8 +92,12 @@ def test_agent_runs_a_policy_with_torch_and_mujoco_absent(blocked, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_the_agent_drives_the_virtual_robot_with_torch_and_mujoco_blocked(tmp_path):
-    # The virtual robot needs mujoco; the agent process beside it may not import torch, mujoco or dm_control.
+@pytest.mark.parametrize("policy", ["random", "planning"])
+def test_the_agent_drives_the_virtual_robot_with_torch_and_mujoco_blocked(tmp_path, policy, request):
+    # The virtual robot needs mujoco; the agent process beside it may not import torch, mujoco or dm_control, also
+    # with a planning artifact loaded and planning (its world model runs on onnxruntime).
+    if policy == "planning":
+        policy = str(request.getfixturevalue("furuta_planning_artifact"))
     robot = subprocess.Popen([sys.executable, "-m", "robot_app.cli", "virtual-robot", "--lockstep"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -101,7 +105,7 @@ def test_the_agent_drives_the_virtual_robot_with_torch_and_mujoco_blocked(tmp_pa
         result = run_python(
             "BLOCKED = ('torch', 'mujoco', 'dm_control')\n" + BLOCKER +
             "import sys\nfrom robot_app.cli import main\n"
-            f"code = main(['agent', '--port', {port!r}, '--policy', 'random', '--episodes', '1',"
+            f"code = main(['agent', '--port', {port!r}, '--policy', {policy!r}, '--episodes', '1',"
             f" '--log', {str(tmp_path / 't.sqlite')!r}])\n"
             "assert code == 0, code\nassert not {'torch', 'mujoco', 'dm_control'} & set(sys.modules)\n"
         )

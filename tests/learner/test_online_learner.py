@@ -107,3 +107,21 @@ def test_bad_rows_already_in_the_store_are_quarantined_and_the_learner_trains_on
     store = IngestStore(tmp_path / "ingest.sqlite")
     restarted = make_learner(store, tmp_path / "learner")  # and a restart reads past them
     assert restarted.ingest(limit=1 << 20) == 0 and len(restarted.replay) == good
+
+
+def test_a_planning_learner_exports_planning_artifacts_the_registry_and_the_agent_take(tmp_path):
+    from robot_app.agent.world_planner import PlanningPolicy
+    from robot_app.learner.registry import PolicyRegistry
+
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    fill_store(store, "robot-1", 3, seed=0)
+    learner = OnlineLearner(store, tmp_path / "learner", SPEC, horizon=2, agent_overrides=dict(TINY_AGENT),
+                            warmup=200, candidate_every=10_000, planner={"samples": 16, "elites": 4, "iterations": 2, "policy_samples": 4})
+    learner.ingest()
+    learner.train(max_updates=20)
+    candidate = learner.export_candidate()
+    record = PolicyRegistry(tmp_path / "registry").add_candidate(candidate, "test")
+    policy = load_policy(record.path, SPEC, make_task(SPEC).obs_layout)
+    assert isinstance(policy, PlanningPolicy) and policy.version == record.version
+    assert policy.metadata.planner["samples"] == 16 and policy.metadata.training_step == learner.transitions
+    assert np.all(np.abs(policy(np.zeros(6, np.float32))) <= 5.0)

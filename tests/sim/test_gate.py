@@ -38,8 +38,9 @@ def config(episodes=2):
 
 def timeless(report):
     """The report without wall-clock figures, which no seed fixes."""
-    episodes = [e.model_dump(exclude={"seconds", "policy_p99_us", "tick_overruns"}) for e in report.episodes]
-    metrics = report.metrics.model_dump(exclude={"policy_p99_us_max", "tick_overruns"})
+    episodes = [e.model_dump(exclude={"seconds", "policy_p50_us", "policy_p99_us", "tick_overruns"})
+                for e in report.episodes]
+    metrics = report.metrics.model_dump(exclude={"policy_p50_us_median", "policy_p99_us_max", "tick_overruns"})
     return episodes, metrics, report.reasons
 
 
@@ -55,6 +56,24 @@ def test_a_trained_policy_passes_and_its_report_reproduces(tmp_path):
     untraced = [e.model_copy(update={"trace": None}) for e in first.episodes]
     assert stored == first.model_copy(update={"episodes": untraced})
     assert timeless(validate(TRAINED, config=config(4))) == timeless(first)
+
+
+def test_a_planning_artifact_is_validated_in_planned_episodes_and_its_fallback_rate_is_judged(
+        tmp_path, furuta_planning_artifact):
+    report = validate(furuta_planning_artifact, config=config(2))
+    assert report.kind == "planning" and report.metrics is not None
+    m = report.metrics
+    assert m.policy_p50_us_median > 0 and m.policy_p99_us_max >= m.policy_p50_us_median
+    steps = sum(e.steps for e in report.episodes)
+    assert m.plan_fallback_rate == sum(e.plan_fallbacks for e in report.episodes) / steps
+    folder = write_report(report, tmp_path / "report")
+    assert "Planned episodes (CEM-MPC" in (folder / "report.md").read_text()
+    # The same episodes, had the planner run out of time on a tenth of their steps: over the bar of sim/gate.yaml.
+    from sim.gate import judge
+
+    late = [e.model_copy(update={"plan_fallbacks": e.steps // 10}) for e in report.episodes]
+    _, reasons = judge(late, load_gate_config())
+    assert any("the planner ran out of time on 0.1" in reason for reason in reasons), reasons
 
 
 def test_the_full_gate_passes_a_balancing_policy_and_rejects_a_swinging_one_on_success():
