@@ -87,7 +87,7 @@ def summary(tasks, seeds) -> None:
             diff = planned - policy
             print(f"| {task} | {step // 1000}k | {len(records)} | {policy.mean():.1f} ± {policy.std():.1f} | "
                   f"{planned.mean():.1f} ± {planned.std():.1f} | {diff.mean():+.1f} ± {diff.std():.1f} | "
-                  f"{planned.mean() / policy.mean():.3f} |")
+                  f"{planned.mean() / policy.mean() if policy.mean() > 0 else float('nan'):.3f} |")
     print("\n| task | seeds | take mean | take elite | elite − mean (paired) |")
     print("|---|---|---|---|---|")
     for task in tasks:

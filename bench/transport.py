@@ -234,7 +234,7 @@ def measure_latency(tmp: Path, seconds: float, rate_hz: float = 500.0) -> dict:
 
 
 def _policy_robot(robot: str, tmp: str, endpoint: str, announce: str, keys: str, ready, loaded) -> None:
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.loading import load_policy
     from robot_app.agent.transition_log import TransitionLog
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task

@@ -187,7 +187,8 @@ def _virtual_robot(args) -> int:
 
 def _agent(args) -> int:
     from calibration.encoders import load_calibration
-    from robot_app.agent.policy_runner import ExploringPolicy, OnnxPolicy, SampledPolicy, load_policy
+    from robot_app.agent.loading import load_policy
+    from robot_app.agent.policy_runner import ExploringPolicy, OnnxPolicy, SampledPolicy
     from robot_app.agent.runtime import Agent
     from robot_app.agent.transition_log import TransitionLog
     from robot_app.common.logs import format_counts
@@ -344,7 +345,7 @@ def _print_verdict(report) -> None:
 def _validate(args) -> int:
     import mujoco  # noqa: F401  (the gate's episodes need it: without the sim extra, fail here, not in each worker)
 
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.loading import load_policy
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
     from sim.gate import load_gate_config, validate, write_report
@@ -367,7 +368,7 @@ def _policies(args) -> int:
         raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
                           f"(`robot-app policies list --registry {args.registry}` shows the versions)")
     if args.action == "add":  # a policy for another robot or task stays out, and so does a registry for it
-        from robot_app.agent.policy_runner import load_policy
+        from robot_app.agent.loading import load_policy
         from robot_app.robot.spec import load_robot_spec
         from robot_app.robot.task import make_task
 

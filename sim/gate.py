@@ -93,7 +93,7 @@ def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan
 def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> EpisodeResult:
     """One randomised episode through the agent runtime, measured. Runs in a worker process."""
     from calibration.encoders import load_calibration
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.loading import load_policy
     from robot_app.agent.runtime import Agent
     from robot_app.agent.transition_log import TransitionRecorder
     from robot_app.hardware.serial_robot import SerialRobot
@@ -161,9 +161,8 @@ def _freeze_worker_heap() -> None:
     the agent's full collection before each handshake scans only that episode's objects (docs/BENCHMARKS.md)."""
     import onnxruntime  # noqa: F401  (what run_episode uses, loaded before the freeze)
 
-    import robot_app.agent.policy_runner  # noqa: F401
+    import robot_app.agent.loading  # noqa: F401
     import robot_app.agent.runtime  # noqa: F401
-    import robot_app.agent.world_planner  # noqa: F401
     import sim.virtual_robot  # noqa: F401
 
     gc.collect()
@@ -197,7 +196,7 @@ def _keep_to_one_core(cores: list[int], started) -> None:
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
              progress: bool = False) -> GateReport:
     """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.loading import load_policy
     from robot_app.common.artifact import ArtifactError
 
     config = config or load_gate_config()
@@ -409,7 +408,7 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
                    actor: str = "gate", progress: bool = False) -> GateReport:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
-    from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
+    from robot_app.agent.loading import SIGNATURE_SUFFIX
     from robot_app.common.files import write_atomic
     from robot_app.common.signing import sign
 

@@ -36,7 +36,7 @@ from typing import Callable
 
 import zmq
 
-from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
+from robot_app.agent.loading import SIGNATURE_SUFFIX
 from robot_app.agent.transition_log import PendingChunk, TransitionLog
 from robot_app.common.files import write_atomic
 from robot_app.common.logs import first_and_doubling

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from calibration.encoders import load_calibration
-from robot_app.agent.policy_runner import ConstantPolicy, PolicyKind, load_policy
+from robot_app.agent.loading import load_policy
+from robot_app.agent.policy_runner import ConstantPolicy, PolicyKind
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
 from robot_app.common.artifact import ArtifactError

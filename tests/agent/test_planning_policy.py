@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from calibration.encoders import load_calibration
-from robot_app.agent.policy_runner import PolicyKind, SampledPolicy, load_policy
+from robot_app.agent.loading import load_policy
+from robot_app.agent.policy_runner import PolicyKind, SampledPolicy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionRecorder
 from robot_app.agent.world_planner import PlanningPolicy, WorldModelPlanner

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from robot_app.agent.policy_runner import SIGNATURE_SUFFIX
+from robot_app.agent.loading import SIGNATURE_SUFFIX
 from robot_app.common.signing import generate_signing_keys, load_signing_key, sign
 from robot_app.dashboard.tokens import TokenStore
 from robot_app.demo import terminate

@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from robot_app.agent.policy_runner import OnnxPolicy, load_policy
+from robot_app.agent.loading import load_policy
+from robot_app.agent.policy_runner import OnnxPolicy
 from robot_app.agent.transition_log import Transition
 from robot_app.learner.ingest import IngestStore
 from robot_app.learner.online import OnlineLearner

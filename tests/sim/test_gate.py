@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from robot_app.agent.policy_runner import load_policy
+from robot_app.agent.loading import load_policy
 from robot_app.common.artifact import ArtifactError
 from robot_app.common.reports import GateReport, GateSummary
 from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key

@@ -140,7 +140,7 @@ def export_policy(path, obs_layout, actor=None):
 def test_a_published_policy_is_fetched_verified_and_handed_to_the_agent(keys, tmp_path):
     import torch
 
-    from robot_app.agent.policy_runner import load_policy
+    from robot_app.agent.loading import load_policy
     from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key, sign
     from robot_app.robot.spec import load_robot_spec
     from robot_app.robot.task import make_task
