@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from robot_app.agent.policy_runner import OnnxPolicy, PolicyKind, open_session
-from robot_app.common.actions import ActionScaler
 from robot_app.common.artifact import PLAN_INPUTS, PLAN_OUTPUTS, ArtifactError, WorldModelMetadata, embedded_policy
 from robot_app.common.planning import noise_shapes, warm_start
 
@@ -88,8 +87,6 @@ class PlanningPolicy:
                 self.metadata.action_high):
             raise ArtifactError(f"{path}: its fallback policy's layouts or action bounds differ from the planner's")
         self.deadline_ns = round(deadline_s * 1e9)
-        self.scaler = ActionScaler(self.metadata.action_low, self.metadata.action_high,
-                                   as_array=lambda array: np.asarray(array, np.float32))
         self._run_options = onnxruntime.RunOptions()
         self.fell_back = False
         self.decisions = self.fallbacks = 0
@@ -107,6 +104,7 @@ class PlanningPolicy:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         deadline = time.monotonic_ns() + self.deadline_ns
         pi = self.fallback(obs)
+        warm = self.planner.previous_mean
         self._run_options.terminate = False
         watchdog = _watchdog()
         watchdog.arm(self._run_options, deadline)
@@ -120,11 +118,12 @@ class PlanningPolicy:
             watchdog.disarm()
         self.decisions += 1
         self.fell_back = unit is None or time.monotonic_ns() > deadline
-        if self.fell_back:
+        if self.fell_back:  # as if this decision had not been planned, though a late plan may have finished
             self.fallbacks += 1
+            self.planner.previous_mean = warm
             self.planner.skip()
             return pi
-        return self.scaler.to_native(unit)
+        return self.fallback.scaler.to_native(unit)  # the same bounds as the planner's, checked above
 
 
 class _Watchdog:
