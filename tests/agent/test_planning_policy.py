@@ -1,8 +1,10 @@
 """CEM-MPC on the robot: a planning artifact plans inside its deadline, or pi's own action goes and is counted."""
 
+import base64
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from calibration.encoders import load_calibration
@@ -11,7 +13,7 @@ from robot_app.agent.policy_runner import PolicyKind, SampledPolicy
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionRecorder
 from robot_app.agent.world_planner import PlanningPolicy, WorldModelPlanner
-from robot_app.common.artifact import ArtifactError
+from robot_app.common.artifact import WORLD_METADATA_KEY, WORLD_POLICY_KEY, ArtifactError
 from robot_app.common.signing import generate_signing_keys, load_signing_key, load_trusted_key, sign
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
@@ -80,3 +82,22 @@ def test_a_tampered_planning_artifact_is_refused_by_signature(tmp_path, furuta_p
 def test_a_planning_artifact_is_not_sampled_as_an_actor(furuta_planning_artifact):
     with pytest.raises(ArtifactError, match="not an actor to sample from"):
         SampledPolicy(planned(furuta_planning_artifact, 1.0))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda props: props.pop(WORLD_POLICY_KEY), "without its fallback policy"),
+    (lambda props: props.update({WORLD_POLICY_KEY: "not base64 at all!"}), "is not base64"),
+    (lambda props: props.update({WORLD_POLICY_KEY: base64.b64encode(b"garbage").decode()}), "not a loadable ONNX"),
+    (lambda props: props.update({WORLD_METADATA_KEY: "{"}), "bad 'robot_app.world_model' metadata"),
+])
+def test_a_malformed_planning_artifact_is_refused_by_name(tmp_path, furuta_planning_artifact, change, words):
+    model = onnx.load(str(furuta_planning_artifact))
+    props = {p.key: p.value for p in model.metadata_props}
+    change(props)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ArtifactError, match=words):
+        load_policy(str(path), SPEC, TASK.obs_layout)
