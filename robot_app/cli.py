@@ -113,29 +113,28 @@ def _evaluate(args) -> int:
     return 0
 
 
-PLANNER_FLAGS = ("samples", "iterations", "elites", "horizon")
+PLANNER_DEFAULTS = {"samples": 256, "iterations": 4, "elites": 32}  # PlannerConfig's, for the help without torch
 DEMO_PLANNER = {"samples": 128, "iterations": 3, "elites": 32}  # what fits a 50 Hz period on one core (BENCHMARKS)
+PLANNER_HELP = {"samples": "action sequences per decision", "iterations": "refits per decision",
+                "elites": "sequences each refit keeps", "horizon": "steps planned"}
 
 
 def _planner_settings(args, on: bool, flag: str, prefix: str = "") -> dict:
-    """The planner flags given (samples, iterations, elites, horizon, after `prefix`), which only `flag` makes sense
-    of."""
-    settings = {name: getattr(args, prefix + name) for name in PLANNER_FLAGS if getattr(args, prefix + name) is not None}
+    """The planner flags given (--samples, --iterations, --elites, --horizon, each after `prefix`), which only `flag`
+    makes sense of."""
+    settings = {name: getattr(args, (prefix + name).replace("-", "_")) for name in PLANNER_HELP}
+    settings = {name: value for name, value in settings.items() if value is not None}
     if settings and not on:
-        raise _UsageError(f"--{', --'.join(prefix.replace('_', '-') + name for name in settings)} set the planner: "
-                          f"add {flag}")
+        raise _UsageError(f"--{', --'.join(prefix + name for name in settings)} set the planner: add {flag}")
     return settings
 
 
 def _add_planner_arguments(parser: argparse.ArgumentParser, flag: str, prefix: str = "",
-                           defaults: str = "256, 4, 32") -> None:
+                           defaults: dict[str, int] = PLANNER_DEFAULTS) -> None:
     """--samples, --iterations, --elites, --horizon (each after `prefix`, e.g. plan-): the planner's settings."""
-    samples, iterations, elites = defaults.split(", ")
-    for name, text in (("samples", f"action sequences per decision (default {samples})"),
-                       ("iterations", f"refits per decision (default {iterations})"),
-                       ("elites", f"sequences each refit keeps (default {elites})"),
-                       ("horizon", "steps planned (default: the model's SVG horizon)")):
-        parser.add_argument(f"--{prefix}{name}", type=_positive, help=f"{flag}: {text}")
+    for name, text in PLANNER_HELP.items():
+        default = defaults.get(name, "the model's SVG horizon")
+        parser.add_argument(f"--{prefix}{name}", type=_positive, help=f"{flag}: {text} (default: {default})")
 
 
 def _export(args) -> int:
@@ -299,7 +298,7 @@ def _learner(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    planning = _planner_settings(args, args.plan, "--plan", "plan_")
+    planning = _planner_settings(args, args.plan, "--plan", "plan-")
     options = LearnerOptions(horizon=args.horizon, warmup=args.warmup, candidate_every=args.candidate_every,
                              seed=args.seed, planner=planning if args.plan else None)
     deployment = None
@@ -446,7 +445,7 @@ def _demo(args) -> int:
     if args.dashboard_port:
         _require_extras("dashboard")
     signal.signal(signal.SIGTERM, interrupt)
-    planning = _planner_settings(args, args.plan, "--plan", "plan_")
+    planning = _planner_settings(args, args.plan, "--plan", "plan-")
     return run_demo(args.out, robots=args.robots, minutes=args.minutes, horizon=args.horizon,
                     transitions=args.transitions or None, randomise=args.randomise,
                     planner=({**DEMO_PLANNER, **planning} if args.plan else None),
@@ -787,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plan", action="store_true",
                       help="the robots plan with CEM-MPC over the learned model, within their control period "
                            "(the learner exports, and the gate validates, planning artifacts)")
-    _add_planner_arguments(demo, "--plan", "plan-", defaults=", ".join(map(str, DEMO_PLANNER.values())))
+    _add_planner_arguments(demo, "--plan", "plan-", defaults=DEMO_PLANNER)
     demo.set_defaults(handler=_demo)
 
     plot = sub.add_parser("plot", help="PNG curves of a training run or a demo folder, beside its files")

@@ -221,8 +221,9 @@ def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | N
             raise RuntimeError(f"a validation worker died ({error}); the gate did not finish") from None
     episodes.sort(key=lambda e: e.index)
     metrics, reasons = judge(episodes, config)
-    return GateReport(**report, version=policy.version, kind=policy.kind.value, workers=workers, wall_s=time.perf_counter() - started,
-                      episodes=episodes, passed=not reasons, reasons=reasons, metrics=metrics)
+    return GateReport(**report, version=policy.version, kind=policy.kind.value, workers=workers,
+                      wall_s=time.perf_counter() - started, episodes=episodes, passed=not reasons, reasons=reasons,
+                      metrics=metrics)
 
 
 def judge(episodes: list[EpisodeResult], config: GateConfig) -> tuple[GateMetrics, list[str]]:

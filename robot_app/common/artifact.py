@@ -133,6 +133,7 @@ def embedded_policy(props: dict[str, Any], source: str = "artifact") -> bytes:
     try:
         return base64.b64decode(props[WORLD_POLICY_KEY], validate=True)
     except KeyError:
-        raise ArtifactError(f"{source}: a planning artifact without its fallback policy ('{WORLD_POLICY_KEY}')") from None
+        raise ArtifactError(f"{source}: a planning artifact without its fallback policy "
+                            f"('{WORLD_POLICY_KEY}')") from None
     except (binascii.Error, ValueError) as error:
         raise ArtifactError(f"{source}: '{WORLD_POLICY_KEY}' is not base64: {error}") from None

@@ -117,7 +117,8 @@ def test_a_planning_learner_exports_planning_artifacts_the_registry_and_the_agen
     store = IngestStore(tmp_path / "ingest.sqlite")
     fill_store(store, "robot-1", 3, seed=0)
     learner = OnlineLearner(store, tmp_path / "learner", SPEC, horizon=2, agent_overrides=dict(TINY_AGENT),
-                            warmup=200, candidate_every=10_000, planner={"samples": 16, "elites": 4, "iterations": 2, "policy_samples": 4})
+                            warmup=200, candidate_every=10_000,
+                            planner={"samples": 16, "elites": 4, "iterations": 2, "policy_samples": 4})
     learner.ingest()
     learner.train(max_updates=20)
     candidate = learner.export_candidate()
