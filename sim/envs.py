@@ -125,11 +125,22 @@ def evaluate_returns(env: Env, act: Callable[[np.ndarray], np.ndarray], episodes
 
 
 def evaluate_artifact(path, episodes: int, seed: int, progress: str | None = None) -> tuple[str, list[float]]:
-    """The deterministic returns of an exported ONNX policy on the nominal environment it was trained for."""
-    from robot_app.agent.policy_runner import OnnxPolicy
+    """The returns of an exported ONNX artifact on the nominal environment it was trained for: a policy's deterministic
+    action, or a planning artifact's plan with no deadline. The name says which."""
+    from robot_app.agent.policy_runner import OnnxPolicy, open_session
+    from robot_app.agent.world_planner import WorldModelPlanner
+    from robot_app.common.artifact import WORLD_METADATA_KEY, ArtifactError
 
-    policy = OnnxPolicy(path)
-    meta = policy.metadata
+    session = open_session(path, str(path))
+    if WORLD_METADATA_KEY in session.get_modelmeta().custom_metadata_map:
+        planner = WorldModelPlanner(session, seed, source=str(path))
+        meta, act, reset, name = planner.metadata, planner.plan, planner.reset, f"{planner.metadata.env} (planned)"
+    else:
+        policy = OnnxPolicy(path, session=session)
+        meta, reset, name = policy.metadata, None, policy.metadata.env
+        act = lambda obs: policy.scaler.to_unit(policy(obs))  # noqa: E731
     env = make_env(meta.env, seed, meta.action_repeat)
-    policy.check_compatible(env.spec.obs_dim, env.spec.action_dim)
-    return meta.env, evaluate_returns(env, lambda obs: policy.scaler.to_unit(policy(obs)), episodes, progress)
+    if (meta.obs_dim, meta.action_dim) != (env.spec.obs_dim, env.spec.action_dim):
+        raise ArtifactError(f"{path}: obs_dim={meta.obs_dim}, action_dim={meta.action_dim}; {meta.env} has "
+                            f"obs_dim={env.spec.obs_dim}, action_dim={env.spec.action_dim}")
+    return name, evaluate_returns(env, act, episodes, progress, reset)

@@ -66,6 +66,9 @@ def test_train_evaluate_export_smoke(tmp_path):
 
     planner = WorldModelPlanner(planning)
     assert planner.plan(np.zeros(5, np.float32)).shape == (1,)  # cartpole: 5 observations, 1 action
+    result = robot_app("evaluate", planning, "--episodes", "1")
+    assert result.returncode == 0, result.stderr
+    assert "dmc:cartpole-swingup (planned): return" in result.stdout  # a planning artifact is evaluated planned
     result = robot_app("export", run, "--out", tmp_path / "x.onnx", "--samples", "32")
     assert result.returncode == 2 and "--samples set the planner: add --planning" in result.stderr
 
