@@ -3,7 +3,8 @@
 A learner (ingest, online SAC-SVG(H); each candidate goes through the policy registry and the sim-validation gate, and
 only what passes is signed and deployed), and for each robot a lockstep virtual Furuta on a pty and an agent that
 drives it through pyserial, ships its transitions over CURVE-secured ZeroMQ, and loads only gate-signed policies.
-The demo supervises them: one that dies is restarted with backoff, and the run goes on.
+The demo supervises them: one that dies is restarted with backoff, and the run goes on. The learner runs niced, so on
+a shared machine the robots' control loops get the CPU first.
 
 While it learns, the gate holds candidates to every safety check but not yet to its success bar (`learner
 --explore-below-bar`): a robot learning from scratch explores with policies that do not balance yet. At the end the
@@ -13,6 +14,7 @@ best few go through the full gate, and the best that passes it is released (depl
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +36,7 @@ from robot_app.transport.keys import generate_keys
 CLI = [sys.executable, "-m", "robot_app.cli"]
 MARKER = "demo.json"
 PROCESSES = "processes.json"  # each role's current pid, rewritten at every (re)start
+LEARNER_NICE = 10  # on a shared machine the robots' control loops, not the learner, get the CPU first
 RELEASE_SHORTLIST = 3  # the best policies, by their learning-gate reports, that the full gate judges at the end
 
 
@@ -90,6 +93,7 @@ class _Role:
     args: Callable[[], list[str]]  # asked anew at each start: an agent follows its device's pty
     prints_port: bool = False  # a virtual robot prints its pty's path first
     quiet: bool = True  # its stdout is dropped (the learner's last line is the demo's too)
+    nice: int = 0  # added to its CPU niceness (its children inherit it)
     depends_on: "_Role | None" = None  # restarted whenever this one is (an agent on a restarted device's new pty)
     proc: subprocess.Popen | None = None
     port: str = ""
@@ -117,6 +121,9 @@ class _Supervisor:
         stdout = subprocess.PIPE if role.prints_port else subprocess.DEVNULL if role.quiet else None
         role.proc = subprocess.Popen([*CLI, *role.args()], stdout=stdout, stderr=log_file, text=True)
         log_file.close()
+        if role.nice:
+            with contextlib.suppress(ProcessLookupError):  # it died already: check() restarts it
+                os.setpriority(os.PRIO_PROCESS, role.proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + role.nice)
         role.due, role.started = None, time.monotonic()
         if role.prints_port:
             role.port = role.proc.stdout.readline().strip()
@@ -218,7 +225,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
             str(keys / "gate.sign_key"), "--gate-episodes", str(gate_episodes), "--auto-deploy", "--explore-below-bar",
             "--torch-threads", "1", "--dashboard", dashboard, "--metrics", f"127.0.0.1:{_free_port(9101)}",
             *(["--plan", *planning] if planner is not None else [])],
-            quiet=False))
+            quiet=False, nice=LEARNER_NICE))
         for i, robot_id in enumerate(robot_ids):
             device = supervisor.add(_Role(f"{robot_id}-device", lambda robot_id=robot_id, i=i: [
                 "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i),
@@ -250,7 +257,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
               + ", ".join(f"{name} {seconds:.0f}" for name, seconds in cpu.items()), flush=True)
     finally:
         supervisor.stop()
-    return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts})
+    return _report(out, {role.name: role.restarts for role in supervisor.roles if role.restarts}, planner is not None)
 
 
 def _start_dashboard(supervisor: "_Supervisor", out: Path, keys: Path, learner: str, port: int) -> None:
@@ -282,7 +289,7 @@ def _gate_line(gate: dict | None) -> str:
             f"{states.get('rejected', 0)} rejected, deployed {gate['deployed'] or 'none yet'}")
 
 
-def _report(out: Path, restarts: dict[str, int]) -> int:
+def _report(out: Path, restarts: dict[str, int], planning: bool = False) -> int:
     from robot_app.plots import plot_folder, read_rows
 
     progress = read_rows(out / "learner" / "progress.jsonl")
@@ -295,6 +302,11 @@ def _report(out: Path, restarts: dict[str, int]) -> int:
     print(f"demo: swing-up return (mean of the last 10 episodes) went from {returns[0]:.1f} to {returns[-1]:.1f} "
           f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
           f"{progress[-1]['transitions']} transitions")
+    if planning:
+        robots = progress[-1]["robots"].values()
+        fallbacks, rows = sum(r.get("plan_fallbacks", 0) for r in robots), sum(r["transitions"] for r in robots)
+        print(f"demo: the planner ran out of time on {fallbacks} of the robots' {rows} ticks "
+              f"({fallbacks / max(rows, 1):.1%}), and sent the policy's action on those")
     try:
         released, curve = _release(out / "registry"), plot_folder(out)[0]
     except Exception as error:  # the run itself is done and recorded: say what failed, in one line

@@ -47,16 +47,16 @@ class RobotState:
         self.last_episode: int | None = None
         self.dropped = 0
         self._interventions: collections.deque[tuple[float, int]] = collections.deque()  # (time, total)
+        self._ticks: collections.deque[tuple[float, int, int]] = collections.deque()  # (time, rows, plan fallbacks)
 
     def take(self, now: float, status: Status | None, age: float, rows: TransitionChunk | None, dropped: int) -> None:
         self.link_age_s, self.dropped = age, dropped
         if status is not None:
             self.status = status
             self._interventions.append((now, sum(status.interventions.values())))
-            while self._interventions and now - self._interventions[0][0] > RATE_WINDOW_S:
-                self._interventions.popleft()
         if rows is not None:
             c = rows.columns
+            self._ticks.append((now, len(rows), int(c["plan_fallback"].sum())))
             for episode, reward, ended in zip(c["episode"].tolist(), c["reward"].tolist(),
                                               (c["terminated"] | c["truncated"]).tolist()):
                 self.returns[episode] = self.returns.get(episode, 0.0) + reward
@@ -65,6 +65,14 @@ class RobotState:
                     self.last_return = self.returns.pop(episode)
             for episode in [e for e in self.returns if e < (self.last_episode or 0) - 1]:
                 del self.returns[episode]  # an episode whose end never arrived (a robot restart)
+        for window in (self._interventions, self._ticks):
+            while window and now - window[0][0] > RATE_WINDOW_S:
+                window.popleft()
+
+    def plan_fallback_share(self) -> float | None:
+        """Of the last minute's ticks, the share a planner ran out of time on (None: no ticks came)."""
+        ticks = sum(n for _, n, _ in self._ticks)
+        return sum(f for _, _, f in self._ticks) / ticks if ticks else None
 
     def interventions_per_min(self) -> float:
         if len(self._interventions) < 2:
@@ -82,6 +90,7 @@ class RobotState:
             "estop": s.estop if s else "", "fault": s.fault if s else "",
             "jitter_p99_us": round(s.jitter_p99_us) if s else None,
             "interventions_per_min": round(self.interventions_per_min(), 1), "backlog": s.backlog if s else None,
+            "plan_fallback_share": None if (share := self.plan_fallback_share()) is None else round(share, 4),
             "last_command": s.last_command if s else "", "dropped": self.dropped,
         }
 

@@ -359,8 +359,11 @@ class IngestServer:
                 if first_and_doubling(self.quarantined[problem[0]]):
                     log.warning("quarantined a chunk of %s (%s, %d so far): %s", batch.robot_id, problem[0],
                                 self.quarantined[problem[0]], problem[1])
-            if self.dashboard is not None and problem is None and verdict.stored:
-                self.dashboard.add(batch.robot_id, batch.rows.from_seq(batch.rows.last_seq - verdict.stored + 1))
+            if problem is None and verdict.stored:
+                new = batch.rows.from_seq(batch.rows.last_seq - verdict.stored + 1)
+                stats["plan_fallbacks"] += int(new.columns["plan_fallback"].sum())
+                if self.dashboard is not None:
+                    self.dashboard.add(batch.robot_id, new)
             through = self.store.held_through(batch.robot_id, batch.outbox_id)
             if through is not None:
                 acks[(route, batch.robot_id, batch.outbox_id)] = through

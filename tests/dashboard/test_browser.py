@@ -66,6 +66,8 @@ def test_the_page_loads_with_no_request_off_the_host(page, stack):
 
 def test_the_live_plots_receive_data(page):
     page.wait_for_function("window.dashboardStats.samples > 100", timeout=20_000)
+    page.wait_for_function(  # the share of the last minute's ticks a planner ran out of time on: this one does not plan
+        "document.querySelector('#fleet-table tr[data-robot=\"robot-0\"] td.plan-fallbacks').textContent === '0.0%'")
     assert page.locator("#plot-q canvas").count() == 1 and page.locator("#plot-cmd canvas").count() == 1
     page.wait_for_function("/^[1-9][0-9]* Hz$/.test(document.getElementById('rate-q').textContent)", timeout=10_000)
     legend = page.locator("#plot-q .u-legend").inner_text()

@@ -1,13 +1,14 @@
 """The learner's dashboard feed over CURVE on 127.0.0.1: telemetry, software stops relayed and acknowledged by the
 robot's own status, bounded buffers on every hop, and keys that open only their own socket."""
 
+import dataclasses
 
 import msgpack
 import pytest
 import zmq
 
 from robot_app.agent.transition_log import TransitionLog
-from robot_app.dashboard.feed import LearnerFeed
+from robot_app.dashboard.feed import RATE_WINDOW_S, LearnerFeed, RobotState
 from robot_app.dashboard.hub import MAX_QUEUED, Client, Hub
 from robot_app.learner.ingest import IngestServer, IngestStore, _bind
 from robot_app.learner.telemetry import MAX_ROWS_HELD, DashboardFeed
@@ -128,6 +129,17 @@ def test_a_robot_key_opens_no_dashboard_socket_and_a_dashboard_key_no_robot_sock
 
 def chunk(first_seq: int, rows: int) -> TransitionChunk:
     return TransitionChunk.from_transitions(first_seq, [transition("robot-1", 0, i) for i in range(rows)])
+
+
+def test_the_fleet_row_gives_the_last_minutes_share_of_ticks_a_planner_ran_out_of_time_on():
+    robot = RobotState("robot-1")
+    assert robot.row()["plan_fallback_share"] is None  # no ticks yet: nothing to say
+    late = [dataclasses.replace(transition("robot-1", 0, i), plan_fallback=i < 5) for i in range(100)]
+    robot.take(0.0, None, 0.0, TransitionChunk.from_transitions(1, late), 0)
+    robot.take(1.0, None, 0.0, chunk(101, 100), 0)
+    assert robot.row()["plan_fallback_share"] == 0.025  # 5 of 200
+    robot.take(RATE_WINDOW_S + 0.5, None, 0.0, chunk(201, 100), 0)
+    assert robot.row()["plan_fallback_share"] == 0.0  # the late ticks left the window
 
 
 def test_the_learners_ring_keeps_the_newest_rows_and_counts_what_it_let_go():

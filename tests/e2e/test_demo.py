@@ -6,7 +6,7 @@ import signal
 import threading
 import urllib.request
 
-from robot_app.demo import run_demo
+from robot_app.demo import LEARNER_NICE, run_demo
 from robot_app.learner.ingest import IngestStore
 from robot_app.learner.registry import PolicyRegistry
 from tests.conftest import outbox_state, stored_keys, wait_until
@@ -30,6 +30,7 @@ def test_the_demo_streams_every_transition_once_through_the_whole_stack_and_outl
     store_path, processes = out / "learner" / "ingest.sqlite", out / "processes.json"
     wait_until(lambda: store_path.exists() and _count(store_path) > 200, timeout_s=120)
     first = json.loads(processes.read_text())["learner"]
+    assert os.getpriority(os.PRIO_PROCESS, first) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + LEARNER_NICE)
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: json.loads(processes.read_text())["learner"] != first, timeout_s=60)
     at_restart = _count(store_path)

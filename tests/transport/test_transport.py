@@ -82,6 +82,25 @@ def test_every_transition_arrives_once_across_a_learner_restart(keys, tmp_path):
     assert outbox_next_episode(tmp_path) == 6
 
 
+def test_the_learner_counts_each_robots_plan_fallbacks_once_with_its_transitions(keys, tmp_path):
+    outbox = TransitionLog(tmp_path / "outbox.sqlite", chunk_rows=10)
+    for step in range(200):
+        outbox.append(dataclasses.replace(transition("robot-1", 0, step), plan_fallback=step % 8 == 0))
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    server, server_thread = serve(store, keys)
+    shipper = RobotLink(outbox, server.endpoint, "robot-1",
+                        (keys / "robots/robot-1.key_secret", keys / "learner/learner.key"), window=4,
+                        ack_timeout_s=0.5, context=zmq.Context())
+    shipper_thread = start(shipper.run)
+    wait_until(lambda: not outbox.held(), timeout_s=30)
+    shipper.stop()
+    server.stop()
+    shipper_thread.join(timeout=10)
+    server_thread.join(timeout=10)
+    outbox.close()
+    assert server.robots["robot-1"]["transitions"] == 200 and server.robots["robot-1"]["plan_fallbacks"] == 25
+
+
 def outbox_next_episode(tmp_path):
     log = TransitionLog(tmp_path / "outbox.sqlite")
     try:

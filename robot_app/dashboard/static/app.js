@@ -172,6 +172,8 @@ function renderFleet() {
       el("td", { class: "fault" }, r.fault || "none"),
       el("td", {}, r.jitter_p99_us === null ? "—" : `${r.jitter_p99_us} µs`),
       el("td", {}, r.interventions_per_min.toFixed(1)),
+      el("td", { class: "plan-fallbacks" },
+        r.plan_fallback_share === null ? "—" : `${(100 * r.plan_fallback_share).toFixed(1)}%`),
       el("td", {}, r.backlog ?? "—"),
       buttons);
   }));
