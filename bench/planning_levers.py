@@ -2,8 +2,8 @@
 
 Trains SAC-SVG(3) runs to 10k and 50k env steps (both checkpoints kept, under runs/bench-levers), then evaluates the
 policy and each planner setting in LEVERS on the same EPISODES episodes (one env seed per checkpoint, so paired).
-One finished (task, seed, step) leaves bench/results/planning_levers/<task>_s<seed>_<step>.json; --summary prints the
-table docs/BENCHMARKS.md quotes.
+One finished (task, seed, step) leaves bench/results/planning_levers/<task>_s<seed>_<step>.json, and a later run
+adds only the levers that file lacks; --summary prints the table docs/BENCHMARKS.md quotes.
 
     .venv/bin/python bench/planning_levers.py [--tasks furuta:swingup ...] [--seeds 0] [--summary]
 """
@@ -35,6 +35,9 @@ LEVERS = {  # name -> PlannerConfig fields changed from the defaults
     "max_std 0.5": {"max_std": 0.5},
     "pi samples 128": {"policy_samples": 128},
     "max_std 0.5, pi samples 128": {"max_std": 0.5, "policy_samples": 128},
+    "horizon 1": {"horizon": 1},
+    "horizon 2": {"horizon": 2},
+    "horizon 1, max_std 0.5": {"horizon": 1, "max_std": 0.5},
 }
 
 
@@ -54,8 +57,9 @@ def checkpoints(task: str, seed: int) -> dict[int, Path]:
     return kept
 
 
-def evaluate(checkpoint: Path, seed: int) -> dict[str, list[float]]:
-    """The policy's deterministic returns and each lever's planned returns, all on the same episodes."""
+def evaluate(checkpoint: Path, seed: int, done: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The policy's deterministic returns and each lever's planned returns, all on the same episodes; what is in done
+    already is kept, not rerun."""
     import torch
 
     from policies.planner import Planner, PlannerConfig
@@ -70,8 +74,12 @@ def evaluate(checkpoint: Path, seed: int) -> dict[str, list[float]]:
         env = make_env(loaded.config.env, 10_000 + seed, loaded.config.action_repeat)
         return evaluate_returns(env, act, EPISODES, reset=reset)
 
-    out = {"policy": episodes(lambda obs: agent.act(obs, deterministic=True))}
+    out = dict(done)
+    if "policy" not in out:
+        out["policy"] = episodes(lambda obs: agent.act(obs, deterministic=True))
     for lever, fields in LEVERS.items():
+        if lever in out:
+            continue
         planner = Planner(agent, PlannerConfig(**fields), seed=seed)
         out[lever] = episodes(planner.plan, planner.reset)
     return out
@@ -81,13 +89,16 @@ def run(task: str, seed: int) -> None:
     kept = checkpoints(task, seed)
     for step, checkpoint in kept.items():
         path = RESULTS / f"{name(task, seed)}_{step}.json"
-        if path.is_file():
+        before = json.loads(path.read_text()) if path.is_file() else {"returns": {}, "eval_seconds": 0}
+        done = before["returns"]
+        if set(done) >= {"policy", *LEVERS}:
             continue
         started = time.time()
-        returns = evaluate(checkpoint, seed)
+        returns = evaluate(checkpoint, seed, done)
         RESULTS.mkdir(parents=True, exist_ok=True)
+        seconds = before["eval_seconds"] + round(time.time() - started)
         path.write_text(json.dumps({"task": task, "seed": seed, "env_step": step, "returns": returns,
-                                    "eval_seconds": round(time.time() - started), "date": time.strftime("%Y-%m-%d")}))
+                                    "eval_seconds": seconds, "date": time.strftime("%Y-%m-%d")}))
         print(f"{task} seed {seed} at {step}: " + ", ".join(f"{k} {np.mean(v):.1f}" for k, v in returns.items()),
               flush=True)
 
