@@ -37,6 +37,7 @@ CLI = [sys.executable, "-m", "robot_app.cli"]
 MARKER = "demo.json"
 PROCESSES = "processes.json"  # each role's current pid, rewritten at every (re)start
 LEARNER_NICE = 10  # on a shared machine the robots' control loops, not the learner, get the CPU first
+BRING_UP_POLICY = "random"  # what each robot runs until the gate deploys a policy
 RELEASE_SHORTLIST = 3  # the best policies, by their learning-gate reports, that the full gate judges at the end
 
 
@@ -231,7 +232,7 @@ def run_demo(out: str | Path, robots: int = 1, minutes: float = 20.0, horizon: i
                 "virtual-robot", "--lockstep", "--robot-id", robot_id, "--seed", str(i),
                 *(["--randomise"] if randomise else [])], prints_port=True))
             supervisor.add(_Role(f"{robot_id}-agent", lambda robot_id=robot_id, device=device, i=i: [
-                "agent", "--port", device.port, "--robot-id", robot_id, "--policy", "random", "--sample",
+                "agent", "--port", device.port, "--robot-id", robot_id, "--policy", BRING_UP_POLICY, "--sample",
                 "--seed", str(i), "--learner", listen, "--announcements", announce, "--keys", str(keys),
                 "--log", str(out / robot_id / "transitions.sqlite"), "--status-every", "60",
                 "--trusted-key", str(keys / "gate.sign_pub")], depends_on=device))
@@ -303,10 +304,9 @@ def _report(out: Path, restarts: dict[str, int], planning: bool = False) -> int:
           f"(best {max(returns):.1f}, out of 400) over {progress[-1]['updates']} updates on "
           f"{progress[-1]['transitions']} transitions")
     if planning:
-        robots = progress[-1]["robots"].values()
-        fallbacks, rows = sum(r.get("plan_fallbacks", 0) for r in robots), sum(r["transitions"] for r in robots)
-        print(f"demo: the planner ran out of time on {fallbacks} of the robots' {rows} ticks "
-              f"({fallbacks / max(rows, 1):.1%}), and sent the policy's action on those")
+        planned, fallbacks = _planned_ticks(out / "learner" / "ingest.sqlite")
+        print(f"demo: the robots planned on {planned} ticks; the planner ran out of time on {fallbacks} of them "
+              f"({fallbacks / max(planned, 1):.1%}), and the policy's own action went out instead")
     try:
         released, curve = _release(out / "registry"), plot_folder(out)[0]
     except Exception as error:  # the run itself is done and recorded: say what failed, in one line
@@ -314,6 +314,20 @@ def _report(out: Path, restarts: dict[str, int], planning: bool = False) -> int:
         return 1
     print(f"demo: {released}; curve in {curve}")
     return 0
+
+
+def _planned_ticks(store_path: Path) -> tuple[int, int]:
+    """(ticks a deployed policy ran, the plan fallbacks among them) in what the learner stored: in demo --plan every
+    deployed policy plans, and only the bring-up policy does not."""
+    from robot_app.learner.ingest import IngestStore
+
+    store = IngestStore(store_path)
+    try:
+        chunks = [chunk for _, _, chunk in store.read(limit_rows=1 << 40)]
+    finally:
+        store.close()
+    planned = sum(version != BRING_UP_POLICY for chunk in chunks for version in chunk.row_policy_versions())
+    return planned, sum(int(chunk.columns["plan_fallback"].sum()) for chunk in chunks)
 
 
 def _release(registry_folder: Path, config=None) -> str:

@@ -1,15 +1,18 @@
 """End to end, briefly: learner, two lockstep virtual robots and their agents as processes over CURVE on tcp."""
 
+import dataclasses
 import json
 import os
 import signal
 import threading
 import urllib.request
 
-from robot_app.demo import LEARNER_NICE, run_demo
+from robot_app.demo import BRING_UP_POLICY, LEARNER_NICE, _planned_ticks, run_demo
 from robot_app.learner.ingest import IngestStore
 from robot_app.learner.registry import PolicyRegistry
+from robot_app.transport.messages import TransitionBatch, TransitionChunk
 from tests.conftest import outbox_state, stored_keys, wait_until
+from tests.transport.test_transport import transition
 
 
 def _count(store_path) -> int:
@@ -120,3 +123,13 @@ def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path):
         except ProcessLookupError:
             pass
         demo.wait()
+
+
+def test_the_demo_counts_plan_fallbacks_among_the_ticks_a_deployed_policy_ran(tmp_path):
+    rows = [dataclasses.replace(transition("robot-1", 0, i), policy_version=BRING_UP_POLICY if i < 40 else "v1",
+                                plan_fallback=i % 20 == 0 and i >= 40) for i in range(100)]
+    store = IngestStore(tmp_path / "ingest.sqlite")
+    store.store_batches([TransitionBatch("robot-1", "outbox-1", 0, TransitionChunk.from_transitions(1, rows).pack())], 0)
+    store.close()
+    assert _planned_ticks(tmp_path / "ingest.sqlite") == (60, 3)
+
