@@ -86,6 +86,7 @@ def test_the_learner_counts_each_robots_plan_fallbacks_once_with_its_transitions
     outbox = TransitionLog(tmp_path / "outbox.sqlite", chunk_rows=10)
     for step in range(200):
         outbox.append(dataclasses.replace(transition("robot-1", 0, step), plan_fallback=step % 8 == 0))
+    wait_until(lambda: outbox.held() == 200, timeout_s=30)  # its writer thread commits them; then none is held
     store = IngestStore(tmp_path / "ingest.sqlite")
     server, server_thread = serve(store, keys)
     shipper = RobotLink(outbox, server.endpoint, "robot-1",
@@ -339,6 +340,7 @@ def test_one_robot_cannot_take_another_robots_replies_by_claiming_its_routing_id
     outbox = TransitionLog(tmp_path / "outbox.sqlite")
     for step in range(20):
         outbox.append(transition("robot-2", 0, step))
+    wait_until(lambda: outbox.held() == 20, timeout_s=30)
     link = RobotLink(outbox, server.endpoint, "robot-2",
                      (keys / "robots/robot-2.key_secret", keys / "learner/learner.key"), heartbeat_s=0.2,
                      context=zmq.Context())
