@@ -25,6 +25,7 @@ class RobotCalibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     robot: str
+    robot_id: str | None = None  # the unit it was measured on; None: the robot type's nominal one, for any unit
     encoders: dict[str, EncoderCalibration]
 
     def for_sensors(self, sensor_names: list[str]) -> "EncoderMap":

@@ -157,15 +157,16 @@ def _export(args) -> int:
 
 def _virtual_robot(args) -> int:
     from robot_app.robot.spec import load_robot_spec
-    from sim.virtual_robot import Faults, VirtualRobot, write_audit
+    from sim.virtual_robot import Faults, Variation, VirtualRobot, load_variation, write_audit
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
+    variation = load_variation(args.truth) if args.truth else Variation()
     faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
                     args.estop_after, args.reboot_after)
     if args.randomise and not args.lockstep:
         raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
-                         robot_id=args.robot_id or f"{spec.name}-virtual-0")
+                         robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation)
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
     signal.signal(signal.SIGINT, lambda *_: robot.stop())
     signal.signal(signal.SIGUSR1, lambda *_: robot.press_estop())
@@ -651,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="lockstep: draw the unit's physics anew from the spec's randomisation ranges each time "
                               "it comes to rest hanging, between episodes (domain randomisation for sim-first training)")
     virtual.add_argument("--robot-id", help="the id the device reports in HELLO")
+    virtual.add_argument("--truth", metavar="YAML",
+                         help="how this unit hides its differences from the spec, for calibration to recover: a .yaml "
+                              "file or inline YAML, e.g. '{count_offsets: [3, -2], count_directions: [1, -1], "
+                              "hard_stops: [-2.2, 2.3], dead_zone_v: [0.3, 0.4], physics: {motor_gain: 0.0052}}'")
     virtual.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
     virtual.add_argument("--audit-out", help="write the device-side audit (JSON) here at exit")
     virtual.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines on stderr")

@@ -37,6 +37,13 @@ def _set_parameter(model, parameter: Parameter, element: str, value: float) -> N
         raise ValueError(f"{parameter.value} is not a parameter of the MuJoCo model")
 
 
+def dead_zone(volts: float, negative: float, positive: float) -> float:
+    """A motor's dead zone: nothing for commands in (-negative, positive), and the command less the zone beyond."""
+    if volts >= positive:
+        return volts - positive
+    return volts + negative if volts <= -negative else 0.0
+
+
 class FurutaPhysics:
     """MuJoCo physics of a robot spec's MJCF, read through ideal quantised encoders that zero at qpos = 0.
 
@@ -54,6 +61,7 @@ class FurutaPhysics:
         self._arm_dof = self.model.joint("arm").dofadr[0]
         self._pendulum_qpos = self.model.joint("pendulum").qposadr[0]  # 0: hanging
         self._stops = arm.hard_stop
+        self._dead_zone = (0.0, 0.0)
         self.hard_stop_speeds: list[float] = []  # |arm velocity| at each arrival at a hard stop
         self._at_stop = False
         self.max_abs_qpos = np.zeros(self.model.nq)  # per joint, sampled at the end of every step() call
@@ -84,6 +92,14 @@ class FurutaPhysics:
                 raise ValueError(f"randomisation {name!r}: {self.spec.mjcf} has no {span.parameter.value} element "
                                  f"{span.element!r}") from None
 
+    def set_hidden(self, hard_stops: tuple[float, float] | None, dead_zone_v: tuple[float, float]) -> None:
+        """What a unit hides from its spec: the arm's true mechanical stops (rad; None keeps the MJCF's), and the
+        motor's dead zone (V either side of 0 that give no torque; beyond it the command is reduced by it)."""
+        if hard_stops is not None:
+            self.model.jnt_range[self.model.joint("arm").id] = hard_stops
+            self._stops = tuple(hard_stops)
+        self._dead_zone = tuple(dead_zone_v)
+
     @property
     def time_s(self) -> float:
         return float(self.data.time)
@@ -99,7 +115,7 @@ class FurutaPhysics:
 
     def step(self, volts, duration_s: float) -> None:
         """Hold `volts` on the motors for duration_s of simulated time."""
-        self.data.ctrl[:] = volts
+        self.data.ctrl[:] = volts if self._dead_zone == (0.0, 0.0) else [dead_zone(v, *self._dead_zone) for v in volts]
         for _ in range(max(1, round(duration_s / self.model.opt.timestep))):
             speed = abs(self.data.qvel[self._arm_dof])
             mujoco.mj_step(self.model, self.data)

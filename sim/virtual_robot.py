@@ -19,10 +19,13 @@ import threading
 import time
 import tty
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from robot_app.common.files import write_atomic
+from robot_app.common.files import load_yaml_model, validate_model, write_atomic
 from robot_app.common.schedule import DeadlineSchedule, tighten_timer_slack
 from robot_app.hardware.protocol import (
     PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
@@ -52,15 +55,40 @@ class Faults:
     reboot_after_s: float | None = None  # then the firmware restarts: no session, motor off, clock and seqs from 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Variation:
-    """How this unit differs from the nominal robot (the gate draws these). Delays are simulated time, lockstep only."""
+class Variation(BaseModel):
+    """How this unit differs from the nominal robot: what the gate draws, and the hidden truth that calibration and
+    identification must recover (`virtual-robot --truth`). Delays are simulated time, lockstep only."""
 
-    physics: dict = dataclasses.field(default_factory=dict)  # FurutaPhysics.randomise names -> values
-    plant_latency_s: float = 0.0  # each command reaches the motor this long into its period ...
-    jitter_s: float = 0.0  # ... plus a uniform draw from [0, jitter_s)
-    sensor_noise_counts: float = 0.0  # std of Gaussian noise on every encoder reading, in counts
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    physics: dict[str, float] = {}  # FurutaPhysics.randomise names -> values
+    plant_latency_s: float = Field(0.0, ge=0)  # each command reaches the motor this long into its period ...
+    jitter_s: float = Field(0.0, ge=0)  # ... plus a uniform draw from [0, jitter_s)
+    sensor_noise_counts: float = Field(0.0, ge=0)  # std of Gaussian noise on every encoder reading, in counts
     count_offsets: tuple[int, ...] = ()  # a calibration error: added to each encoder's counts
+    count_directions: tuple[Literal[-1, 1], ...] = ()  # a wiring error: -1 reverses that encoder's counts
+    hard_stops: tuple[float, float] | None = None  # rad: where the arm's mechanical stops really are
+    dead_zone_v: tuple[float, float] = (0.0, 0.0)  # V: the motor gives no torque in (-first, +second)
+
+    @model_validator(mode="after")
+    def _physical(self) -> "Variation":
+        if self.hard_stops is not None and not self.hard_stops[0] < 0 < self.hard_stops[1]:
+            raise ValueError(f"hard_stops must be [low, high] with low < 0 < high, got {list(self.hard_stops)}")
+        if min(self.dead_zone_v) < 0:
+            raise ValueError(f"dead_zone_v is two magnitudes (negative side, positive side), got {self.dead_zone_v}")
+        return self
+
+
+def load_variation(text_or_path: str) -> Variation:
+    """A unit's variation from a YAML file, or from YAML on the command line ('{count_offsets: [3, -2]}')."""
+    path = Path(text_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return load_yaml_model(Variation, path, "virtual robot truth")
+    try:
+        data = yaml.safe_load(text_or_path)
+    except yaml.YAMLError as error:
+        raise ValueError(f"virtual robot truth {text_or_path!r} is neither a .yaml file nor YAML: {error}") from None
+    return validate_model(Variation, data if data is not None else {}, "virtual robot truth")
 
 
 @dataclasses.dataclass
@@ -96,12 +124,15 @@ class VirtualRobot:
         self.randomise, self._next_draw_s = randomise, 0.0
         if (variation.plant_latency_s or variation.jitter_s) and not lockstep:
             raise ValueError("simulated-time latency and jitter need lockstep; use Faults.latency_s in realtime")
-        if variation.count_offsets and len(variation.count_offsets) != len(spec.sensors):
-            raise ValueError(f"count_offsets {variation.count_offsets} has {len(variation.count_offsets)} entries; "
-                             f"the robot has {len(spec.sensors)} encoders")
+        for name in ("count_offsets", "count_directions"):
+            values = getattr(variation, name)
+            if values and len(values) != len(spec.sensors):
+                raise ValueError(f"{name} {list(values)} has {len(values)} entries; the robot has "
+                                 f"{len(spec.sensors)} encoders")
         self.robot_id = robot_id
         self.physics = FurutaPhysics(spec)
         self.physics.randomise(variation.physics)
+        self.physics.set_hidden(variation.hard_stops, variation.dead_zone_v)
         rng = np.random.default_rng(seed)
         self.physics.reset(qpos=initial_qpos if initial_qpos is not None else rng.uniform(-0.02, 0.02, 2))
         self._rng = rng  # the per-period jitter and sensor noise
@@ -371,6 +402,8 @@ class VirtualRobot:
 
     def _counts(self) -> list[int]:
         counts, variation = self.physics.counts(), self.variation
+        if variation.count_directions:
+            counts = [c * direction for c, direction in zip(counts, variation.count_directions)]
         if variation.count_offsets:
             counts = [c + offset for c, offset in zip(counts, variation.count_offsets)]
         if variation.sensor_noise_counts:

@@ -64,6 +64,7 @@ class Agent:
             raise ValueError("an outbox limit and a learner's credit need the durable TransitionLog to count in")
         self.robot, self.spec, self.policy, self.transitions = robot, spec, policy, transitions
         self.expected_robot_id = expected_robot_id
+        self.calibrated_unit = calibration.robot_id
         self.outbox_limit = outbox_limit  # rows held undelivered; past it no new episode starts until the learner drains it
         self._outbox_full = False
         # A lockstep device steps as fast as it is asked; a pace keeps a learner on the same CPU from starving.
@@ -230,6 +231,9 @@ class Agent:
         elif self.expected_robot_id is not None and device.robot_id != self.expected_robot_id:
             problem = (f"the device on {self.robot.port} is {device.robot_id!r}, not {self.expected_robot_id!r} (the "
                        "agent's --robot-id; a virtual robot reports what its own --robot-id says)")
+        elif self.calibrated_unit is not None and device.robot_id != self.calibrated_unit:
+            problem = (f"the calibration was measured on {self.calibrated_unit!r}, and the device on {self.robot.port} "
+                       f"is {device.robot_id!r}: calibrate this unit (robot-app calibrate) or pass its own calibration")
         elif not self.robot.lockstep and not math.isclose(device.rate_hz, self.spec.control_rate_hz, rel_tol=1e-6):
             problem = (f"device {device.robot_id} streams at {device.rate_hz:g} Hz, the agent runs at "
                        f"{self.spec.control_rate_hz:g} Hz")

@@ -25,6 +25,7 @@ from robot_app.agent.transition_log import TransitionLog, TransitionRecorder
 from robot_app.common.artifact import ArtifactError
 from robot_app.episodes import export
 from robot_app.hardware.protocol import Fault, FaultCode, MessageType, SensorStatus
+from robot_app.hardware.robot_io import HandshakeError
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
 from tests.conftest import wait_until
@@ -511,6 +512,22 @@ def test_device_time_is_trusted_only_where_it_agrees_with_the_host_clock():
     assert not consistent(0.02, 3.0, 0.2, lockstep=False)  # a realtime clock that stalled
     assert consistent(0.02, 3.0, 0.2, lockstep=True)  # a lockstep device waits for a slow host
     assert not consistent(1000.0, 0.0005, 0.2, lockstep=True)
+
+
+def test_a_calibration_measured_on_another_unit_is_refused_at_the_handshake():
+    def script(device, command):
+        return device.sensor(len(device.commands) * 20_000 + 1, (0, HANGING))
+
+    def agent_for(device, unit):
+        calibration = load_calibration("furuta").model_copy(update={"robot_id": unit})
+        return Agent(SerialRobot(device.port), SPEC, calibration, ConstantPolicy([0.0]), None, status_every_s=60)
+
+    with FakeDevice(script, robot_id="furuta-3") as device:
+        with pytest.raises(HandshakeError, match="the calibration was measured on 'furuta-7'.*is 'furuta-3'"):
+            agent_for(device, "furuta-7").run(episodes=1)
+        assert not device.commands  # refused before any command
+    with FakeDevice(script, robot_id="furuta-3") as device:
+        assert agent_for(device, "furuta-3").run(episodes=1).episodes == 1
 
 
 def test_a_sensor_frame_with_the_wrong_number_of_values_is_dropped_and_counted():
