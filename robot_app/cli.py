@@ -185,6 +185,38 @@ def _virtual_robot(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from calibration.encoders import CALIBRATION_DIR, load_calibration, save_calibration
+    from calibration.procedures import STEPS, DirectionController, response_signs, run_step
+    from robot_app.hardware.serial_robot import SerialRobot
+    from robot_app.robot.spec import load_robot_spec
+
+    spec = load_robot_spec(args.robot)
+    out_dir = Path(args.out_dir or CALIBRATION_DIR)
+    unit_file = out_dir / f"{args.robot_id}.yaml" if args.robot_id else None
+    source = args.calibration or (unit_file if unit_file and unit_file.is_file() else spec.name)
+    calibration = load_calibration(source, robot=spec.name)
+    if args.robot_id and calibration.robot_id not in (None, args.robot_id):
+        raise _UsageError(f"{source} is unit {calibration.robot_id!r}'s calibration, not {args.robot_id!r}'s")
+    expected = None
+    steps = [step for step in STEPS if step in (args.step or STEPS)]
+    if "direction" in steps:
+        from sim.furuta import pulse_response
+
+        trace = pulse_response(spec, DirectionController.PULSE_V, DirectionController.PULSE_S, 0.7)
+        expected = response_signs(trace, spec.period_s)[0]
+    print(f"calibrating from {source}: {', '.join(steps)}")
+    for step in steps:
+        calibration, outcome = run_step(step, SerialRobot(args.port, args.baud), spec, calibration, expected)
+        path = save_calibration(calibration, out_dir)
+        print(f"{step}: {'; '.join(outcome.checks) or 'checks not passed'}\n  measured: "
+              f"{json.dumps(outcome.measured, default=float)}\n  written to {path}")
+        if outcome.stop:
+            print(f"{step}: stopped: {outcome.stop}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _agent(args) -> int:
     from calibration.encoders import load_calibration
     from robot_app.agent.loading import load_policy
@@ -670,6 +702,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds until the firmware restarts (session lost, motor off, clock and seqs from 0)")
     virtual.set_defaults(handler=_virtual_robot)
 
+    calibrate = sub.add_parser("calibrate", help="measure a unit's calibration through the agent and its "
+                                                 "supervisor: encoder zero, direction, travel limits, dead zone")
+    calibrate.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    calibrate.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    calibrate.add_argument("--step", action="append", choices=["zero", "direction", "travel", "dead_zone"],
+                           help="run only this step (repeatable); default all, in the order zero, direction, travel, "
+                                "dead_zone")
+    calibrate.add_argument("--robot-id", help="the unit: its calibration in --out-dir is where the steps start from")
+    calibrate.add_argument("--calibration", help="start from this calibration .yaml instead (default: the unit's, "
+                                                 "else the robot's nominal calibration/<robot>.yaml)")
+    calibrate.add_argument("--out-dir", help="where <robot id>.yaml is written, earlier versions kept under history/ "
+                                             "(default: the calibration/ folder)")
+    calibrate.add_argument("--baud", type=int, default=921_600)
+    calibrate.set_defaults(handler=_calibrate)
+
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
     agent.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
     agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
@@ -886,7 +933,7 @@ _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's
 }
 
 
-_NEEDS = {"agent": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim"),
+_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "learner": ("learner",), "demo": ("agent", "learner", "sim"),
           "dashboard": ("dashboard",)}  # checked up front
 
 
@@ -949,6 +996,10 @@ def main(argv: list[str] | None = None) -> int:
             import zmq
 
             expected += (zmq.ZMQError,)
+        if args.command == "calibrate":
+            from calibration.procedures import ProcedureError
+
+            expected += (ProcedureError,)
         if args.command == "demo":
             from robot_app.demo import StackError
 

@@ -133,6 +133,19 @@ class FurutaPhysics:
         return [round(float(qpos[j]) * c) for j, c in zip(self._sensor_joint, self._counts_per_rad)]
 
 
+def pulse_response(spec: RobotSpec, volts: float, pulse_s: float, duration_s: float) -> np.ndarray:
+    """The nominal model's answer to a voltage pulse from rest, hanging: encoder counts [ticks, sensors] at the control
+    rate, over duration_s. What the calibration's direction check expects a unit to do."""
+    physics = FurutaPhysics(spec)
+    physics.reset()
+    ticks = round(duration_s / spec.period_s)
+    trace = []
+    for tick in range(ticks):
+        physics.step([volts if tick < round(pulse_s / spec.period_s) else 0.0], spec.period_s)
+        trace.append(physics.counts())
+    return np.array(trace, dtype=np.int64)
+
+
 class FurutaEnv:
     """`furuta:<task>[-randomised]`: the robot spec's task on simulated physics, observed through the robot's calibration
     and sensor pipeline exactly as the agent observes the real robot. One decision per control period (times repeat)."""

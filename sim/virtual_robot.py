@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ _MOTOR_ENABLED, _WATCHDOG_TRIPPED, _ESTOP_LATCHED, _LOCKSTEP = (
     int(flag) for flag in (SensorStatus.MOTOR_ENABLED, SensorStatus.WATCHDOG_TRIPPED, SensorStatus.ESTOP_LATCHED,
                            SensorStatus.LOCKSTEP))
 
+FIRMWARE = f"virtual-robot {importlib.metadata.version('robot_app')}"  # what its HELLO says it runs
 
 @dataclasses.dataclass(frozen=True)
 class Faults:
@@ -304,7 +306,7 @@ class VirtualRobot:
         self._enabled = False
         flags = SensorStatus.LOCKSTEP if self.lockstep else 0
         reply = Hello(PROTOCOL_VERSION, self.robot_id, len(self.spec.sensors), len(self.spec.actuators),
-                      self.spec.control_rate_hz, int(flags))
+                      self.spec.control_rate_hz, int(flags), FIRMWARE)
         self._send(MessageType.HELLO, reply.pack())
         if self.lockstep:
             self._send_sensor()

@@ -24,7 +24,7 @@ from robot_app.agent.transition_log import Transition, TransitionLog, Transition
 from robot_app.common.logs import first_and_doubling, format_counts
 from robot_app.common.reports import AgentSummary
 from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
-from robot_app.hardware.protocol import SensorStatus
+from robot_app.hardware.protocol import Hello, SensorStatus
 from robot_app.hardware.robot_io import HandshakeError, LinkLost, RobotIO, SensorReading
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, SensorPipeline, make_task
@@ -55,9 +55,10 @@ class Agent:
                  transitions: TransitionSink | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
                  outbox_limit: int | None = None, tick_error_limit: int = 50,
-                 credit: Callable[[], int | None] | None = None):
+                 credit: Callable[[], int | None] | None = None, task=None):
         """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
-        an episode starts only while some credit is left. A realtime robot never waits for it."""
+        an episode starts only while some credit is left. A realtime robot never waits for it. task: what an episode
+        is (observation, reward, end, reset), the spec's task by default; a calibration procedure brings its own."""
         if calibration.robot != spec.name:
             raise ValueError(f"the calibration is robot {calibration.robot!r}'s; this agent drives {spec.name!r}")
         if (outbox_limit is not None or credit is not None) and not isinstance(transitions, TransitionLog):
@@ -73,13 +74,14 @@ class Agent:
         self.credit_waits = 0  # episodes that waited for the learner's credit to start
         self._waiting_for_credit = False
         self._idle = DeadlineSchedule(spec.period_s, spin_s=0.0)  # lockstep, held at rest: ticks at the control rate
-        self.task = make_task(spec)
+        self.task = task if task is not None else make_task(spec)
         self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
         self.supervisor = SafetySupervisor(spec, list(self.task.joints), spec.period_s)
         self.status_every_s = status_every_s
         self.reset_ticks = math.ceil(reset_timeout_s / spec.period_s)
         self.schedule: DeadlineSchedule | None = None
         self.robot_id = ""
+        self.device: Hello | None = None  # the device's last HELLO
         self.episode = 0
         self.episodes_done = 0
         self.transitions_recorded = 0
@@ -240,6 +242,7 @@ class Agent:
         if problem:
             self.robot.close()
             raise HandshakeError(problem)
+        self.device = device
         self.pipeline.reset()
         self._state, self._state_obs, self._last_seq, self._clock = None, None, None, None
         self._session_ns = time.monotonic_ns()

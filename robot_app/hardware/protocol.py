@@ -150,7 +150,8 @@ def _next_whole_frame(buffer: bytearray) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class Hello:
-    """Handshake. The host sends it first; the device answers with its own (rate_hz and flags filled in)."""
+    """Handshake. The host sends it first; the device answers with its own (rate_hz, flags and firmware filled in).
+    The names travel after the fixed part: robot_id, then a NUL and the firmware version (absent from older devices)."""
 
     version: int
     robot_id: str
@@ -158,24 +159,28 @@ class Hello:
     n_motors: int = 0
     rate_hz: float = 0.0  # the device's sensor stream rate; 0 from the host
     flags: int = 0  # SensorStatus.LOCKSTEP from a device that steps once per command
+    firmware: str = ""  # the device's firmware version; "" when it says none
 
     _FIXED = struct.Struct("<HBBfB")
 
     def pack(self) -> bytes:
-        name = self.robot_id.encode()
-        if len(name) > 64:
-            raise ProtocolError(f"robot_id {self.robot_id!r} is longer than 64 bytes")
-        return self._FIXED.pack(self.version, self.n_encoders, self.n_motors, self.rate_hz, self.flags) + name
+        name, firmware = self.robot_id.encode(), self.firmware.encode()
+        for label, value, encoded in (("robot_id", self.robot_id, name), ("firmware", self.firmware, firmware)):
+            if len(encoded) > 64 or b"\0" in encoded:
+                raise ProtocolError(f"{label} {value!r} is longer than 64 bytes or holds a NUL")
+        tail = name + (b"\0" + firmware if firmware else b"")
+        return self._FIXED.pack(self.version, self.n_encoders, self.n_motors, self.rate_hz, self.flags) + tail
 
     @classmethod
     def unpack(cls, payload: bytes) -> "Hello":
         _need(payload, cls._FIXED.size, "HELLO", exact=False)
         version, n_encoders, n_motors, rate_hz, flags = cls._FIXED.unpack_from(payload)
+        name, _, firmware = payload[cls._FIXED.size :].partition(b"\0")
         try:
-            robot_id = payload[cls._FIXED.size :].decode()
+            robot_id, firmware = name.decode(), firmware.decode()
         except UnicodeDecodeError:
-            raise ProtocolError("HELLO robot_id is not UTF-8") from None
-        return cls(version, robot_id, n_encoders, n_motors, rate_hz, flags)
+            raise ProtocolError("HELLO robot_id or firmware is not UTF-8") from None
+        return cls(version, robot_id, n_encoders, n_motors, rate_hz, flags, firmware)
 
 
 @dataclasses.dataclass(frozen=True)

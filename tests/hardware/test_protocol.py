@@ -13,6 +13,7 @@ from robot_app.hardware.protocol import (
 
 MESSAGES = [
     (MessageType.HELLO, Hello(PROTOCOL_VERSION, "furuta-7", 2, 1, 500.0, 8)),
+    (MessageType.HELLO, Hello(PROTOCOL_VERSION, "furuta-7", 2, 1, 500.0, 8, "qube-fw 2.1")),
     (MessageType.SENSOR, SensorFrame(123_456_789, 0b101, 42, (-2048, 1024), (3.5,))),
     (MessageType.COMMAND, Command(True, (-4.25,))),
     (MessageType.ESTOP, EStop(True, "button")),
