@@ -24,7 +24,7 @@ from robot_app.robot.task import JointState, make_task
 
 STEPS = ("zero", "direction", "travel", "dead_zone")
 MAX_VOLTS = 1.5  # no procedure asks for more
-SETTLE_S = 20.0  # a trial waits at most this long for the robot to come to rest
+SETTLE_S = 60.0  # a trial waits at most this long for the robot to come to rest (a pendulum swings for long)
 STILL_RAD_S = 0.05  # a joint whose fitted speed over a window is under this is still
 SEARCH_MARGIN_RAD = 0.5  # the travel search goes this far past the spec's hard stops, and no further
 
@@ -64,7 +64,8 @@ class Controller:
     name: str
     trials: int
     rest_s = 0.5
-    trial_s = 60.0  # the most one trial may take, waiting included
+    rest_joints = (0, 1)  # the joints that must rest before a trial: both, unless a step says otherwise
+    trial_s = 120.0  # the most one trial may take, waiting included
     TARGET_RAD_S, KP, KI = 0.4, 0.5, 4.0  # the speed governor: rad/s, V/(rad/s), V/(rad/s)/s
 
     def __init__(self, spec: RobotSpec, centre_first: bool = False):
@@ -98,8 +99,8 @@ class Controller:
         return side * min(max(self._integral + self.KP * error, 0.0), MAX_VOLTS)
 
     def resting(self) -> bool:
-        """The last rest_s: each joint's spread under 1.5 counts (no swing past noise) and its drift under 1 count."""
-        window = np.array(self._history[-self.ticks(self.rest_s):]) / self.count_rad
+        """The last rest_s: each resting joint's spread under 1.5 counts (no swing past noise) and its drift under 1 count."""
+        window = (np.array(self._history[-self.ticks(self.rest_s):]) / self.count_rad)[:, self.rest_joints]
         if len(window) < self.ticks(self.rest_s):
             return False
         drift = np.abs([window_speed(column, self.period) for column in window.T]) * self.rest_s
@@ -161,10 +162,11 @@ class ScriptedController(Controller):
 
 
 class ZeroController(ScriptedController):
-    """Encoder zero: the pendulum hangs still for 2 s, then a short arm pulse sets it swinging freely."""
+    """Encoder zero: the pendulum hangs still for 2 s, then an arm doublet (out and back, so the arm ends about where
+    it began and the cable's spring barely moves it) sets the pendulum swinging freely."""
 
     name, trials, rest_s = "zero", 3, 2.0
-    script = (("kick", 1.0, 0.06), ("swing", 0.0, 4.0))
+    script = (("kick", MAX_VOLTS, 0.14), ("kick_back", -MAX_VOLTS, 0.14), ("swing", 0.0, 4.0))
 
 
 class DirectionController(ScriptedController):
@@ -180,6 +182,7 @@ class TravelController(Controller):
     STILL_RAD_S for 200 ms while pushing at the cap. Then the motor lets go."""
 
     name, trials = "travel", 4
+    rest_joints = (0,)  # the pendulum may swing on: the search only needs the arm at rest
     STALL_S, MIN_TRAVEL_RAD = 0.2, 0.3
 
     def start(self, position) -> None:
@@ -206,12 +209,14 @@ class TravelController(Controller):
 
 
 class DeadZoneController(Controller):
-    """From rest, a voltage ramp each way in turn until the arm departs from where it rested by 3 counts. The first
+    """From rest, a voltage ramp each way in turn until the arm departs from where it rested by 3 counts, moving off
+    at DEPARTURE_RAD_S. The first
     ramp each way is rough (ROUGH_V_S from 0 V); the others start ROUGH_MARGIN_V below the rough breakaway and ramp
     at FINE_V_S, so the arm departs soon after it breaks away: the lag of seeing it move costs little voltage."""
 
-    name, trials = "dead_zone", 8
+    name, trials, rest_s = "dead_zone", 8, 1.0
     ROUGH_V_S, FINE_V_S, ROUGH_MARGIN_V, DEPARTURE_COUNTS = 0.1, 0.02, 0.15, 3.0
+    DEPARTURE_S, DEPARTURE_RAD_S = 0.2, 0.05  # and moving off at this speed: a creep under the cable's pull is not it
 
     def start(self, position) -> None:
         self.side = 1 if self.trial % 2 == 0 else -1
@@ -232,8 +237,9 @@ class DeadZoneController(Controller):
         if self.phase == "release":
             self.finished = self.in_phase >= self.ticks(0.3)
             return 0.0
-        recent = float(np.mean(np.array(self._history[-3:])[:, 0]))
-        if self.side * (recent - self._start) >= self.DEPARTURE_COUNTS * self.count_rad[0]:
+        recent = np.array(self._history[-self.ticks(self.DEPARTURE_S):])[:, 0]
+        departed = self.side * (float(np.mean(recent[-3:])) - self._start) >= self.DEPARTURE_COUNTS * self.count_rad[0]
+        if departed and self.side * window_speed(recent, self.period) >= self.DEPARTURE_RAD_S:
             self.rough.setdefault(self.side, self._volts)
             self.goto("release")
             return 0.0
@@ -281,42 +287,34 @@ class Outcome:
     stop: str | None = None  # set: saved, and then the run stops and says this
 
 
-def swing_centre(counts: np.ndarray) -> tuple[float, int, float]:
-    """The centre of a free swing: the mean over its whole periods, between its first and last upward crossings of
-    the centre (found with hysteresis, twice). Returns (centre, periods, amplitude), in counts."""
-    centre = float(np.median(counts))
-    amplitude = float(np.percentile(counts, 95) - np.percentile(counts, 5)) / 2
-    crossings: list[int] = []
-    for _ in range(2):
-        signal, hysteresis = counts - centre, max(2.0, 0.3 * amplitude)
-        crossings, low = [], False
-        for i, value in enumerate(signal):
-            if value < -hysteresis:
-                low = True
-            elif low and value >= 0:
-                crossings.append(i)
-                low = False
-        if len(crossings) < 3:
-            break
-        centre = float(np.mean(counts[crossings[0]:crossings[-1]]))
-    return centre, max(0, len(crossings) - 1), amplitude
+def swing_centre(counts: np.ndarray) -> tuple[float, float]:
+    """The centre of a decaying free swing, by fitting it as a damped oscillation about a centre c, sampled evenly:
+    x[k+1] - c = a1 (x[k] - c) + a2 (x[k-1] - c), linear least squares in (a1, a2, b = c (1 - a1 - a2)). A mean over
+    whole periods would be biased by the decay within them; this is not, however fast the swing dies out. (Encoder
+    noise biases a1 and a2, so they are no measure of the period or the damping; the centre it leaves alone.)
+    Returns (the centre, the swing's amplitude about it), in counts."""
+    x = np.asarray(counts, dtype=np.float64)
+    design = np.stack([x[1:-1], x[:-2], np.ones(len(x) - 2)], axis=1)
+    (a1, a2, b), *_ = np.linalg.lstsq(design, x[2:], rcond=None)
+    centre = float(b / (1.0 - a1 - a2))
+    return centre, float(np.max(np.abs(x - centre)))
 
 
 def analyse_zero(trials: list[Trial], calibration: RobotCalibration, spec: RobotSpec) -> Outcome:
     sensor = spec.sensors[1]  # the pendulum's encoder
     encoders = calibration.for_sensors([s.name for s in spec.sensors])
     rest_ticks = round(ZeroController.rest_s / spec.period_s)
-    centres, periods, drifts = [], [], []
+    centres, amplitudes, drifts = [], [], []
     for n, trial in enumerate(trials, 1):
         counts = np.array([encoders.raw_counts(p)[1] for p in trial.position])
         rest = counts[trial.ticks("settle")][-rest_ticks:]
         drifts.append(abs(window_speed(rest, spec.period_s)) * ZeroController.rest_s)
-        centre, swings, amplitude = swing_centre(counts[trial.ticks("swing")])
-        if swings < 2 or amplitude < 3:
-            raise ProcedureError(f"zero, trial {n}: the free swing was too small to centre on ({swings} periods, "
-                                 f"amplitude {amplitude:.1f} counts; at least 2 and 3 are needed)")
+        centre, amplitude = swing_centre(counts[trial.ticks("swing")])
+        if amplitude < 5:
+            raise ProcedureError(f"zero, trial {n}: no free swing to centre on (amplitude {amplitude:.1f} counts; 5 "
+                                 "are needed)")
         centres.append(centre)
-        periods.append(swings)
+        amplitudes.append(amplitude)
     spread = max(centres) - min(centres)
     if spread > 2.0:
         raise ProcedureError(f"zero: the pendulum's down position did not repeat: "
@@ -330,7 +328,7 @@ def analyse_zero(trials: list[Trial], calibration: RobotCalibration, spec: Robot
                 f"{ZeroController.rest_s:g} s (under 1)",
                 f"down repeated within {spread:.2f} counts over {len(trials)} swings (2 at most)"],
         spread={"down_counts": spread},
-        measured={"down_counts": down, "swing_centres_counts": centres, "swing_periods": periods,
+        measured={"down_counts": down, "swing_centres_counts": centres, "swing_amplitudes_counts": amplitudes,
                   "offset_counts": offset, "previous_offset_counts": old.offset_counts})
 
 
