@@ -50,8 +50,12 @@ def draw_truth(spec, rng) -> Variation:
         dead_zone_v=tuple(float(v) for v in rng.uniform(*TRUTH_RANGES["dead_zone_v"], 2)))
 
 
-def calibrate(truth: Variation, unit: str, out: Path) -> tuple[float, list[str]]:
-    device = subprocess.Popen([*CLI, "virtual-robot", "--lockstep", "--robot-id", unit, "--truth",
+def calibrate(truth: Variation, unit: str, out: Path) -> tuple[float, list[str], list[float]]:
+    """Calibrate one hidden unit: (wall seconds, each calibrate run's exit and last line, the arm's speed at each
+    arrival at a stop, from the virtual robot's audit)."""
+    audit = out / f"{unit}-audit.json"
+    device = subprocess.Popen([*CLI, "virtual-robot", "--lockstep", "--robot-id", unit, "--audit-out", str(audit),
+                               "--truth",
                                yaml.safe_dump(truth.model_dump(mode="json"), default_flow_style=True, width=1e9)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     started, runs = time.perf_counter(), []
@@ -68,7 +72,7 @@ def calibrate(truth: Variation, unit: str, out: Path) -> tuple[float, list[str]]
     finally:
         device.terminate()
         device.wait(timeout=20)
-    return time.perf_counter() - started, runs
+    return time.perf_counter() - started, runs, json.loads(audit.read_text())["hard_stop_speeds"]
 
 
 def judge(spec, truth: Variation, path: Path) -> dict:
@@ -106,9 +110,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for n in range(args.units):
             truth, unit = draw_truth(spec, rng), f"furuta-bench-{n}"
-            seconds, runs = calibrate(truth, unit, Path(out))
+            seconds, runs, stop_speeds = calibrate(truth, unit, Path(out))
             result = judge(spec, truth, Path(out) / f"{unit}.yaml")
             units.append({"unit": unit, "truth": truth.model_dump(mode="json"), "runs": runs, "seconds": seconds,
+                          "hard_stop_speeds": stop_speeds,
                           **result})
             print(json.dumps(units[-1] | {"truth": None}, default=float))
     bars = {
@@ -118,8 +123,8 @@ def main() -> None:
         "stops within 2 degrees": all(max(map(abs, u["stop_errors_deg"])) <= 2 for u in units),
         "breakaway within 0.1 V": all(max(map(abs, u["breakaway_errors_v"].values())) <= 0.1 for u in units),
     }
-    Path(str(RESULTS).format(seed=args.seed)).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seed": args.seed, "bars": bars,
-                                   "units": units}, indent=1, default=float) + "\n")
+    results = {"date": time.strftime("%Y-%m-%d"), "seed": args.seed, "bars": bars, "units": units}
+    Path(str(RESULTS).format(seed=args.seed)).write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(json.dumps(bars))
 
 

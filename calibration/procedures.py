@@ -99,7 +99,7 @@ class Controller:
         return side * min(max(self._integral + self.KP * error, 0.0), MAX_VOLTS)
 
     def resting(self) -> bool:
-        """The last rest_s: each resting joint's spread under 1.5 counts (no swing past noise) and its drift under 1 count."""
+        """The last rest_s: each resting joint's spread under 1.5 counts (no swing past noise), its drift under 1."""
         window = (np.array(self._history[-self.ticks(self.rest_s):]) / self.count_rad)[:, self.rest_joints]
         if len(window) < self.ticks(self.rest_s):
             return False
@@ -375,7 +375,8 @@ def analyse_direction(trials: list[Trial], calibration: RobotCalibration, spec: 
                 "both is what a reversed motor looks like.")
     return Outcome(encoders=flipped,
                    checks=[] if flipped else ["the arm moved the model's positive way on a +1 V pulse",
-                                              "the pendulum answered with the model's sign", "a -1 V pulse mirrored it"],
+                                              "the pendulum answered with the model's sign",
+                                              "a -1 V pulse mirrored it"],
                    spread={"response_counts": float(np.ptp(np.array(sizes), axis=0).max())},
                    measured=measured, stop=stop)
 
