@@ -17,7 +17,7 @@ import numpy as np
 from calibration.encoders import EncoderCalibration, RobotCalibration, StepRecord
 from robot_app.agent.policy_runner import PolicyKind
 from robot_app.agent.runtime import Agent
-from robot_app.agent.transition_log import TransitionRecorder
+from robot_app.agent.transition_log import TransitionRecorder, TransitionSink
 from robot_app.hardware.robot_io import RobotIO
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, make_task
@@ -490,6 +490,19 @@ def search_spec(spec: RobotSpec) -> RobotSpec:
     return RobotSpec.model_validate(data)
 
 
+def drive(controller: Controller, robot: RobotIO, spec: RobotSpec, calibration: RobotCalibration,
+          sink: TransitionSink) -> Agent:
+    """Run a controller's trials on the robot through an agent, each command through its supervisor, recording into
+    `sink`; the agent, once it has stopped. ProcedureError if it stopped before the trials were done, or on a fault."""
+    agent = Agent(robot, spec, calibration, controller, sink, status_every_s=1e9, reset_timeout_s=5.0,
+                  task=ProcedureTask(spec, controller))
+    summary = agent.run(episodes=controller.trials)
+    if summary.stop_reason != f"{controller.trials} episodes done" or summary.faults:
+        raise ProcedureError(f"{controller.name} stopped early ({summary.stop_reason}; faults "
+                             f"{summary.faults or 'none'}); nothing was written")
+    return agent
+
+
 def run_step(step: str, robot: RobotIO, spec: RobotSpec, calibration: RobotCalibration,
              expected_response: tuple[int, int] | None = None) -> tuple[RobotCalibration, Outcome]:
     """Run one step on the robot through an agent; the calibration it produces, with the step's record, and what it
@@ -500,14 +513,8 @@ def run_step(step: str, robot: RobotIO, spec: RobotSpec, calibration: RobotCalib
     if problems:
         raise ProcedureError(f"{step} cannot start: " + "; ".join(problems))
     controller = CONTROLLERS[step](spec, centre_first=step == "dead_zone")
-    drive_spec = search_spec(spec) if step == "travel" else spec
     recorder = TransitionRecorder()
-    agent = Agent(robot, drive_spec, calibration, controller, recorder, status_every_s=1e9, reset_timeout_s=5.0,
-                  task=ProcedureTask(drive_spec, controller))
-    summary = agent.run(episodes=controller.trials)
-    if summary.stop_reason != f"{controller.trials} episodes done" or summary.faults:
-        raise ProcedureError(f"{step} stopped early ({summary.stop_reason}; faults {summary.faults or 'none'}); "
-                             "nothing was written")
+    agent = drive(controller, robot, search_spec(spec) if step == "travel" else spec, calibration, recorder)
     trials = [Trial(phase=controller.phases[e], position=np.array([t.obs[:2] for t in rows], dtype=np.float64),
                     velocity=np.array([t.obs[2:4] for t in rows], dtype=np.float64),
                     command=np.array([float(t.action[0]) for t in rows]),

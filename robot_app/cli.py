@@ -217,6 +217,21 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _excite(args) -> int:
+    from calibration.encoders import load_calibration
+    from calibration.excitation import run_excitation
+    from robot_app.hardware.serial_robot import SerialRobot
+    from robot_app.robot.spec import load_robot_spec
+
+    spec = load_robot_spec(args.robot).with_rate(args.rate)
+    calibration = load_calibration(args.calibration, robot=spec.name)
+    log = run_excitation(SerialRobot(args.port, args.baud), spec, calibration, args.out, seconds=args.seconds,
+                         volts=args.volts, seed=args.seed)
+    print(f"excitation of {calibration.robot_id}: {args.seconds:g} s at {spec.control_rate_hz:g} Hz, up to "
+          f"{args.volts:g} V, recorded in {log} (how: {log}.json)")
+    return 0
+
+
 def _agent(args) -> int:
     from calibration.encoders import load_calibration
     from robot_app.agent.loading import load_policy
@@ -717,6 +732,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--baud", type=int, default=921_600)
     calibrate.set_defaults(handler=_calibrate)
 
+    excite = sub.add_parser("excite", help="drive a calibrated unit with a chirp plus random steps, through the agent "
+                                           "and its supervisor, and record it for system identification")
+    excite.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    excite.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    excite.add_argument("--calibration", required=True, help="the unit's calibration .yaml (directions confirmed)")
+    excite.add_argument("--out", required=True, help="the transition log to record into (a new .sqlite file)")
+    excite.add_argument("--seconds", type=_above_zero, default=60.0, help="length of the excitation (default 60)")
+    excite.add_argument("--volts", type=_above_zero, default=3.0, help="the most it commands (default 3 V)")
+    excite.add_argument("--seed", type=int, default=0, help="seed of the random steps")
+    excite.add_argument("--rate", type=_above_zero, help="control rate in Hz, where the device allows (default: the "
+                                                         "spec's)")
+    excite.add_argument("--baud", type=int, default=921_600)
+    excite.set_defaults(handler=_excite)
+
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
     agent.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
     agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
@@ -933,7 +962,7 @@ _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's
 }
 
 
-_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "learner": ("learner",), "demo": ("agent", "learner", "sim"),
+_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "excite": ("agent",), "learner": ("learner",), "demo": ("agent", "learner", "sim"),
           "dashboard": ("dashboard",)}  # checked up front
 
 
@@ -996,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             import zmq
 
             expected += (zmq.ZMQError,)
-        if args.command == "calibrate":
+        if args.command in ("calibrate", "excite"):
             from calibration.procedures import ProcedureError
 
             expected += (ProcedureError,)

@@ -1,6 +1,7 @@
 """The calibration procedures recover a virtual robot's hidden truth, through the agent, and refuse what they must."""
 
 import contextlib
+import json
 import math
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import pytest
 import yaml
 
 from calibration.encoders import StepRecord, load_calibration, save_calibration
+from calibration.excitation import excitation_signal, run_excitation
 from calibration.procedures import (
     DirectionController, ProcedureError, Trial, analyse_direction, analyse_zero, preconditions, response_signs,
     run_step, swing_centre,
 )
+from robot_app.agent.transition_log import TransitionLog
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import pulse_response
@@ -179,3 +182,25 @@ def test_saving_keeps_the_version_it_replaces_and_a_nominal_calibration_is_not_s
     assert load_calibration(kept) == unit and load_calibration(path) == changed
     with pytest.raises(ValueError, match="only a unit's calibration"):
         save_calibration(load_calibration("furuta"), tmp_path)
+
+
+def test_excitation_is_recorded_through_the_supervisor_with_how_it_was_made(tmp_path):
+    calibration = confirmed(load_calibration("furuta"))
+    out = tmp_path / "excite.sqlite"
+    with virtual_robot(Variation()) as (robot, audit):
+        assert run_excitation(SerialRobot(robot.port), SPEC, calibration, out, seconds=4.0, volts=2.0) == out
+    assert audit["limit_violations"] == 0 and audit["rate_violations"] == 0
+    log = TransitionLog(out)
+    chunks = [chunk for _, chunk in log.read()]
+    log.close()
+    sent = np.concatenate([c.columns["action"][:, 0] for c in chunks])
+    asked = np.concatenate([c.columns["policy_action"][:, 0] for c in chunks])
+    assert len(sent) >= 200 and np.abs(sent).max() <= 2.0 and np.abs(asked).max() > 1.0  # it moved, within --volts
+    meta = json.loads((tmp_path / "excite.sqlite.json").read_text())
+    assert meta["robot_id"] == "furuta-7" and meta["volts"] == 2.0 and meta["period_s"] == SPEC.period_s
+    with pytest.raises(ProcedureError, match="never appended to or overwritten"):
+        run_excitation(None, SPEC, calibration, out)
+    with pytest.raises(ProcedureError, match="directions confirmed.*; --volts 9 is outside"):
+        run_excitation(None, SPEC, load_calibration("furuta"), tmp_path / "new.sqlite", volts=9.0)
+    signal = excitation_signal(10.0, 0.02, 3.0, seed=1)
+    assert np.array_equal(signal, excitation_signal(10.0, 0.02, 3.0, seed=1)) and np.abs(signal).max() <= 3.0

@@ -114,6 +114,11 @@ def test_plot_draws_a_learners_own_folder(tmp_path):
         (["virtual-robot", "--randomise"], "--randomise needs --lockstep"),
         (["plot", "{tmp}"], "holds no curves"),
         (["plot", "{tmp}/broken"], "broken/eval.jsonl:2: not a JSON row"),
+        (["calibrate", "--port", "{tmp}/no-such-port", "--step", "travel"], "needs the encoder directions confirmed"),
+        (["calibrate", "--port", "{tmp}/no-such-port", "--calibration", "{tmp}/nope.yaml"], "nope.yaml"),
+        (["excite", "--port", "/dev/null", "--calibration", "furuta", "--out", "{tmp}/x.sqlite"],
+         "needs the encoder directions confirmed"),
+        (["virtual-robot", "--truth", "{{hard_stops: [1, 2]}}"], "low < 0 < high"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):
