@@ -97,7 +97,7 @@ def save_calibration(calibration: RobotCalibration, directory: str | os.PathLike
         history.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         os.link(path, history / f"{stamp}.yaml")  # a second writer in the same microsecond fails, never overwrites
-    text = (f"# Calibration of {calibration.robot} unit {calibration.robot_id}, written by robot-app calibrate; earlier "
-            f"versions are in history/{calibration.robot_id}/.\n")
+    text = (f"# Calibration of {calibration.robot} unit {calibration.robot_id}, written by robot-app calibrate; "
+            f"earlier versions are in history/{calibration.robot_id}/.\n")
     write_atomic(path, (text + yaml.safe_dump(calibration.model_dump(mode="json"), sort_keys=False)).encode())
     return path
