@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 from pathlib import Path
@@ -10,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from calibration.encoders import RobotCalibration
-from calibration.procedures import Controller, ProcedureError, direction_confirmed, drive
+from calibration.procedures import SETTLE_S, Controller, ProcedureError, direction_confirmed, drive
 from robot_app.agent.transition_log import TransitionLog
 from robot_app.common.files import write_atomic
+from robot_app.common.logs import utc_now
 from robot_app.hardware.robot_io import RobotIO
 from robot_app.robot.spec import RobotSpec
 
@@ -47,7 +47,7 @@ class ExciteController(Controller):
     def __init__(self, spec: RobotSpec, signal: np.ndarray, volts: float):
         super().__init__(spec)
         self.signal, self.volts = signal, volts
-        self.trial_s = len(signal) * spec.period_s + 2 * 60.0  # room to settle first
+        self.trial_s = len(signal) * spec.period_s + 2 * SETTLE_S  # room to settle first
 
     def start(self, position) -> None:
         self.goto("excite")
@@ -80,7 +80,7 @@ def run_excitation(robot: RobotIO, spec: RobotSpec, calibration: RobotCalibratio
     controller = ExciteController(spec, signal, volts)
     with TransitionLog(out) as log:
         agent = drive(controller, robot, spec, calibration, log)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": utc_now(),
             "robot_id": agent.device.robot_id, "firmware": agent.device.firmware, "robot": spec.name,
             "period_s": spec.period_s, "seconds": seconds, "volts": volts, "seed": seed,
             "calibration": calibration.model_dump(mode="json"),

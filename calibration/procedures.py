@@ -2,14 +2,13 @@
 
 Each step is a controller the agent runs as its policy, one trial per episode, with a task of its own: the observation
 is the joint angles and velocities in the calibration being measured with, the reset between trials holds the motor at
-0 V (or centres the arm once its direction is confirmed), and a trial ends when its controller says so. The analysis
-works on what the agent recorded: the commands as sent, after the supervisor, and the angles it read back.
+0 V (a controller that needs the arm centred moves it there itself), and a trial ends when its controller says so. The
+analysis works on what the agent recorded: the commands as sent, after the supervisor, and the angles it read back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 
 import numpy as np
@@ -18,6 +17,7 @@ from calibration.encoders import EncoderCalibration, RobotCalibration, StepRecor
 from robot_app.agent.policy_runner import PolicyKind
 from robot_app.agent.runtime import Agent
 from robot_app.agent.transition_log import TransitionRecorder, TransitionSink
+from robot_app.common.logs import utc_now
 from robot_app.hardware.robot_io import RobotIO
 from robot_app.robot.spec import RobotSpec
 from robot_app.robot.task import JointState, make_task
@@ -31,6 +31,11 @@ SEARCH_MARGIN_RAD = 0.5  # the travel search goes this far past the spec's hard 
 
 class ProcedureError(RuntimeError):
     """A step that could not start (a precondition failed), or whose measurement failed its checks: says which."""
+
+
+def count_rad(spec: RobotSpec) -> np.ndarray:
+    """Radians per encoder count, per sensor."""
+    return np.array([2 * math.pi / s.counts_per_rev for s in spec.sensors])
 
 
 def window_speed(positions: np.ndarray, period_s: float) -> float:
@@ -54,6 +59,10 @@ class Trial:
     def ticks(self, phase: str) -> np.ndarray:
         return np.flatnonzero(np.array(self.phase) == phase)
 
+    def interventions_during(self, ticks: np.ndarray) -> list[str]:
+        """The supervisor's interventions on these ticks, by name."""
+        return sorted({reason for i in ticks for reason in self.interventions[i]})
+
 
 class Controller:
     """A procedure's live half: the policy the agent runs. Each trial waits for the robot to rest (`rest_s` of no
@@ -71,7 +80,7 @@ class Controller:
     def __init__(self, spec: RobotSpec, centre_first: bool = False):
         self.version = f"calibrate-{self.name}"
         self.period, self.centre_first = spec.period_s, centre_first
-        self.count_rad = np.array([2 * math.pi / s.counts_per_rev for s in spec.sensors])
+        self.count_rad = count_rad(spec)
         self.trial, self.phases, self.failures = -1, [], []
         self.finished = True
 
@@ -87,6 +96,11 @@ class Controller:
 
     def goto(self, phase: str) -> None:
         self.phase, self.in_phase = phase, 0
+
+    @property
+    def side(self) -> int:
+        """The direction of this trial's push: positive on even trials, negative on odd ones."""
+        return 1 if self.trial % 2 == 0 else -1
 
     def fail(self, why: str) -> float:
         self.failures[-1], self.finished = why, True
@@ -158,7 +172,7 @@ class ScriptedController(Controller):
                 return 0.0
             name, volts, seconds = self.script[self._step]
             self.goto(name)
-        return volts * (1 if self.trial % 2 == 0 else -1)
+        return volts * self.side
 
 
 class ZeroController(ScriptedController):
@@ -186,7 +200,6 @@ class TravelController(Controller):
     STALL_S, MIN_TRAVEL_RAD = 0.2, 0.3
 
     def start(self, position) -> None:
-        self.side = 1 if self.trial % 2 == 0 else -1
         self._start, self._integral = float(position[0]), 0.0
         self.goto("approach")
 
@@ -210,16 +223,15 @@ class TravelController(Controller):
 
 class DeadZoneController(Controller):
     """From rest, a voltage ramp each way in turn until the arm departs from where it rested by 3 counts, moving off
-    at DEPARTURE_RAD_S. The first
-    ramp each way is rough (ROUGH_V_S from 0 V); the others start ROUGH_MARGIN_V below the rough breakaway and ramp
-    at FINE_V_S, so the arm departs soon after it breaks away: the lag of seeing it move costs little voltage."""
+    at DEPARTURE_RAD_S. The first ramp each way is rough (ROUGH_V_S from 0 V); the others start ROUGH_MARGIN_V below
+    the rough breakaway and ramp at FINE_V_S, so the arm departs soon after it breaks away: the lag of seeing it move
+    costs little voltage."""
 
     name, trials, rest_s = "dead_zone", 8, 1.0
     ROUGH_V_S, FINE_V_S, ROUGH_MARGIN_V, DEPARTURE_COUNTS = 0.1, 0.02, 0.15, 3.0
     DEPARTURE_S, DEPARTURE_RAD_S = 0.2, 0.05  # and moving off at this speed: a creep under the cable's pull is not it
 
     def start(self, position) -> None:
-        self.side = 1 if self.trial % 2 == 0 else -1
         if self.trial < 2:
             self._from, self._rate = 0.0, self.ROUGH_V_S
         else:
@@ -349,8 +361,7 @@ def analyse_direction(trials: list[Trial], calibration: RobotCalibration, spec: 
     verdicts, sizes = [], []
     for n, trial in enumerate(trials, 1):
         start = trial.ticks("pulse")[0]
-        signs, size = response_signs(trial.position[start:] / (2 * math.pi / np.array(
-            [s.counts_per_rev for s in spec.sensors])), spec.period_s)
+        signs, size = response_signs(trial.position[start:] / count_rad(spec), spec.period_s)
         if min(size) < 5:
             raise ProcedureError(f"direction, trial {n}: the response was too small to judge (arm {size[0]:.0f}, "
                                  f"pendulum {size[1]:.0f} counts; 5 are needed): is the motor powered?")
@@ -390,7 +401,7 @@ def analyse_travel(trials: list[Trial], calibration: RobotCalibration, spec: Rob
     for n, trial in enumerate(trials, 1):
         approach = trial.ticks("approach")
         side = 1 if np.sum(trial.command[approach]) > 0 else -1
-        held = sorted({r for i in approach for r in trial.interventions[i]})
+        held = trial.interventions_during(approach)
         if held:
             raise ProcedureError(f"travel, trial {n}: the supervisor intervened ({', '.join(held)}) on the "
                                  f"{'+-'[side < 0]} side: no stop within the search bound")
@@ -430,7 +441,7 @@ def analyse_dead_zone(trials: list[Trial], calibration: RobotCalibration, spec: 
     rest: dict[str, list[float]] = {"positive": [], "negative": []}  # rad: where each fine ramp began
     for n, trial in enumerate(trials, 1):
         ramp = trial.ticks("ramp")
-        held = sorted({r for i in ramp for r in trial.interventions[i]})
+        held = trial.interventions_during(ramp)
         if held:
             raise ProcedureError(f"dead_zone, trial {n}: the supervisor intervened ({', '.join(held)})")
         volts = trial.command[ramp]  # the ramp's last tick is where it saw the arm depart, and sent 0 V
@@ -526,7 +537,7 @@ def run_step(step: str, robot: RobotIO, spec: RobotSpec, calibration: RobotCalib
     analyse = {"zero": analyse_zero, "travel": analyse_travel, "dead_zone": analyse_dead_zone}.get(step)
     outcome = (analyse(trials, calibration, spec) if analyse else
                analyse_direction(trials, calibration, spec, expected_response))
-    record = StepRecord(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    record = StepRecord(date=utc_now(),
                         robot_id=agent.device.robot_id, firmware=agent.device.firmware, checks=outcome.checks,
                         spread=outcome.spread, measured=outcome.measured)
     updated = calibration.model_copy(update={"robot_id": agent.device.robot_id,
