@@ -16,7 +16,22 @@ from sim.env import EnvSpec, StepResult, UnknownEnvironmentError
 ASSETS = Path(__file__).parent / "assets"
 
 
-def _set_parameter(model, parameter: Parameter, element: str, value: float) -> None:
+def get_parameter(model, parameter: Parameter, element: str) -> float:
+    """One physical parameter of the spec's randomisation table, as the MuJoCo model has it."""
+    if parameter is Parameter.JOINT_DAMPING:
+        return float(model.dof_damping[model.joint(element).dofadr[0]])
+    if parameter is Parameter.JOINT_FRICTION:
+        return float(model.dof_frictionloss[model.joint(element).dofadr[0]])
+    if parameter is Parameter.JOINT_STIFFNESS:
+        return float(model.jnt_stiffness[model.joint(element).id])
+    if parameter is Parameter.BODY_MASS:
+        return float(model.body_mass[model.body(element).id])
+    if parameter is Parameter.ACTUATOR_GAIN:
+        return float(model.actuator_gainprm[model.actuator(element).id, 0])
+    raise ValueError(f"{parameter.value} is not a parameter of the MuJoCo model")
+
+
+def set_parameter(model, parameter: Parameter, element: str, value: float) -> None:
     """Set one physical parameter of the spec's randomisation table on the MuJoCo model. An element the model does
     not name raises KeyError."""
     if parameter is Parameter.JOINT_DAMPING:
@@ -87,7 +102,7 @@ class FurutaPhysics:
             if span is None or not span.parameter.physical:
                 raise ValueError(f"randomisation {name!r} is not a physical parameter of robot {self.spec.name}")
             try:
-                _set_parameter(model, span.parameter, span.element, value)
+                set_parameter(model, span.parameter, span.element, value)
             except KeyError:
                 raise ValueError(f"randomisation {name!r}: {self.spec.mjcf} has no {span.parameter.value} element "
                                  f"{span.element!r}") from None

@@ -1,0 +1,76 @@
+"""Identification's model: it replays a unit's recorded volts (dead zone, latency) exactly as the virtual robot's
+physics moved, and a log it cannot use is refused with the reason."""
+
+import math
+
+import numpy as np
+import pytest
+
+from calibration.encoders import StepRecord, load_calibration
+from calibration.excitation import excitation_signal
+from robot_app.robot.spec import load_robot_spec
+from sim.furuta import FurutaPhysics
+from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, load_recording, unknowns
+
+SPEC = load_robot_spec("furuta")
+TRUE = {"arm_damping": 2e-5, "pendulum_damping": 3e-6, "motor_gain": 0.0054, "arm_friction": 2e-5,
+        "pendulum_friction": 7e-6, "cable_stiffness": 1e-3}
+DEAD = (0.3, 0.1)
+
+
+def calibration():
+    record = StepRecord(date="2026-12-03T00:00:00+00:00", robot_id="u", firmware="", checks=[], spread={},
+                        measured={"breakaway_v": {"negative": {"mean_v": 0.25, "sd_v": 0.01},
+                                                  "positive": {"mean_v": 0.15, "sd_v": 0.01}}})
+    return load_calibration("furuta").model_copy(update={"robot_id": "u", "steps": {"dead_zone": record}})
+
+
+def test_the_model_replays_the_plant_exactly_from_every_windows_start():
+    physics = FurutaPhysics(SPEC)
+    physics.randomise(TRUE)
+    physics.set_hidden(None, DEAD)
+    volts = excitation_signal(6.0, SPEC.period_s, 2.0, seed=0)[:, None]
+    delay, before = 0.0035, (0.0,)  # as the virtual robot holds the last command into each period
+    physics.reset()
+    angles = [physics.data.qpos.copy()]
+    for v in volts[:-1]:
+        physics.step(before, delay)
+        physics.step((float(v[0]),), SPEC.period_s - delay)
+        before = (float(v[0]),)
+        angles.append(physics.data.qpos.copy())
+    recording = Recording(None, "u", SPEC.period_s, np.array(angles) - [0, math.pi], volts, calibration())
+    simulator = Simulator(SPEC, {}, [], None)
+    simulator.unknowns = unknowns(SPEC, simulator.model, recording.calibration)
+    truth = TRUE | {"plant_latency_s": delay, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
+    x = [math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
+         for u in simulator.unknowns]
+    assert simulator.values(x) == pytest.approx(truth)
+    starts, length = np.array([0, 99, 198]), 101
+    # The windows after the first start from the plant's true velocities; the first from rest.
+    states = np.stack([np.zeros(4)] + [np.r_[0, 0, _true_velocity(physics, volts, delay, s)] for s in starts[1:]])
+    predicted = simulator.predict(recording, [(np.array(x), states)], starts, length)[0]
+    for window, start in zip(predicted, starts):
+        assert np.abs(window - recording.angles[start:start + length]).max() < 1e-9
+    nominal = simulator.predict(recording, [(np.array([u.start for u in simulator.unknowns]), states)], starts,
+                                length)[0]
+    assert np.abs(nominal - predicted).max() > 0.05  # the datasheet's robot moves otherwise: the fit has a signal
+
+
+def _true_velocity(physics, volts, delay, sample):
+    physics.reset()
+    before = (0.0,)
+    for v in volts[:sample]:
+        physics.step(before, delay)
+        physics.step((float(v[0]),), SPEC.period_s - delay)
+        before = (float(v[0]),)
+    return physics.data.qvel.copy()
+
+
+def test_a_log_identification_cannot_use_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(SysidError, match="not an excitation log"):
+        load_recording(tmp_path / "missing.sqlite")
+    with pytest.raises(SysidError, match="no dead_zone step"):
+        unknowns(SPEC, Simulator(SPEC, {}, [], None).model, load_calibration("furuta"))
+    recording = Recording(None, "u", SPEC.period_s, np.zeros((150, 2)), np.zeros((150, 1)), calibration())
+    with pytest.raises(SysidError, match="past the recording's 150 samples"):
+        Simulator(SPEC, {}, [], None).predict(recording, [], np.array([0, 100]), 51)
