@@ -1,17 +1,20 @@
-"""System identification, the parts built so far: excitation logs read back, the fitted unknowns, and the model that
-replays a log's volts in windows (the fit with mujoco.sysid comes next: docs/SYSID_NOTES.md)."""
+"""System identification: a unit's MuJoCo parameters fitted to its excitation logs with mujoco.sysid, by multiple
+shooting over 1-s windows (docs/SYSID_NOTES.md)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import math
+import time
 from pathlib import Path
 
 import mujoco
 import mujoco.rollout
 import numpy as np
+from mujoco import sysid
 
 from calibration.encoders import RobotCalibration
 from robot_app.agent.transition_log import TransitionLog
@@ -213,3 +216,153 @@ class Simulator:
     def _frame(values: dict[str, float]) -> np.ndarray:
         """Physics angles less calibrated ones: the arm's spring rests at its zero; the pendulum's 0 hangs down."""
         return np.array([values[SPRING_ZERO], math.pi])
+
+
+# ---- the fit: multiple shooting, the physics shared, each window's start state its own ---------------------------
+
+@dataclasses.dataclass
+class Fit:
+    values: dict[str, float]  # physical units
+    intervals: dict[str, float]  # 95% half-widths, physical units (white residuals assumed)
+    fit_rmse_counts: list[float]  # per joint
+    held_out_rmse_counts: list[float]
+    nominal_held_out_rmse_counts: list[float]
+    seconds: float
+
+
+def window_starts(first: int, end: int, length: int) -> np.ndarray:
+    """Windows of `length` samples sharing their edge samples, inside [first, end)."""
+    return np.arange(first, end - length + 1, length - 1)
+
+
+def _first_states(recording: Recording, starts: np.ndarray) -> np.ndarray:
+    velocity = np.gradient(recording.angles, recording.period_s, axis=0)
+    return np.concatenate([np.zeros((len(starts), velocity.shape[1])), velocity[starts]], axis=1)
+
+
+class _Problem:
+    """Residuals (counts) and their Jacobian for the physics vector and the windows' states of every recording."""
+
+    def __init__(self, simulator: Simulator, recordings: list[Recording], starts: list[np.ndarray], length: int,
+                 eps: float):
+        self.simulator, self.recordings, self.starts, self.length, self.eps = simulator, recordings, starts, length, eps
+        self.physics_size = len(simulator.unknowns)
+        self.measured = [np.stack([r.angles[s:s + length] for s in st]) for r, st in zip(recordings, starts)]
+        self.counts = [np.array([e.scale for e in r.calibration.encoders.values()]) for r in recordings]
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        physics, rest, states = x[:self.physics_size], x[self.physics_size:], []
+        for st in self.starts:
+            states.append(rest[:4 * len(st)].reshape(len(st), 4))
+            rest = rest[4 * len(st):]
+        return physics, states
+
+    def _errors(self, index: int, predicted: np.ndarray) -> np.ndarray:
+        return (predicted - self.measured[index]) / self.counts[index]
+
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        columns = x.reshape(len(x), -1).T
+        out = []
+        for column in columns:
+            physics, states = self.split(column)
+            out.append(np.concatenate([
+                self._errors(i, self.simulator.predict(r, [(physics, states[i])], self.starts[i], self.length)[0]
+                             ).ravel() for i, r in enumerate(self.recordings)]))
+        out = np.stack(out, axis=1)
+        return out[:, 0] if x.ndim == 1 else out
+
+    def jacobian(self, x: np.ndarray, r=None) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        physics, states = self.split(x)
+        low, high = self.bounds
+        state_offset = self.physics_size
+        rows = []
+        for i, recording in enumerate(self.recordings):
+            steps = [self.eps if x[k] + self.eps <= high[k] else -self.eps for k in range(self.physics_size)]
+            columns = [(physics, states[i])]
+            for k, step in enumerate(steps):
+                moved = physics.copy()
+                moved[k] += step
+                columns.append((moved, states[i]))
+            for j in range(4):
+                moved = states[i].copy()
+                moved[:, j] += self.eps
+                columns.append((physics, moved))
+            errors = self._errors(i, self.simulator.predict(recording, columns, self.starts[i], self.length))
+            base = errors[0]
+            block = np.zeros((base.size, len(x)))
+            for k, step in enumerate(steps):
+                block[:, k] = ((errors[1 + k] - base) / step).ravel()
+            per_window = base[0].size
+            for j in range(4):
+                change = (errors[1 + self.physics_size + j] - base) / self.eps  # [windows, length, joints]
+                for w in range(len(self.starts[i])):
+                    block[w * per_window:(w + 1) * per_window, state_offset + 4 * w + j] = change[w].ravel()
+            state_offset += 4 * len(self.starts[i])
+            rows.append(block)
+        return np.concatenate(rows)
+
+
+def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray, starts: np.ndarray, length: int,
+                 iterations: int = 4, eps: float = 1e-3) -> np.ndarray:
+    """Each window's start state alone, the physics held: Gauss-Newton on 4 numbers per window. Returns the errors
+    (counts) [windows, length, joints] at the end."""
+    states = _first_states(recording, starts)
+    measured = np.stack([recording.angles[s:s + length] for s in starts])
+    counts = np.array([e.scale for e in recording.calibration.encoders.values()])
+    for _ in range(iterations):
+        columns = [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
+        errors = (simulator.predict(recording, columns, starts, length) - measured) / counts
+        change = (errors[1:] - errors[:1]) / eps
+        for w in range(len(starts)):
+            jac = change[:, w].reshape(4, -1).T
+            states[w] -= np.linalg.lstsq(jac, errors[0, w].ravel(), rcond=None)[0]
+    return (simulator.predict(recording, [(physics, states)], starts, length)[0] - measured) / counts
+
+
+def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
+             max_iter: int = 30, eps: float = 1e-3) -> Fit:
+    """Fit the unknowns to the first 80% of every recording (its windows' start states beside them); judge on the
+    rest, each held-out window's start state refitted alone, for the fit and for the datasheet's physics."""
+    started = time.perf_counter()
+    calibration = recordings[0].calibration
+    stops = calibration.steps["travel"].measured["stops_rad"] if "travel" in calibration.steps else None
+    simulator = Simulator(spec, known, [], stops)
+    simulator.unknowns = unknowns(spec, simulator.model, calibration)
+    length = max(3, round(window_s / spec.period_s) + 1)
+    ends = [int(len(r.angles) * (1 - HELD_OUT)) for r in recordings]
+    starts = [window_starts(0, end, length) for end in ends]
+    problem = _Problem(simulator, recordings, starts, length, eps)
+    params = sysid.ParameterDict()
+    for u in simulator.unknowns:
+        params.add(sysid.Parameter(u.name, u.start, u.low, u.high))
+    for index, (r, st) in enumerate(zip(recordings, starts)):
+        first = _first_states(r, st)
+        spread = np.tile([3.0, 3.0, 3.0, 3.0], (len(st), 1))
+        params.add(sysid.Parameter(f"recording {index} windows", first.ravel(), (first - spread).ravel(),
+                                   (first + spread).ravel()))
+    problem.bounds = params.get_bounds()
+    fitted, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
+                                    verbose=False, jacobian=problem.jacobian, max_iters=max_iter, xtol=1e-6,
+                                    output=io.StringIO())
+    x = np.asarray(result.x).reshape(-1)
+    residual = problem.residual(x)
+    _, intervals = sysid.calculate_intervals([residual], problem.jacobian(x))
+    physics, _ = problem.split(x)
+    values = simulator.values(physics)
+    widths = {}
+    for u, v, half in zip(simulator.unknowns, physics, intervals):
+        widths[u.name] = abs(u.value(v + half) - u.value(v))
+    fit_errors = residual.reshape(-1, recordings[0].angles.shape[1])
+    held, nominal = [], []
+    for r, end in zip(recordings, ends):
+        held_starts = window_starts(end, len(r.angles), length)
+        held.append(refit_states(simulator, r, physics, held_starts, length).reshape(-1, r.angles.shape[1]))
+        nominal.append(refit_states(simulator, r, np.array([u.start for u in simulator.unknowns]), held_starts,
+                                    length).reshape(-1, r.angles.shape[1]))
+    return Fit(values, widths, _rms([fit_errors]), _rms(held), _rms(nominal), time.perf_counter() - started)
+
+
+def _rms(errors: list[np.ndarray]) -> list[float]:
+    return np.sqrt(np.mean(np.concatenate(errors) ** 2, axis=0)).tolist()

@@ -10,12 +10,14 @@ from calibration.encoders import StepRecord, load_calibration
 from calibration.excitation import excitation_signal
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import FurutaPhysics
-from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, load_recording, unknowns
+from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording, unknowns
 
 SPEC = load_robot_spec("furuta")
-TRUE = {"arm_damping": 2e-5, "pendulum_damping": 3e-6, "motor_gain": 0.0054, "arm_friction": 2e-5,
+TRUE = {"arm_damping": 2e-4, "pendulum_damping": 3e-5, "motor_gain": 0.0054, "arm_friction": 2e-5,
         "pendulum_friction": 7e-6, "cable_stiffness": 1e-3}
 DEAD = (0.3, 0.1)
+DELAY = 0.0035
+COUNT = 2 * math.pi / 2048
 
 
 def calibration():
@@ -25,20 +27,29 @@ def calibration():
     return load_calibration("furuta").model_copy(update={"robot_id": "u", "steps": {"dead_zone": record}})
 
 
-def test_the_model_replays_the_plant_exactly_from_every_windows_start():
+def plant_recording(seconds, quantised=False):
+    """The plant driven by an excitation, as the virtual robot holds each command `DELAY` into its period."""
     physics = FurutaPhysics(SPEC)
     physics.randomise(TRUE)
     physics.set_hidden(None, DEAD)
-    volts = excitation_signal(6.0, SPEC.period_s, 2.0, seed=0)[:, None]
-    delay, before = 0.0035, (0.0,)  # as the virtual robot holds the last command into each period
+    volts = excitation_signal(seconds, SPEC.period_s, 2.0, seed=0)[:, None]
+    before = (0.0,)
     physics.reset()
     angles = [physics.data.qpos.copy()]
     for v in volts[:-1]:
-        physics.step(before, delay)
-        physics.step((float(v[0]),), SPEC.period_s - delay)
+        physics.step(before, DELAY)
+        physics.step((float(v[0]),), SPEC.period_s - DELAY)
         before = (float(v[0]),)
         angles.append(physics.data.qpos.copy())
-    recording = Recording(None, "u", SPEC.period_s, np.array(angles) - [0, math.pi], volts, calibration())
+    angles = np.array(angles) - [0, math.pi]
+    if quantised:
+        angles = np.round(angles / COUNT) * COUNT
+    return physics, volts, Recording(None, "u", SPEC.period_s, angles, volts, calibration())
+
+
+def test_the_model_replays_the_plant_exactly_from_every_windows_start():
+    physics, volts, recording = plant_recording(6.0)
+    delay = DELAY
     simulator = Simulator(SPEC, {}, [], None)
     simulator.unknowns = unknowns(SPEC, simulator.model, recording.calibration)
     truth = TRUE | {"plant_latency_s": delay, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
@@ -74,3 +85,14 @@ def test_a_log_identification_cannot_use_is_refused_with_the_reason(tmp_path):
     recording = Recording(None, "u", SPEC.period_s, np.zeros((150, 2)), np.zeros((150, 1)), calibration())
     with pytest.raises(SysidError, match="past the recording's 150 samples"):
         Simulator(SPEC, {}, [], None).predict(recording, [], np.array([0, 100]), 51)
+
+
+def test_identification_recovers_the_plant_from_a_short_quantised_log():
+    _, _, recording = plant_recording(10.0, quantised=True)
+    fit = identify(SPEC, [recording], known={}, max_iter=12)
+    for name in ("arm_damping", "pendulum_damping", "motor_gain"):
+        assert fit.values[name] == pytest.approx(TRUE[name], rel=0.05), name
+    assert fit.values["plant_latency_s"] == pytest.approx(DELAY, abs=1e-3)
+    floor = 1 / math.sqrt(12)  # counts: what quantisation alone leaves
+    assert max(fit.held_out_rmse_counts) < 2 * floor < min(fit.nominal_held_out_rmse_counts)
+    assert all(0 < width < math.inf for width in fit.intervals.values())
