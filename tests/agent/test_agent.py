@@ -200,8 +200,9 @@ def test_the_device_audit_judges_every_step_and_writes_strict_json(tmp_path):
     host = SerialRobot(device.port)
     host.connect()
     for volts in (0.4, float("nan"), 1.0, 1.2, float("inf")):  # NaN drives 0 V: 1.0 is a 1 V step from it
+        answered = host.latest.seq if host.latest is not None else None  # the lockstep answer is newer than this
         host.send_command([volts])
-        host.wait_sensor(host.latest.seq, 5.0)
+        assert host.wait_sensor(answered, 5.0) is not None
     host.close()
     device.stop()
     serving.join(timeout=10)
