@@ -44,13 +44,6 @@ class Recording:
     volts: np.ndarray  # [n, actuators]
     calibration: RobotCalibration
 
-    @property
-    def still_noise_counts(self) -> float:
-        """The encoders' noise, from the still start (before the first volt): counts' std about their mean."""
-        moving = np.flatnonzero(np.abs(self.volts).max(axis=1) > 0)
-        still = self.angles[:max(moving[0] if len(moving) else len(self.angles), 1)]
-        scale = next(iter(self.calibration.encoders.values())).scale
-        return float(np.sqrt(np.mean(np.var(still, axis=0))) / scale) if len(still) > 10 else 0.0
 
 
 def load_recording(path: str | Path) -> Recording:
@@ -275,7 +268,7 @@ class _Problem:
     def jacobian(self, x: np.ndarray, r=None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         physics, states = self.split(x)
-        low, high = self.bounds
+        high = self.bounds[1]
         state_offset = self.physics_size
         rows = []
         for i, recording in enumerate(self.recordings):
@@ -343,7 +336,7 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
         params.add(sysid.Parameter(f"recording {index} windows", first.ravel(), (first - spread).ravel(),
                                    (first + spread).ravel()))
     problem.bounds = params.get_bounds()
-    fitted, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
+    _, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
                                     verbose=False, jacobian=problem.jacobian, max_iters=max_iter, xtol=1e-6,
                                     output=io.StringIO())
     x = np.asarray(result.x).reshape(-1)
