@@ -11,6 +11,7 @@ calibrate runs as a user runs it; a direction mismatch is corrected and confirme
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import subprocess
@@ -50,28 +51,41 @@ def draw_truth(spec, rng) -> Variation:
         dead_zone_v=tuple(float(v) for v in rng.uniform(*TRUTH_RANGES["dead_zone_v"], 2)))
 
 
-def calibrate(truth: Variation, unit: str, out: Path) -> tuple[float, list[str], list[float]]:
-    """Calibrate one hidden unit: (wall seconds, each calibrate run's exit and last line, the arm's speed at each
-    arrival at a stop, from the virtual robot's audit)."""
-    audit = out / f"{unit}-audit.json"
+@contextlib.contextmanager
+def unit_device(truth: Variation, unit: str, audit: Path):
+    """A hidden unit: `robot-app virtual-robot --lockstep --truth ...`, its pty's path yielded."""
     device = subprocess.Popen([*CLI, "virtual-robot", "--lockstep", "--robot-id", unit, "--audit-out", str(audit),
                                "--truth",
                                yaml.safe_dump(truth.model_dump(mode="json"), default_flow_style=True, width=1e9)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    started, runs = time.perf_counter(), []
     try:
-        port = device.stdout.readline().strip()
-        command = [*CLI, "calibrate", "--port", port, "--robot-id", unit, "--out-dir", str(out)]
-        for steps in ([], ["--step", "direction", "--step", "travel", "--step", "dead_zone"]):
-            run = subprocess.run([*command, *steps], capture_output=True, text=True, timeout=600)
-            runs.append(f"exit {run.returncode}: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}")
-            if run.returncode == 0:
-                break
-            if run.returncode != 1:
-                raise RuntimeError(f"calibrate failed on {unit}: {run.stderr}")
+        yield device.stdout.readline().strip()
     finally:
         device.terminate()
         device.wait(timeout=20)
+
+
+def calibrate_on(port: str, unit: str, out: Path) -> list[str]:
+    """Calibrate a unit as a user would; after a direction mismatch is corrected, the steps again. Each run's exit and
+    last line."""
+    command, runs = [*CLI, "calibrate", "--port", port, "--robot-id", unit, "--out-dir", str(out)], []
+    for steps in ([], ["--step", "direction", "--step", "travel", "--step", "dead_zone"]):
+        run = subprocess.run([*command, *steps], capture_output=True, text=True, timeout=600)
+        runs.append(f"exit {run.returncode}: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}")
+        if run.returncode == 0:
+            break
+        if run.returncode != 1:
+            raise RuntimeError(f"calibrate failed on {unit}: {run.stderr}")
+    return runs
+
+
+def calibrate(truth: Variation, unit: str, out: Path) -> tuple[float, list[str], list[float]]:
+    """Calibrate one hidden unit: (wall seconds, each calibrate run's exit and last line, the arm's speed at each
+    arrival at a stop, from the virtual robot's audit)."""
+    audit = out / f"{unit}-audit.json"
+    started = time.perf_counter()
+    with unit_device(truth, unit, audit) as port:
+        runs = calibrate_on(port, unit, out)
     return time.perf_counter() - started, runs, json.loads(audit.read_text())["hard_stop_speeds"]
 
 

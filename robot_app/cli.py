@@ -156,11 +156,20 @@ def _export(args) -> int:
 
 
 def _virtual_robot(args) -> int:
-    from robot_app.robot.spec import load_robot_spec
+    from robot_app.robot.spec import Parameter, load_robot_spec
     from sim.virtual_robot import Faults, Variation, VirtualRobot, load_variation, write_audit
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     variation = load_variation(args.truth) if args.truth else Variation()
+    if args.physics:  # a fitted unit: its values (unless --truth says otherwise), and --randomise draws around them
+        from robot_app.robot.physics import load_physics
+
+        physics = load_physics(args.physics)
+        spec = physics.narrow(spec, args.widen)
+        if not args.truth:
+            values, device = spec.split_draws({name: p.value for name, p in physics.parameters.items()})
+            variation = Variation(physics=values, plant_latency_s=device[Parameter.PLANT_LATENCY],
+                                  dead_zone_v=physics.dead_zone_v)
     faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
                     args.estop_after, args.reboot_after)
     if args.randomise and not args.lockstep:
@@ -229,6 +238,53 @@ def _excite(args) -> int:
                          volts=args.volts, seed=args.seed)
     print(f"excitation of {calibration.robot_id}: {args.seconds:g} s at {spec.control_rate_hz:g} Hz, up to "
           f"{args.volts:g} V, recorded in {log} (how: {log}.json)")
+    return 0
+
+
+def _sysid(args) -> int:
+    import yaml
+
+    from robot_app.common.files import write_atomic
+    from robot_app.robot.spec import Parameter, load_robot_spec
+    from sim.sysid import identify, load_recording, overlay
+    from sim.sysid_report import write_sysid_report
+
+    spec = load_robot_spec(args.robot)
+    weighed = {}
+    for item in args.weighed or []:
+        name, _, value = item.partition("=")
+        span = spec.randomisation.get(name)
+        if span is None or span.parameter is not Parameter.BODY_MASS:
+            masses = sorted(n for n, s in spec.randomisation.items() if s.parameter is Parameter.BODY_MASS)
+            raise _UsageError(f"--weighed {item}: not a mass of the {spec.name} spec's table ({', '.join(masses)})")
+        try:
+            weighed[name] = float(value)
+        except ValueError:
+            raise _UsageError(f"--weighed {item}: give NAME=KILOGRAMS, e.g. arm_mass=0.095") from None
+        if not weighed[name] > 0:
+            raise _UsageError(f"--weighed {item}: a mass is above 0 kg")
+    recordings = [load_recording(path) for path in args.logs]
+    units = sorted({r.robot_id for r in recordings})
+    if len(units) > 1:
+        raise _UsageError(f"the logs are of different units ({', '.join(units)}): identify one unit at a time")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise _UsageError(f"{out} exists: choose another --out, or pass --overwrite")
+    print(f"identifying {units[0]} from {len(recordings)} log(s), "
+          f"{sum(len(r.angles) for r in recordings) * spec.period_s:.0f} s of data")
+    fit = identify(spec, recordings, weighed, max_iter=args.max_iter)
+    physics = overlay(spec, recordings, weighed, fit)
+    write_atomic(out, (f"# {spec.name} unit {physics.robot_id}'s physics, fitted by robot-app sysid: "
+                       f"robot-app validate --physics {out.name} draws around it\n"
+                       + yaml.safe_dump(physics.model_dump(mode="json"), sort_keys=False)).encode())
+    report = write_sysid_report(args.report or out.with_suffix(".report"), physics, fit, recordings)
+    for name, p in physics.parameters.items():
+        print(f"  {name}: {p.value:.4g} ± {p.interval_95:.2g} (nominal {p.nominal:.4g})")
+    print(f"  dead zone: {physics.dead_zone_v[0]:.3f} V negative, {physics.dead_zone_v[1]:.3f} V positive")
+    print(f"  held-out RMSE {', '.join(f'{v:.3f}' for v in physics.held_out_rmse_counts)} counts (datasheet "
+          f"{', '.join(f'{v:.2f}' for v in physics.datasheet_held_out_rmse_counts)}; quantisation floor "
+          f"{physics.quantisation_floor_counts:.3f}) in {fit.seconds:.0f} s")
+    print(f"written to {out}; report: {report}")
     return 0
 
 
@@ -400,7 +456,7 @@ def _validate(args) -> int:
     config = load_gate_config(args.gate_config, episodes=args.episodes, seed=args.seed, workers=args.workers)
     spec = load_robot_spec(args.robot)
     load_policy(args.policy, spec, make_task(spec).obs_layout)  # a file that is no policy for this robot: exit 2
-    report = validate(args.policy, args.robot, config, progress=True)
+    report = validate(args.policy, args.robot, config, progress=True, physics=args.physics, widen=args.widen)
     folder = write_report(report, args.report or Path(args.policy).with_suffix(".validation"))
     _print_verdict(report)
     print(f"report: {folder}/report.md")
@@ -464,7 +520,7 @@ def _policies(args) -> int:
             raise _UsageError("validate needs --signing-key (the gate's .sign_key from `robot-app keys gate --signing`)")
         report = gate_candidate(registry, args.target, load_signing_key(args.signing_key),
                                 load_gate_config(args.gate_config, episodes=args.episodes), args.robot, actor,
-                                progress=True)
+                                progress=True, physics=args.physics, widen=args.widen)
         _print_verdict(report)
         return 0 if report.passed else 1
     elif args.action == "deploy":
@@ -618,6 +674,16 @@ def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
 LONG_RUNNING = ("train", "learner", "agent", "demo")  # commands that take --config and record what they resolved
 
 
+def _add_physics_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    from robot_app.robot.physics import WIDEN
+
+    parser.add_argument("--physics", metavar="YAML", help=f"{prefix}draw the episodes around a unit's fitted physics "
+                                                          "(robot-app sysid's overlay) instead of the datasheet ranges")
+    parser.add_argument("--widen", type=_above_zero, default=WIDEN,
+                        help=f"{prefix}with --physics: draw within this many 95%% intervals of each fitted value "
+                             f"(default {WIDEN:g})")
+
+
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
 
@@ -703,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how this unit hides its differences from the spec, for calibration to recover: a .yaml "
                               "file or inline YAML, e.g. '{count_offsets: [3, -2], count_directions: [1, -1], "
                               "hard_stops: [-2.2, 2.3], dead_zone_v: [0.3, 0.4], physics: {motor_gain: 0.0052}}'")
+    _add_physics_arguments(virtual)
     virtual.add_argument("--duration", type=float, help="seconds to run (default: until SIGTERM/SIGINT)")
     virtual.add_argument("--audit-out", help="write the device-side audit (JSON) here at exit")
     virtual.add_argument("--status-every", type=float, default=10.0, help="seconds between status lines on stderr")
@@ -745,6 +812,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "spec's)")
     excite.add_argument("--baud", type=int, default=921_600)
     excite.set_defaults(handler=_excite)
+
+    sysid = sub.add_parser("sysid", help="fit a unit's MuJoCo physics to its excitation logs (mujoco.sysid); writes "
+                                         "the overlay validate --physics draws around, and a report")
+    sysid.add_argument("logs", nargs="+", help="excitation logs from robot-app excite (each with its .json)")
+    sysid.add_argument("--out", required=True, help="the fitted physics overlay to write (.yaml)")
+    sysid.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
+    sysid.add_argument("--weighed", action="append", metavar="NAME=KG",
+                       help="a mass the scale measured, e.g. arm_mass=0.0951 (repeatable); masses are weighed, not "
+                            "fitted: without this they keep their MJCF values")
+    sysid.add_argument("--report", help="report folder (default: OUT's name with .report)")
+    sysid.add_argument("--max-iter", type=_positive, default=30, help="Gauss-Newton iterations at most (default 30)")
+    sysid.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    sysid.set_defaults(handler=_sysid)
 
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
     agent.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
@@ -833,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--seed", type=int)
     validate.add_argument("--workers", type=_positive, help="parallel episodes (default: every core)")
     validate.add_argument("--report", help="report folder (default: POLICY's name with .validation)")
+    _add_physics_arguments(validate)
     validate.set_defaults(handler=_validate)
 
     policies = sub.add_parser("policies", help="the policy registry: list, add, show, validate, deploy, rollback")
@@ -846,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     policies.add_argument("--episodes", type=_positive, help="validate: episodes (default from the config)")
     policies.add_argument("--robot", default="furuta", help="the robot the registry's policies drive (default furuta)")
     policies.add_argument("--json", action="store_true", help="list, show: JSON for scripts")
+    _add_physics_arguments(policies, "validate: ")
     policies.set_defaults(handler=_policies)
 
     demo = sub.add_parser("demo", help="train the virtual Furuta online through serial and ZeroMQ, end to end")
@@ -957,12 +1039,12 @@ _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's
     "agent": ("onnxruntime", "serial", "zmq", "msgpack", "cryptography"),
     "learner": ("torch", "onnx", "onnxscript", "onnxruntime", "tqdm", "cryptography", "zmq", "msgpack", "tensorboard",
                 "pyarrow", "prometheus_client"),
-    "sim": ("mujoco", "dm_control", "matplotlib", "tqdm"),
+    "sim": ("mujoco", "dm_control", "matplotlib", "tqdm", "colorama", "tabulate"),
     "dashboard": ("fastapi", "uvicorn", "websockets", "prometheus_client", "zmq", "msgpack"),
 }
 
 
-_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "excite": ("agent",), "learner": ("learner",),
+_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "excite": ("agent",), "sysid": ("agent", "sim"), "learner": ("learner",),
           "demo": ("agent", "learner", "sim"), "dashboard": ("dashboard",)}  # checked up front
 
 

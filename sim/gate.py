@@ -31,6 +31,7 @@ from robot_app.common.files import load_yaml_model
 from robot_app.common.logs import format_counts
 from robot_app.common.progress import Progress
 from robot_app.common.reports import AgentSummary, EpisodeResult, EpisodeTrace, GateMetrics, GateReport
+from robot_app.robot.physics import WIDEN, load_physics, physics_provenance
 from robot_app.robot.spec import Parameter, RobotSpec, load_robot_spec
 from robot_app.robot.task import make_task
 
@@ -78,15 +79,16 @@ class EpisodePlan:
     index: int
     seed: int
     draws: dict[str, float]  # one value per randomisation range of the spec
+    dead_zone_v: tuple[float, float] = (0.0, 0.0)  # a fitted unit's (the datasheet's robot has none)
 
 
-def plan_episodes(spec: RobotSpec, episodes: int, seed: int) -> list[EpisodePlan]:
+def plan_episodes(spec: RobotSpec, episodes: int, seed: int, dead_zone_v=(0.0, 0.0)) -> list[EpisodePlan]:
     """The randomisation of every episode, drawn from the spec's ranges, from one seed."""
     rng = np.random.default_rng(seed)
     plans = []
     for index in range(episodes):
         draws = spec.draw(rng)  # then the episode's seed, from the same stream
-        plans.append(EpisodePlan(index, int(rng.integers(2**31)), draws))
+        plans.append(EpisodePlan(index, int(rng.integers(2**31)), draws, tuple(dead_zone_v)))
     return plans
 
 
@@ -107,7 +109,8 @@ def run_episode(artifact: str, robot: str, plan: EpisodePlan) -> EpisodeResult:
     variation = Variation(physics=physics, plant_latency_s=device[Parameter.PLANT_LATENCY],
                           jitter_s=device[Parameter.CONTROL_JITTER], sensor_noise_counts=device[Parameter.SENSOR_NOISE],
                           count_offsets=tuple(int(round(v)) for v in rng.uniform(-abs(offset), abs(offset),
-                                                                                  len(spec.sensors))))
+                                                                                  len(spec.sensors))),
+                          dead_zone_v=plan.dead_zone_v)
     virtual = VirtualRobot(spec, lockstep=True, seed=plan.seed, robot_id=f"{spec.name}-gate-{plan.index}",
                            variation=variation)
     audit = {}
@@ -135,6 +138,7 @@ def _measure(spec: RobotSpec, plan: EpisodePlan, variation, rows, summary: Agent
     velocity_over = [j.name for j, v in zip(joints, audit["max_abs_velocity"]) if v > j.velocity_limit]
     return EpisodeResult(
         index=plan.index, seed=plan.seed, draws=plan.draws, count_offsets=list(variation.count_offsets),
+        dead_zone_v=variation.dead_zone_v,
         steps=len(rows), episode_return=float(rewards.sum()), tail_reward=float(tail.mean()) if len(rows) else 0.0,
         interventions=summary.interventions, faults=summary.faults,
         wire_violations=audit["limit_violations"] + audit["rate_violations"],
@@ -194,19 +198,25 @@ def _keep_to_one_core(cores: list[int], started) -> None:
 
 
 def validate(artifact: str | Path, robot: str = "furuta", config: GateConfig | None = None,
-             progress: bool = False) -> GateReport:
-    """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes)."""
+             progress: bool = False, physics: str | Path | None = None, widen: float = WIDEN) -> GateReport:
+    """Run the gate on one artifact; return the report (verdict, reasons, metrics, episodes). With `physics` (a
+    `robot-app sysid` overlay), the episodes draw around that unit's fitted values instead of the spec's ranges."""
     from robot_app.agent.loading import load_policy
     from robot_app.common.artifact import ArtifactError
 
     config = config or load_gate_config()
     spec = load_robot_spec(robot)
     report = {"artifact": str(artifact), "robot": robot, "config": config.model_dump(), "created": time.time()}
+    drawn, dead_zone_v = spec, (0.0, 0.0)
+    if physics is not None:
+        overlay = load_physics(physics)
+        drawn, dead_zone_v = overlay.narrow(spec, widen), overlay.dead_zone_v
+        report["physics"] = physics_provenance(physics, overlay, widen)
     try:
         policy = load_policy(str(artifact), spec, make_task(spec).obs_layout)  # fits this robot at all?
     except ArtifactError as error:
         return GateReport(**report, version=None, passed=False, reasons=[f"artifact: {error}"])
-    plans = plan_episodes(spec, config.episodes, config.seed)
+    plans = plan_episodes(drawn, config.episodes, config.seed, dead_zone_v)
     workers = min(config.workers or os.cpu_count() or 1, len(plans))
     jobs = [(str(artifact), robot, plan) for plan in plans]
     started = time.perf_counter()
@@ -289,6 +299,10 @@ def write_report(report: GateReport, folder: str | Path) -> Path:
     lines = [f"# Sim validation of {report.version or report.artifact}: {'PASSED' if report.passed else 'REJECTED'}",
              ""]
     lines += [f"- {reason}" for reason in report.reasons] or ["- every check passed"]
+    physics = report.physics
+    lines += ["", f"Physics: unit {physics['robot_id']}'s fitted values ({physics['path']}, sha256 "
+                  f"{physics['sha256'][:12]}), drawn within {physics['widen']:g}x their 95% intervals." if physics else
+              "Physics: the spec's datasheet ranges."]
     if report.metrics is not None:
         spec = load_robot_spec(report.robot)
         m, bars = report.metrics, report.config
@@ -406,7 +420,8 @@ def mark_command_limits(axis, low: float, high: float) -> None:
 
 
 def gate_candidate(registry, version: str, signing_key, config: GateConfig | None = None, robot: str = "furuta",
-                   actor: str = "gate", progress: bool = False) -> GateReport:
+                   actor: str = "gate", progress: bool = False, physics: str | Path | None = None,
+                   widen: float = WIDEN) -> GateReport:
     """Validate a registry candidate: validating, then validated (signed) or rejected, with the report stored. A
     validation that does not finish returns the policy to candidate."""
     from robot_app.agent.loading import SIGNATURE_SUFFIX
@@ -415,7 +430,7 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
 
     record = registry.start_validation(version, actor)
     try:
-        report = validate(record.path, robot, config, progress)
+        report = validate(record.path, robot, config, progress, physics, widen)
     except BaseException:
         registry.move(version, "candidate", actor, "sim validation did not finish")
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -18,9 +19,11 @@ from mujoco import sysid
 
 from calibration.encoders import RobotCalibration
 from robot_app.agent.transition_log import TransitionLog
+from robot_app.robot.physics import FittedValue, PhysicsOverlay
 from robot_app.robot.spec import Parameter, RobotSpec
 from sim.furuta import ASSETS, get_parameter, set_parameter
 
+QUANTISATION_FLOOR = 1 / math.sqrt(12)  # counts: the RMSE of rounding to whole counts alone
 HELD_OUT = 0.2  # the last fifth of every log is held out of the fit, and judged on
 FITTED = ("arm_damping", "pendulum_damping", "motor_gain", "arm_friction", "pendulum_friction", "cable_stiffness",
           "plant_latency_s")  # of the spec's randomisation table; its masses are weighed, not fitted (docs/SYSID_NOTES)
@@ -216,11 +219,16 @@ class Simulator:
 @dataclasses.dataclass
 class Fit:
     values: dict[str, float]  # physical units
+    nominal: dict[str, float]  # where each started
     intervals: dict[str, float]  # 95% half-widths, physical units (white residuals assumed)
     fit_rmse_counts: list[float]  # per joint
     held_out_rmse_counts: list[float]
     nominal_held_out_rmse_counts: list[float]
     seconds: float
+    window: int  # samples per window
+    held_out_starts: list[np.ndarray]  # per recording
+    held_out_errors: list[np.ndarray]  # per recording, counts [windows, window, joints]: simulated less measured
+    nominal_held_out_errors: list[np.ndarray]
 
 
 def window_starts(first: int, end: int, length: int) -> np.ndarray:
@@ -233,12 +241,14 @@ def _first_states(recording: Recording, starts: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((len(starts), velocity.shape[1])), velocity[starts]], axis=1)
 
 
-class _Problem:
+class Problem:
     """Residuals (counts) and their Jacobian for the physics vector and the windows' states of every recording."""
 
     def __init__(self, simulator: Simulator, recordings: list[Recording], starts: list[np.ndarray], length: int,
-                 eps: float):
+                 ends: list[int], eps: float, upper: np.ndarray):
         self.simulator, self.recordings, self.starts, self.length, self.eps = simulator, recordings, starts, length, eps
+        self.ends = ends  # where each recording's held-out fifth begins
+        self.upper = upper  # of x: a difference step that would cross it goes the other way
         self.physics_size = len(simulator.unknowns)
         self.measured = [np.stack([r.angles[s:s + length] for s in st]) for r, st in zip(recordings, starts)]
         self.counts = [np.array([e.scale for e in r.calibration.encoders.values()]) for r in recordings]
@@ -268,11 +278,10 @@ class _Problem:
     def jacobian(self, x: np.ndarray, r=None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         physics, states = self.split(x)
-        high = self.bounds[1]
         state_offset = self.physics_size
         rows = []
         for i, recording in enumerate(self.recordings):
-            steps = [self.eps if x[k] + self.eps <= high[k] else -self.eps for k in range(self.physics_size)]
+            steps = [self.eps if x[k] + self.eps <= self.upper[k] else -self.eps for k in range(self.physics_size)]
             columns = [(physics, states[i])]
             for k, step in enumerate(steps):
                 moved = physics.copy()
@@ -314,11 +323,10 @@ def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray
     return (simulator.predict(recording, [(physics, states)], starts, length)[0] - measured) / counts
 
 
-def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
-             max_iter: int = 30, eps: float = 1e-3) -> Fit:
-    """Fit the unknowns to the first 80% of every recording (its windows' start states beside them); judge on the
-    rest, each held-out window's start state refitted alone, for the fit and for the datasheet's physics."""
-    started = time.perf_counter()
+def build_problem(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
+                  eps: float = 1e-3) -> tuple[Problem, sysid.ParameterDict]:
+    """The fit's residual and its parameters (the physics, then every window's start state), on the first 80% of
+    every recording, in 1-s windows."""
     calibration = recordings[0].calibration
     stops = calibration.steps["travel"].measured["stops_rad"] if "travel" in calibration.steps else None
     simulator = Simulator(spec, known, [], stops)
@@ -326,7 +334,6 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
     length = max(3, round(window_s / spec.period_s) + 1)
     ends = [int(len(r.angles) * (1 - HELD_OUT)) for r in recordings]
     starts = [window_starts(0, end, length) for end in ends]
-    problem = _Problem(simulator, recordings, starts, length, eps)
     params = sysid.ParameterDict()
     for u in simulator.unknowns:
         params.add(sysid.Parameter(u.name, u.start, u.low, u.high))
@@ -335,7 +342,17 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
         spread = np.tile([3.0, 3.0, 3.0, 3.0], (len(st), 1))
         params.add(sysid.Parameter(f"recording {index} windows", first.ravel(), (first - spread).ravel(),
                                    (first + spread).ravel()))
-    problem.bounds = params.get_bounds()
+    params.move_off_bounds()  # the latency starts at its bound, 0
+    return Problem(simulator, recordings, starts, length, ends, eps, params.get_bounds()[1]), params
+
+
+def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
+             max_iter: int = 30, eps: float = 1e-3) -> Fit:
+    """Fit the unknowns to the first 80% of every recording (its windows' start states beside them); judge on the
+    rest, each held-out window's start state refitted alone, for the fit and for the datasheet's physics."""
+    started = time.perf_counter()
+    problem, params = build_problem(spec, recordings, known, window_s, eps)
+    simulator, length, ends = problem.simulator, problem.length, problem.ends
     _, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
                                     verbose=False, jacobian=problem.jacobian, max_iters=max_iter, xtol=1e-6,
                                     output=io.StringIO())
@@ -347,15 +364,32 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
     widths = {}
     for u, v, half in zip(simulator.unknowns, physics, intervals):
         widths[u.name] = abs(u.value(v + half) - u.value(v))
-    fit_errors = residual.reshape(-1, recordings[0].angles.shape[1])
-    held, nominal = [], []
-    for r, end in zip(recordings, ends):
-        held_starts = window_starts(end, len(r.angles), length)
-        held.append(refit_states(simulator, r, physics, held_starts, length).reshape(-1, r.angles.shape[1]))
-        nominal.append(refit_states(simulator, r, np.array([u.start for u in simulator.unknowns]), held_starts,
-                                    length).reshape(-1, r.angles.shape[1]))
-    return Fit(values, widths, _rms([fit_errors]), _rms(held), _rms(nominal), time.perf_counter() - started)
+    start = np.array([u.start for u in simulator.unknowns])
+    held_starts = [window_starts(end, len(r.angles), length) for r, end in zip(recordings, ends)]
+    held = [refit_states(simulator, r, physics, st, length) for r, st in zip(recordings, held_starts)]
+    nominal = [refit_states(simulator, r, start, st, length) for r, st in zip(recordings, held_starts)]
+    return Fit(values, simulator.values(start), widths, _rms([residual.reshape(-1, recordings[0].angles.shape[1])]),
+               _rms(held), _rms(nominal), time.perf_counter() - started, length, held_starts, held, nominal)
 
 
 def _rms(errors: list[np.ndarray]) -> list[float]:
-    return np.sqrt(np.mean(np.concatenate(errors) ** 2, axis=0)).tolist()
+    return np.sqrt(np.mean(np.concatenate([e.reshape(-1, e.shape[-1]) for e in errors]) ** 2, axis=0)).tolist()
+
+
+def overlay(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], fit: Fit) -> PhysicsOverlay:
+    """The fit as the spec overlay the gate and sim training draw around; weighed values with no interval."""
+    model = mujoco.MjModel.from_xml_path(str(ASSETS / spec.mjcf))
+    parameters = {name: FittedValue(nominal=get_parameter(model, spec.randomisation[name].parameter,
+                                                          spec.randomisation[name].element),
+                                    value=value, interval_95=0.0) for name, value in known.items()}
+    parameters |= {name: FittedValue(nominal=fit.nominal[name], value=fit.values[name],
+                                     interval_95=fit.intervals[name]) for name in FITTED}
+    return PhysicsOverlay(
+        robot=spec.name, robot_id=recordings[0].robot_id,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        method=f"mujoco.sysid Gauss-Newton, multiple shooting over {fit.window - 1}-period windows; the last "
+               f"{HELD_OUT:.0%} of every log held out",
+        logs=[str(r.path) for r in recordings], parameters=parameters,
+        dead_zone_v=(fit.values[DEAD_ZONE[0]], fit.values[DEAD_ZONE[1]]), arm_spring_zero_rad=fit.values[SPRING_ZERO],
+        held_out_rmse_counts=fit.held_out_rmse_counts, datasheet_held_out_rmse_counts=fit.nominal_held_out_rmse_counts,
+        quantisation_floor_counts=QUANTISATION_FLOOR, fit_seconds=fit.seconds)

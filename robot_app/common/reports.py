@@ -31,6 +31,7 @@ class EpisodeResult(Result):
     seed: int
     draws: dict[str, float]  # the randomisation this episode's robot was drawn with
     count_offsets: list[int]  # the encoder zero errors, in counts
+    dead_zone_v: tuple[float, float] = (0.0, 0.0)  # the motor's, negative side and positive (a fitted unit's)
     steps: int
     episode_return: float = Field(alias="return")
     tail_reward: float  # the last quarter's mean reward per step: what success is judged on
@@ -89,6 +90,7 @@ class GateReport(Result):
     workers: int | None = None
     wall_s: float | None = None
     folder: str | None = None  # where the registry keeps the written report
+    physics: dict[str, Any] | None = None  # the unit's fitted physics it was judged under; None: the datasheet's
 
     def to_json(self) -> str:
         """report.json: everything but the episodes' traces."""

@@ -1,17 +1,15 @@
 """The calibration procedures recover a virtual robot's hidden truth, through the agent, and refuse what they must."""
 
-import contextlib
 import json
 import math
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 import yaml
 
-from calibration.encoders import StepRecord, load_calibration, save_calibration
+from calibration.encoders import load_calibration, save_calibration
 from calibration.excitation import excitation_signal, run_excitation
 from calibration.procedures import (
     DirectionController, ProcedureError, Trial, analyse_direction, analyse_zero, preconditions, response_signs,
@@ -21,33 +19,13 @@ from robot_app.agent.transition_log import TransitionLog
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import pulse_response
-from sim.virtual_robot import Variation, VirtualRobot
+from sim.virtual_robot import Variation
+from tests.virtual_units import confirmed, virtual_robot
 
 SPEC = load_robot_spec("furuta")
 CLI = [sys.executable, "-m", "robot_app.cli"]
 TRUTH = Variation(count_offsets=(37, -9), count_directions=(1, -1), hard_stops=(-2.3, 2.45), dead_zone_v=(0.3, 0.2),
                   sensor_noise_counts=0.5)
-
-
-@contextlib.contextmanager
-def virtual_robot(variation, robot_id="furuta-7"):
-    robot = VirtualRobot(SPEC, lockstep=True, seed=3, robot_id=robot_id, variation=variation)
-    audit = {}
-    thread = threading.Thread(target=lambda: audit.update(vars(robot.serve())), daemon=True)
-    thread.start()
-    try:
-        yield robot, audit
-    finally:
-        robot.stop()
-        thread.join(timeout=10)
-
-
-def confirmed(calibration, robot_id="furuta-7"):
-    """A calibration whose directions a direction check confirmed (as if it had run)."""
-    record = StepRecord(date="2026-12-03T00:00:00+00:00", robot_id=robot_id, firmware="", checks=[], spread={},
-                        measured={"confirmed": True, "directions": {n: e.direction
-                                                                    for n, e in calibration.encoders.items()}})
-    return calibration.model_copy(update={"robot_id": robot_id, "steps": {"direction": record}})
 
 
 def test_the_cli_recovers_the_hidden_truth_and_keeps_every_version(tmp_path):

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from calibration.encoders import StepRecord, load_calibration
+from calibration.encoders import load_calibration
 from calibration.excitation import excitation_signal
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import FurutaPhysics
 from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording, unknowns
+from tests.virtual_units import with_breakaway
 
 SPEC = load_robot_spec("furuta")
 TRUE = {"arm_damping": 2e-4, "pendulum_damping": 3e-5, "motor_gain": 0.0054, "arm_friction": 2e-5,
@@ -21,10 +22,7 @@ COUNT = 2 * math.pi / 2048
 
 
 def calibration():
-    record = StepRecord(date="2026-12-03T00:00:00+00:00", robot_id="u", firmware="", checks=[], spread={},
-                        measured={"breakaway_v": {"negative": {"mean_v": 0.25, "sd_v": 0.01},
-                                                  "positive": {"mean_v": 0.15, "sd_v": 0.01}}})
-    return load_calibration("furuta").model_copy(update={"robot_id": "u", "steps": {"dead_zone": record}})
+    return with_breakaway(load_calibration("furuta"), 0.25, 0.15, robot_id="u")
 
 
 def plant_recording(seconds, quantised=False):
