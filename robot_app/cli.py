@@ -1044,8 +1044,8 @@ _EXTRAS = {  # what each extra brings that the commands import (pyproject.toml's
 }
 
 
-_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "excite": ("agent",), "sysid": ("agent", "sim"), "learner": ("learner",),
-          "demo": ("agent", "learner", "sim"), "dashboard": ("dashboard",)}  # checked up front
+_NEEDS = {"agent": ("agent",), "calibrate": ("agent", "sim"), "excite": ("agent",), "sysid": ("agent", "sim"),
+          "learner": ("learner",), "demo": ("agent", "learner", "sim"), "dashboard": ("dashboard",)}  # checked up front
 
 
 class _MissingExtras(Exception):

@@ -179,7 +179,7 @@ class Simulator:
         if len(starts) and starts.max() + length > len(recording.angles):
             raise SysidError(f"a window of {length} samples from {starts.max()} runs past the recording's "
                              f"{len(recording.angles)} samples")
-        scale = np.array([e.scale for e in recording.calibration.encoders.values()])
+        scale = count_rad(recording)
         models, controls, initial, frames = [], [], [], []
         data = self._data[0]
         for x, states in columns:
@@ -236,6 +236,15 @@ def window_starts(first: int, end: int, length: int) -> np.ndarray:
     return np.arange(first, end - length + 1, length - 1)
 
 
+def _windows(recording: Recording, starts: np.ndarray, length: int) -> np.ndarray:
+    return np.stack([recording.angles[s:s + length] for s in starts])
+
+
+def count_rad(recording: Recording) -> np.ndarray:
+    """One encoder count of each joint, in rad."""
+    return np.array([e.scale for e in recording.calibration.encoders.values()])
+
+
 def _first_states(recording: Recording, starts: np.ndarray) -> np.ndarray:
     velocity = np.gradient(recording.angles, recording.period_s, axis=0)
     return np.concatenate([np.zeros((len(starts), velocity.shape[1])), velocity[starts]], axis=1)
@@ -250,8 +259,8 @@ class Problem:
         self.ends = ends  # where each recording's held-out fifth begins
         self.upper = upper  # of x: a difference step that would cross it goes the other way
         self.physics_size = len(simulator.unknowns)
-        self.measured = [np.stack([r.angles[s:s + length] for s in st]) for r, st in zip(recordings, starts)]
-        self.counts = [np.array([e.scale for e in r.calibration.encoders.values()]) for r in recordings]
+        self.measured = [_windows(r, st, length) for r, st in zip(recordings, starts)]
+        self.counts = [count_rad(r) for r in recordings]
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         physics, rest, states = x[:self.physics_size], x[self.physics_size:], []
@@ -311,8 +320,7 @@ def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray
     """Each window's start state alone, the physics held: Gauss-Newton on 4 numbers per window. Returns the errors
     (counts) [windows, length, joints] at the end."""
     states = _first_states(recording, starts)
-    measured = np.stack([recording.angles[s:s + length] for s in starts])
-    counts = np.array([e.scale for e in recording.calibration.encoders.values()])
+    measured, counts = _windows(recording, starts, length), count_rad(recording)
     for _ in range(iterations):
         columns = [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
         errors = (simulator.predict(recording, columns, starts, length) - measured) / counts

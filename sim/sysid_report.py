@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_app.robot.physics import PhysicsOverlay
-from sim.sysid import Fit, Recording
+from sim.sysid import Fit, Recording, count_rad
 
 SHOWN_WINDOWS = 4  # held-out windows plotted, from the first log
 
@@ -48,7 +48,7 @@ def _plot(path: Path, fit: Fit, recording: Recording) -> None:
     import matplotlib.pyplot as plt
 
     starts, fitted, nominal = fit.held_out_starts[0], fit.held_out_errors[0], fit.nominal_held_out_errors[0]
-    counts = np.array([e.scale for e in recording.calibration.encoders.values()])
+    counts = count_rad(recording)
     figure, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
     for start, f, n in list(zip(starts, fitted, nominal))[:SHOWN_WINDOWS]:
         t = (start + np.arange(fit.window)) * recording.period_s

@@ -33,7 +33,8 @@ def _step(robot_id, measured) -> StepRecord:
 
 def confirmed(calibration, robot_id="furuta-7"):
     """A calibration whose directions a direction check confirmed (as if it had run)."""
-    record = _step(robot_id, {"confirmed": True, "directions": {n: e.direction for n, e in calibration.encoders.items()}})
+    directions = {name: encoder.direction for name, encoder in calibration.encoders.items()}
+    record = _step(robot_id, {"confirmed": True, "directions": directions})
     return calibration.model_copy(update={"robot_id": robot_id, "steps": calibration.steps | {"direction": record}})
 
 

@@ -119,6 +119,8 @@ def test_plot_draws_a_learners_own_folder(tmp_path):
         (["excite", "--port", "/dev/null", "--calibration", "furuta", "--out", "{tmp}/x.sqlite"],
          "needs the encoder directions confirmed"),
         (["virtual-robot", "--truth", "{{hard_stops: [1, 2]}}"], "low < 0 < high"),
+        (["virtual-robot", "--physics", "{tmp}/nope.yaml"], "nope.yaml"),
+        (["sysid", "{tmp}/nope.sqlite", "--out", "{tmp}/f.yaml"], "not an excitation log"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_nonzero_exit(tmp_path, args, message):

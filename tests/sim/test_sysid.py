@@ -33,46 +33,36 @@ def plant_recording(seconds, quantised=False):
     volts = excitation_signal(seconds, SPEC.period_s, 2.0, seed=0)[:, None]
     before = (0.0,)
     physics.reset()
-    angles = [physics.data.qpos.copy()]
+    angles, velocities = [physics.data.qpos.copy()], [physics.data.qvel.copy()]
     for v in volts[:-1]:
         physics.step(before, DELAY)
         physics.step((float(v[0]),), SPEC.period_s - DELAY)
         before = (float(v[0]),)
         angles.append(physics.data.qpos.copy())
+        velocities.append(physics.data.qvel.copy())
     angles = np.array(angles) - [0, math.pi]
     if quantised:
         angles = np.round(angles / COUNT) * COUNT
-    return physics, volts, Recording(None, "u", SPEC.period_s, angles, volts, calibration())
+    return np.array(velocities), Recording(None, "u", SPEC.period_s, angles, volts, calibration())
 
 
 def test_the_model_replays_the_plant_exactly_from_every_windows_start():
-    physics, volts, recording = plant_recording(6.0)
-    delay = DELAY
+    velocities, recording = plant_recording(6.0)
     simulator = Simulator(SPEC, {}, [], None)
     simulator.unknowns = unknowns(SPEC, simulator.model, recording.calibration)
-    truth = TRUE | {"plant_latency_s": delay, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
+    truth = TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
     x = [math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
          for u in simulator.unknowns]
     assert simulator.values(x) == pytest.approx(truth)
     starts, length = np.array([0, 99, 198]), 101
     # The windows after the first start from the plant's true velocities; the first from rest.
-    states = np.stack([np.zeros(4)] + [np.r_[0, 0, _true_velocity(physics, volts, delay, s)] for s in starts[1:]])
+    states = np.stack([np.zeros(4)] + [np.r_[0, 0, velocities[s]] for s in starts[1:]])
     predicted = simulator.predict(recording, [(np.array(x), states)], starts, length)[0]
     for window, start in zip(predicted, starts):
         assert np.abs(window - recording.angles[start:start + length]).max() < 1e-9
     nominal = simulator.predict(recording, [(np.array([u.start for u in simulator.unknowns]), states)], starts,
                                 length)[0]
     assert np.abs(nominal - predicted).max() > 0.05  # the datasheet's robot moves otherwise: the fit has a signal
-
-
-def _true_velocity(physics, volts, delay, sample):
-    physics.reset()
-    before = (0.0,)
-    for v in volts[:sample]:
-        physics.step(before, delay)
-        physics.step((float(v[0]),), SPEC.period_s - delay)
-        before = (float(v[0]),)
-    return physics.data.qvel.copy()
 
 
 def test_a_log_identification_cannot_use_is_refused_with_the_reason(tmp_path):
@@ -86,7 +76,7 @@ def test_a_log_identification_cannot_use_is_refused_with_the_reason(tmp_path):
 
 
 def test_identification_recovers_the_plant_from_a_short_quantised_log():
-    _, _, recording = plant_recording(10.0, quantised=True)
+    _, recording = plant_recording(10.0, quantised=True)
     fit = identify(SPEC, [recording], known={}, max_iter=12)
     for name in ("arm_damping", "pendulum_damping", "motor_gain"):
         assert fit.values[name] == pytest.approx(TRUE[name], rel=0.05), name
