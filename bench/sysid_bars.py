@@ -192,7 +192,7 @@ def main() -> None:
                                                                       for u in units),
         "held-out RMSE within 2x the quantisation floor": all(max(u["held_out_over_quantisation"]) <= 2
                                                               for u in units),
-        "fitted gate 2x closer (mean error)": np.mean(fitted_errors) * 2 <= np.mean(datasheet_errors),
+        "fitted gate 2x closer (mean error)": bool(np.mean(fitted_errors) * 2 <= np.mean(datasheet_errors)),
         "fitted gate 2x closer (every unit)": all(f * 2 <= d for f, d in zip(fitted_errors, datasheet_errors)),
         "fit under 5 min for 60 s on one core": all(u["fit_seconds"] < 300 for u in units),
     }

@@ -165,7 +165,7 @@ def _virtual_robot(args) -> int:
         from robot_app.robot.physics import load_physics
 
         physics = load_physics(args.physics)
-        spec = physics.narrow(spec, args.widen)
+        spec = physics.narrow(spec, _physics(args)[1])
         if not args.truth:
             values, device = spec.split_draws({name: p.value for name, p in physics.parameters.items()})
             variation = Variation(physics=values, plant_latency_s=device[Parameter.PLANT_LATENCY],
@@ -174,6 +174,8 @@ def _virtual_robot(args) -> int:
                     args.estop_after, args.reboot_after)
     if args.randomise and not args.lockstep:
         raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
+    if args.widen is not None and not args.physics:
+        raise _UsageError("--widen widens a fitted overlay's intervals: it needs --physics")
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
                          robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation)
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
@@ -264,12 +266,17 @@ def _sysid(args) -> int:
         if not weighed[name] > 0:
             raise _UsageError(f"--weighed {item}: a mass is above 0 kg")
     recordings = [load_recording(path) for path in args.logs]
-    units = sorted({r.robot_id for r in recordings})
+    units, periods = sorted({r.robot_id for r in recordings}), sorted({r.period_s for r in recordings})
     if len(units) > 1:
         raise _UsageError(f"the logs are of different units ({', '.join(units)}): identify one unit at a time")
+    if len(periods) > 1:
+        raise _UsageError(f"the logs were recorded at different control periods ({periods} s): fit one rate at a time")
+    spec = spec.with_rate(1.0 / periods[0])  # the rate the log was recorded at (excite --rate)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise _UsageError(f"{out} exists: choose another --out, or pass --overwrite")
+    report_folder = Path(args.report or out.with_suffix(".report"))
+    for path in (out, report_folder):
+        if path.exists() and not args.overwrite:
+            raise _UsageError(f"{path} exists: choose another --out or --report, or pass --overwrite")
     print(f"identifying {units[0]} from {len(recordings)} log(s), "
           f"{sum(len(r.angles) for r in recordings) * spec.period_s:.0f} s of data")
     fit = identify(spec, recordings, weighed, max_iter=args.max_iter)
@@ -277,7 +284,7 @@ def _sysid(args) -> int:
     write_atomic(out, (f"# {spec.name} unit {physics.robot_id}'s physics, fitted by robot-app sysid: "
                        f"robot-app validate --physics {out.name} draws around it\n"
                        + yaml.safe_dump(physics.model_dump(mode="json"), sort_keys=False)).encode())
-    report = write_sysid_report(args.report or out.with_suffix(".report"), physics, fit, recordings)
+    report = write_sysid_report(report_folder, physics, fit, recordings)
     for name, p in physics.parameters.items():
         print(f"  {name}: {p.value:.4g} ± {p.interval_95:.2g} (nominal {p.nominal:.4g})")
     print(f"  dead zone: {physics.dead_zone_v[0]:.3f} V negative, {physics.dead_zone_v[1]:.3f} V positive")
@@ -454,9 +461,10 @@ def _validate(args) -> int:
     from sim.gate import load_gate_config, validate, write_report
 
     config = load_gate_config(args.gate_config, episodes=args.episodes, seed=args.seed, workers=args.workers)
+    physics, widen = _physics(args)
     spec = load_robot_spec(args.robot)
     load_policy(args.policy, spec, make_task(spec).obs_layout)  # a file that is no policy for this robot: exit 2
-    report = validate(args.policy, args.robot, config, progress=True, physics=args.physics, widen=args.widen)
+    report = validate(args.policy, args.robot, config, progress=True, physics=physics, widen=widen)
     folder = write_report(report, args.report or Path(args.policy).with_suffix(".validation"))
     _print_verdict(report)
     print(f"report: {folder}/report.md")
@@ -467,6 +475,7 @@ def _policies(args) -> int:
     from robot_app.common.logs import shown
     from robot_app.learner.registry import PolicyRegistry
 
+    physics, widen = _physics(args, applies=args.action == "validate")
     if args.action in ("add", "show", "validate", "deploy") and not args.target:
         raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
                           f"(`robot-app policies list --registry {args.registry}` shows the versions)")
@@ -520,7 +529,7 @@ def _policies(args) -> int:
             raise _UsageError("validate needs --signing-key (the gate's .sign_key from `robot-app keys gate --signing`)")
         report = gate_candidate(registry, args.target, load_signing_key(args.signing_key),
                                 load_gate_config(args.gate_config, episodes=args.episodes), args.robot, actor,
-                                progress=True, physics=args.physics, widen=args.widen)
+                                progress=True, physics=physics, widen=widen)
         _print_verdict(report)
         return 0 if report.passed else 1
     elif args.action == "deploy":
@@ -679,9 +688,24 @@ def _add_physics_arguments(parser: argparse.ArgumentParser, prefix: str = "") ->
 
     parser.add_argument("--physics", metavar="YAML", help=f"{prefix}draw the episodes around a unit's fitted physics "
                                                           "(robot-app sysid's overlay) instead of the datasheet ranges")
-    parser.add_argument("--widen", type=_above_zero, default=WIDEN,
+    parser.add_argument("--widen", type=_above_zero,
                         help=f"{prefix}with --physics: draw within this many 95%% intervals of each fitted value "
                              f"(default {WIDEN:g})")
+
+
+def _physics(args, applies: bool = True) -> tuple[str | None, float]:
+    """--physics and --widen, checked: the overlay loads and fits the robot before anything starts."""
+    from robot_app.robot.physics import WIDEN, load_physics
+    from robot_app.robot.spec import load_robot_spec
+
+    if args.physics and not applies:
+        raise _UsageError(f"--physics is for policies validate, not policies {args.action}")
+    if args.widen is not None and not args.physics:
+        raise _UsageError("--widen widens a fitted overlay's intervals: it needs --physics")
+    widen = WIDEN if args.widen is None else args.widen
+    if args.physics:
+        load_physics(args.physics).narrow(load_robot_spec(args.robot), widen)
+    return args.physics, widen
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -428,6 +428,8 @@ def gate_candidate(registry, version: str, signing_key, config: GateConfig | Non
     from robot_app.common.files import write_atomic
     from robot_app.common.signing import sign
 
+    if physics is not None:  # a bad overlay is refused before the registry records a validation
+        load_physics(physics).narrow(load_robot_spec(robot), widen)
     record = registry.start_validation(version, actor)
     try:
         report = validate(record.path, robot, config, progress, physics, widen)

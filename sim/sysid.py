@@ -57,6 +57,9 @@ def load_recording(path: str | Path) -> Recording:
         raise SysidError(f"{path}: not an excitation log (needs the log and {meta_path.name}, as robot-app excite "
                          "writes them)")
     meta = json.loads(meta_path.read_text())
+    missing = [key for key in ("robot_id", "period_s", "calibration") if key not in meta]
+    if missing:
+        raise SysidError(f"{meta_path}: no {', '.join(missing)}: not what robot-app excite writes")
     log = TransitionLog(path)
     try:
         chunks = [chunk for _, chunk in log.read()]

@@ -120,6 +120,9 @@ def test_plot_draws_a_learners_own_folder(tmp_path):
          "needs the encoder directions confirmed"),
         (["virtual-robot", "--truth", "{{hard_stops: [1, 2]}}"], "low < 0 < high"),
         (["virtual-robot", "--physics", "{tmp}/nope.yaml"], "nope.yaml"),
+        (["virtual-robot", "--widen", "2"], "--widen widens a fitted overlay's intervals: it needs --physics"),
+        (["validate", "{tmp}/garbage.onnx", "--physics", "{tmp}/garbage.pt"], "garbage.pt"),
+        (["policies", "list", "--physics", "{tmp}/x.yaml"], "--physics is for policies validate, not policies list"),
         (["sysid", "{tmp}/nope.sqlite", "--out", "{tmp}/f.yaml"], "not an excitation log"),
     ],
 )

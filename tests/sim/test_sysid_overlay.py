@@ -52,6 +52,8 @@ def test_sysid_writes_an_overlay_with_intervals_and_a_report(excitation, tmp_pat
         span = narrowed.randomisation[name]
         assert span.low <= fitted.value <= span.high and span.high - span.low == pytest.approx(6 * fitted.interval_95)
     assert narrowed.randomisation["control_jitter_s"] == SPEC.randomisation["control_jitter_s"]
+    gain = physics.parameters["motor_gain"]
+    assert physics.narrow(SPEC, widen=1).randomisation["motor_gain"].high == gain.value + gain.interval_95
     for plan in plan_episodes(narrowed, 8, seed=0, dead_zone_v=physics.dead_zone_v):
         assert plan.dead_zone_v == physics.dead_zone_v
         assert all(narrowed.randomisation[n].low <= v <= narrowed.randomisation[n].high for n, v in plan.draws.items())
@@ -62,12 +64,14 @@ def test_sysid_writes_an_overlay_with_intervals_and_a_report(excitation, tmp_pat
     (["--weighed", "arm_mass=heavy"], "give NAME=KILOGRAMS"),
     (["--weighed", "arm_mass=-1"], "above 0 kg"),
     (["--out", "{tmp}/exists.yaml"], "exists: choose another --out"),
+    (["--report", "{tmp}"], "exists: choose another --out or --report"),
 ])
 def test_sysid_refuses_bad_input_before_fitting(excitation, tmp_path, capsys, args, message):
     (tmp_path / "exists.yaml").write_text("kept: true\n")
     argv = ["sysid", str(excitation), "--out", str(tmp_path / "new.yaml"), *[a.format(tmp=tmp_path) for a in args]]
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err and "identifying" not in captured.out  # refused before any fitting
     assert (tmp_path / "exists.yaml").read_text() == "kept: true\n" and not (tmp_path / "new.yaml").exists()
 
 
