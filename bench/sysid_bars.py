@@ -12,7 +12,6 @@ calibrate, excite (60 s) and sysid (on one core, masses weighed) run as a user r
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent
 from robot_app.robot.physics import FittedValue, PhysicsOverlay, load_physics  # noqa: E402
 from robot_app.robot.spec import Parameter, load_robot_spec  # noqa: E402
 from sim.gate import load_gate_config, validate  # noqa: E402
-from sim.sysid import DEAD_ZONE, QUANTISATION_FLOOR, build_problem, load_recording  # noqa: E402
+from sim.sysid import DEAD_ZONE, QUANTISATION_FLOOR, build_problem, load_recording, solve  # noqa: E402
 
 RESULTS = ROOT / "results" / "sysid_bars_s{seed}.json"
 POLICY = ROOT.parent / "tests" / "fixtures" / "furuta_balance.onnx"  # balances where the pendulum's damping is low
@@ -103,9 +102,7 @@ def non_smooth_fits(spec, log: Path, truth, iterations: int = 20) -> dict:
     recording = load_recording(log)
     known = {name: truth.physics[name] for name in ("arm_mass", "pendulum_mass")}
     problem, params = build_problem(spec, [recording], known)
-    _, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
-                               verbose=False, jacobian=problem.jacobian, max_iters=30, xtol=1e-6, output=io.StringIO())
-    optimum = np.asarray(result.x).reshape(-1)
+    optimum = solve(params, problem.residual, problem.jacobian, max_iter=30)
     names = [u.name for u in problem.simulator.unknowns]
     free = [names.index(n) for n in NON_SMOOTH]
     low, high = params.get_bounds()
@@ -132,10 +129,8 @@ def non_smooth_fits(spec, log: Path, truth, iterations: int = 20) -> dict:
     for k in free:
         sub.add(sysid.Parameter(names[k], start[k], low[k], high[k]))
     started = time.perf_counter()
-    _, gn = sysid.optimize(sub, lambda xs, p: ([problem.residual(full(xs))], None, None), optimizer="mujoco",
-                           verbose=False, max_iters=iterations, xtol=1e-6, output=io.StringIO(),
-                           jacobian=lambda xs, r=None: problem.jacobian(full(np.asarray(xs).reshape(-1)))[:, free])
-    gn_x = np.asarray(gn.x).reshape(-1)
+    gn_x = solve(sub, lambda xs: problem.residual(full(xs)),
+                 lambda xs, r=None: problem.jacobian(full(np.asarray(xs).reshape(-1)))[:, free], iterations)
     found["gauss_newton"] = {"cost": cost(gn_x), "errors": errors(gn_x), "seconds": time.perf_counter() - started}
     started = time.perf_counter()
     spans = high[free] - low[free]

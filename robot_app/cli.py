@@ -161,11 +161,9 @@ def _virtual_robot(args) -> int:
 
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     variation = load_variation(args.truth) if args.truth else Variation()
-    if args.physics:  # a fitted unit: its values (unless --truth says otherwise), and --randomise draws around them
-        from robot_app.robot.physics import load_physics
-
-        physics = load_physics(args.physics)
-        spec = physics.narrow(spec, _physics(args)[1])
+    _, widen, physics = _physics(args)
+    if physics is not None:  # a fitted unit: its values (unless --truth says otherwise), and --randomise draws around
+        spec = physics.narrow(spec, widen)
         if not args.truth:
             values, device = spec.split_draws({name: p.value for name, p in physics.parameters.items()})
             variation = Variation(physics=values, plant_latency_s=device[Parameter.PLANT_LATENCY],
@@ -174,8 +172,6 @@ def _virtual_robot(args) -> int:
                     args.estop_after, args.reboot_after)
     if args.randomise and not args.lockstep:
         raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
-    if args.widen is not None and not args.physics:
-        raise _UsageError("--widen widens a fitted overlay's intervals: it needs --physics")
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
                          robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation)
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
@@ -461,7 +457,7 @@ def _validate(args) -> int:
     from sim.gate import load_gate_config, validate, write_report
 
     config = load_gate_config(args.gate_config, episodes=args.episodes, seed=args.seed, workers=args.workers)
-    physics, widen = _physics(args)
+    physics, widen, _ = _physics(args)
     spec = load_robot_spec(args.robot)
     load_policy(args.policy, spec, make_task(spec).obs_layout)  # a file that is no policy for this robot: exit 2
     report = validate(args.policy, args.robot, config, progress=True, physics=physics, widen=widen)
@@ -475,7 +471,7 @@ def _policies(args) -> int:
     from robot_app.common.logs import shown
     from robot_app.learner.registry import PolicyRegistry
 
-    physics, widen = _physics(args, applies=args.action == "validate")
+    physics, widen, _ = _physics(args, applies=args.action == "validate")
     if args.action in ("add", "show", "validate", "deploy") and not args.target:
         raise _UsageError(f"policies {args.action} needs a {'file' if args.action == 'add' else 'version'} "
                           f"(`robot-app policies list --registry {args.registry}` shows the versions)")
@@ -693,8 +689,9 @@ def _add_physics_arguments(parser: argparse.ArgumentParser, prefix: str = "") ->
                              f"(default {WIDEN:g})")
 
 
-def _physics(args, applies: bool = True) -> tuple[str | None, float]:
-    """--physics and --widen, checked: the overlay loads and fits the robot before anything starts."""
+def _physics(args, applies: bool = True):
+    """--physics and --widen, checked before anything starts: (the overlay's path, the widening, the overlay, which
+    loads and fits the robot); the path and the overlay are None without --physics."""
     from robot_app.robot.physics import WIDEN, load_physics
     from robot_app.robot.spec import load_robot_spec
 
@@ -703,9 +700,11 @@ def _physics(args, applies: bool = True) -> tuple[str | None, float]:
     if args.widen is not None and not args.physics:
         raise _UsageError("--widen widens a fitted overlay's intervals: it needs --physics")
     widen = WIDEN if args.widen is None else args.widen
-    if args.physics:
-        load_physics(args.physics).narrow(load_robot_spec(args.robot), widen)
-    return args.physics, widen
+    if not args.physics:
+        return None, widen, None
+    overlay = load_physics(args.physics)
+    overlay.narrow(load_robot_spec(args.robot), widen)
+    return args.physics, widen, overlay
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -847,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "fitted: without this they keep their MJCF values")
     sysid.add_argument("--report", help="report folder (default: OUT's name with .report)")
     sysid.add_argument("--max-iter", type=_positive, default=30, help="Gauss-Newton iterations at most (default 30)")
-    sysid.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    sysid.add_argument("--overwrite", action="store_true", help="replace OUT and its report if they exist")
     sysid.set_defaults(handler=_sysid)
 
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")

@@ -140,13 +140,17 @@ class Simulator:
     """The spec's MJCF with a set of parameter values, replaying recorded volts: the dead zone on each command, the
     latency as a delay of the held command, averaged over each physics step so the fit sees it smoothly."""
 
-    def __init__(self, spec: RobotSpec, known: dict[str, float], unknowns: list[Unknown], stops: tuple | None):
-        self.spec, self.unknowns = spec, unknowns
+    def __init__(self, spec: RobotSpec, known: dict[str, float], calibration: RobotCalibration):
+        """`known`: values set, not fitted (the weighed masses); the unknowns start from `calibration`'s breakaway,
+        and the arm's stops are where its travel step found them (none without one)."""
+        self.spec = spec
         self.model = mujoco.MjModel.from_xml_path(str(ASSETS / spec.mjcf))
         for name, value in known.items():
             span = spec.randomisation[name]
             set_parameter(self.model, span.parameter, span.element, value)
-        self.stops = stops
+        self.unknowns = unknowns(spec, self.model, calibration)
+        travel = calibration.steps.get("travel")
+        self.stops = travel.measured["stops_rad"] if travel is not None else None
         self.substeps = round(spec.period_s / self.model.opt.timestep)
         self._data = [mujoco.MjData(self.model)]
 
@@ -338,10 +342,7 @@ def build_problem(spec: RobotSpec, recordings: list[Recording], known: dict[str,
                   eps: float = 1e-3) -> tuple[Problem, sysid.ParameterDict]:
     """The fit's residual and its parameters (the physics, then every window's start state), on the first 80% of
     every recording, in 1-s windows."""
-    calibration = recordings[0].calibration
-    stops = calibration.steps["travel"].measured["stops_rad"] if "travel" in calibration.steps else None
-    simulator = Simulator(spec, known, [], stops)
-    simulator.unknowns = unknowns(spec, simulator.model, calibration)
+    simulator = Simulator(spec, known, recordings[0].calibration)
     length = max(3, round(window_s / spec.period_s) + 1)
     ends = [int(len(r.angles) * (1 - HELD_OUT)) for r in recordings]
     starts = [window_starts(0, end, length) for end in ends]
@@ -357,6 +358,13 @@ def build_problem(spec: RobotSpec, recordings: list[Recording], known: dict[str,
     return Problem(simulator, recordings, starts, length, ends, eps, params.get_bounds()[1]), params
 
 
+def solve(params: sysid.ParameterDict, residual, jacobian, max_iter: int) -> np.ndarray:
+    """mujoco.sysid's box-constrained Gauss-Newton (its mujoco backend) from `params`' values: the optimum x."""
+    _, result = sysid.optimize(params, lambda x, p: ([residual(x)], None, None), optimizer="mujoco", verbose=False,
+                               jacobian=jacobian, max_iters=max_iter, xtol=1e-6, output=io.StringIO())
+    return np.asarray(result.x).reshape(-1)
+
+
 def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
              max_iter: int = 30, eps: float = 1e-3) -> Fit:
     """Fit the unknowns to the first 80% of every recording (its windows' start states beside them); judge on the
@@ -364,10 +372,7 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
     started = time.perf_counter()
     problem, params = build_problem(spec, recordings, known, window_s, eps)
     simulator, length, ends = problem.simulator, problem.length, problem.ends
-    _, result = sysid.optimize(params, lambda x, p: ([problem.residual(x)], None, None), optimizer="mujoco",
-                                    verbose=False, jacobian=problem.jacobian, max_iters=max_iter, xtol=1e-6,
-                                    output=io.StringIO())
-    x = np.asarray(result.x).reshape(-1)
+    x = solve(params, problem.residual, problem.jacobian, max_iter)
     residual = problem.residual(x)
     _, intervals = sysid.calculate_intervals([residual], problem.jacobian(x))
     physics, _ = problem.split(x)

@@ -10,7 +10,7 @@ from calibration.encoders import load_calibration
 from calibration.excitation import excitation_signal
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import FurutaPhysics
-from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording, unknowns
+from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording
 from tests.virtual_units import with_breakaway
 
 SPEC = load_robot_spec("furuta")
@@ -48,8 +48,7 @@ def plant_recording(seconds, quantised=False):
 
 def test_the_model_replays_the_plant_exactly_from_every_windows_start():
     velocities, recording = plant_recording(6.0)
-    simulator = Simulator(SPEC, {}, [], None)
-    simulator.unknowns = unknowns(SPEC, simulator.model, recording.calibration)
+    simulator = Simulator(SPEC, {}, recording.calibration)
     truth = TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
     x = [math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
          for u in simulator.unknowns]
@@ -69,10 +68,10 @@ def test_a_log_identification_cannot_use_is_refused_with_the_reason(tmp_path):
     with pytest.raises(SysidError, match="not an excitation log"):
         load_recording(tmp_path / "missing.sqlite")
     with pytest.raises(SysidError, match="no dead_zone step"):
-        unknowns(SPEC, Simulator(SPEC, {}, [], None).model, load_calibration("furuta"))
+        Simulator(SPEC, {}, load_calibration("furuta"))
     recording = Recording(None, "u", SPEC.period_s, np.zeros((150, 2)), np.zeros((150, 1)), calibration())
     with pytest.raises(SysidError, match="past the recording's 150 samples"):
-        Simulator(SPEC, {}, [], None).predict(recording, [], np.array([0, 100]), 51)
+        Simulator(SPEC, {}, calibration()).predict(recording, [], np.array([0, 100]), 51)
 
 
 def test_identification_recovers_the_plant_from_a_short_quantised_log():
