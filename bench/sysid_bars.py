@@ -4,7 +4,8 @@ does the gate on the fitted physics predict a fixed policy's return on the true 
 on the datasheet ranges? Then CMA-ES against Gauss-Newton for the non-smooth parameters, on the first unit's log.
 
 Each unit is drawn as bench/calibration_bars.py draws it, and runs as `robot-app virtual-robot --lockstep --truth`;
-calibrate, excite (60 s) and sysid (on one core, masses weighed) run as a user runs them.
+calibrate, excite (its defaults: a 20-s pendulum swing, then 40 s of chirp and steps) and sysid (on one core, masses
+weighed) run as a user runs them.
 
     .venv/bin/python bench/sysid_bars.py [--units 5] [--seed 0] [--episodes 16]
 """
@@ -54,7 +55,7 @@ def identify_unit(truth, unit: str, out: Path) -> dict:
     with unit_device(truth, unit, out / f"{unit}-audit.json") as port:
         runs = calibrate_on(port, unit, out)
         excite = subprocess.run([*CLI, "excite", "--port", port, "--calibration", str(out / f"{unit}.yaml"), "--out",
-                                 str(log), "--seconds", "60"], capture_output=True, text=True, timeout=900)
+                                 str(log)], capture_output=True, text=True, timeout=900)
         if excite.returncode:
             raise RuntimeError(f"excite failed on {unit}: {excite.stderr}")
     weighed = [f"--weighed={name}={truth.physics[name]}" for name in ("arm_mass", "pendulum_mass")]

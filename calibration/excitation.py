@@ -38,31 +38,53 @@ def excitation_signal(seconds: float, period_s: float, volts: float, seed: int,
 
 
 class ExciteController(Controller):
-    """One trial: from rest, the excitation signal plus a weak centring PD on the arm, so that the supervisor's limits
-    are rarely met. What identification needs is what was sent, and that is recorded whatever it is."""
+    """One trial: from rest, a swing, then the excitation signal, each with a weak centring PD on the arm so that the
+    supervisor's limits are rarely met. What identification needs is what was sent, and that is recorded whatever it
+    is.
+
+    The swing, `swing_s` long: whenever the pendulum's last half-swing was under `SWING_RAD`, the arm pushes with the
+    sign of its swing (an energy pump); above it, the pendulum coasts. A small pendulum damping is seen there, where
+    the pendulum moves fast and its Coulomb friction is small beside its damping; the chirp alone leaves it
+    unresolved."""
 
     name, trials = "excite", 1
     CENTRE_KP, CENTRE_KD = 2.0, 0.1  # V/rad, V·s/rad
+    SWING_RAD, PUMP_VOLTS = 1.5, 1.0  # the swing's amplitude from hanging; the pump's volts
 
-    def __init__(self, spec: RobotSpec, signal: np.ndarray, volts: float):
+    def __init__(self, spec: RobotSpec, signal: np.ndarray, volts: float, swing_s: float = 0.0):
         super().__init__(spec)
-        self.signal, self.volts = signal, volts
-        self.trial_s = len(signal) * spec.period_s + 2 * SETTLE_S  # room to settle first
+        self.signal, self.volts, self.swing_s = signal, volts, swing_s
+        self.trial_s = len(signal) * spec.period_s + swing_s + 2 * SETTLE_S  # room to settle first
 
     def start(self, position) -> None:
-        self.goto("excite")
+        self.goto("swing" if self.swing_s > 0 else "excite")
+        self._swing, self._peak, self._last = 0.0, 0.0, 0.0  # the last half-swing's amplitude; this one's; last speed
 
     def act(self, position, velocity) -> float:
-        if self.in_phase >= len(self.signal):
+        volts = -self.CENTRE_KP * float(position[0]) - self.CENTRE_KD * float(velocity[0])
+        if self.phase == "swing" and self.in_phase >= self.ticks(self.swing_s):
+            self.goto("excite")
+        if self.phase == "swing":
+            angle = math.remainder(float(position[1]) - math.pi, 2 * math.pi)  # from hanging (0 is upright)
+            speed = float(velocity[1])
+            self._peak = max(self._peak, abs(angle))
+            if speed * self._last < 0:  # a turning point
+                self._swing, self._peak = self._peak, 0.0
+            self._last = speed or self._last
+            if self._swing < self.SWING_RAD:
+                volts -= self.PUMP_VOLTS * (math.copysign(1.0, speed * math.cos(angle)) if abs(speed) > 0.1 else -1)
+        elif self.in_phase < len(self.signal):
+            volts += float(self.signal[self.in_phase])
+        else:
             self.finished = True
             return 0.0
-        centring = -self.CENTRE_KP * float(position[0]) - self.CENTRE_KD * float(velocity[0])
-        return min(max(float(self.signal[self.in_phase]) + centring, -self.volts), self.volts)
+        return min(max(volts, -self.volts), self.volts)
 
 
 def run_excitation(robot: RobotIO, spec: RobotSpec, calibration: RobotCalibration, out: str | Path,
-                   seconds: float = 60.0, volts: float = 3.0, seed: int = 0) -> Path:
-    """Excite the robot and record it into the transition log `out` (a new file), with `out`.json beside it saying
+                   seconds: float = 40.0, volts: float = 3.0, seed: int = 0, swing_s: float = 20.0) -> Path:
+    """Excite the robot (`swing_s` of pendulum swing, then `seconds` of the signal) and record it into the transition
+    log `out` (a new file), with `out`.json beside it saying
     how: the signal's parameters, the calibration's unit and steps, the control period, the device. Returns the log."""
     out = Path(out)
     if out.exists():
@@ -77,12 +99,13 @@ def run_excitation(robot: RobotIO, spec: RobotSpec, calibration: RobotCalibratio
     if problems:
         raise ProcedureError("excite cannot start: " + "; ".join(problems))
     signal = excitation_signal(seconds, spec.period_s, volts, seed)
-    controller = ExciteController(spec, signal, volts)
+    controller = ExciteController(spec, signal, volts, swing_s)
     with TransitionLog(out) as log:
         agent = drive(controller, robot, spec, calibration, log)
     meta = {"date": utc_now(),
             "robot_id": agent.device.robot_id, "firmware": agent.device.firmware, "robot": spec.name,
             "period_s": spec.period_s, "seconds": seconds, "volts": volts, "seed": seed,
+            "swing_s": swing_s,
             "calibration": calibration.model_dump(mode="json"),
             "observation": "joint angles then velocities (rad, rad/s) in that calibration; action: volts as sent"}
     write_atomic(out.with_suffix(out.suffix + ".json"), (json.dumps(meta, indent=1) + "\n").encode())

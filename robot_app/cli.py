@@ -37,14 +37,19 @@ def _port(text: str) -> int:
     return value
 
 
-def _above_zero(text: str) -> float:
+def _above_zero(text: str, zero_allowed: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number {'of 0 or more' if zero_allowed else 'above 0'}, "
+                                         f"got {text}")
     return value
+
+
+def _zero_or_more(text: str) -> float:
+    return _above_zero(text, zero_allowed=True)
 
 
 def _endpoint(text: str) -> str:
@@ -233,8 +238,9 @@ def _excite(args) -> int:
     spec = load_robot_spec(args.robot).with_rate(args.rate)
     calibration = load_calibration(args.calibration, robot=spec.name)
     log = run_excitation(SerialRobot(args.port, args.baud), spec, calibration, args.out, seconds=args.seconds,
-                         volts=args.volts, seed=args.seed)
-    print(f"excitation of {calibration.robot_id}: {args.seconds:g} s at {spec.control_rate_hz:g} Hz, up to "
+                         volts=args.volts, seed=args.seed, swing_s=args.swing_seconds)
+    print(f"excitation of {calibration.robot_id}: {args.swing_seconds:g} s of swing and {args.seconds:g} s of "
+          f"signal at {spec.control_rate_hz:g} Hz, up to "
           f"{args.volts:g} V, recorded in {log} (how: {log}.json)")
     return 0
 
@@ -822,13 +828,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--baud", type=int, default=921_600)
     calibrate.set_defaults(handler=_calibrate)
 
-    excite = sub.add_parser("excite", help="drive a calibrated unit with a chirp plus random steps, through the agent "
-                                           "and its supervisor, and record it for system identification")
+    excite = sub.add_parser("excite", help="drive a calibrated unit with a pendulum swing, then a chirp plus random "
+                                           "steps, through the agent and its supervisor, and record it for system "
+                                           "identification")
     excite.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
     excite.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     excite.add_argument("--calibration", required=True, help="the unit's calibration .yaml (directions confirmed)")
     excite.add_argument("--out", required=True, help="the transition log to record into (a new .sqlite file)")
-    excite.add_argument("--seconds", type=_above_zero, default=60.0, help="length of the excitation (default 60)")
+    excite.add_argument("--seconds", type=_above_zero, default=40.0, help="length of the chirp and steps (default 40)")
+    excite.add_argument("--swing-seconds", type=_zero_or_more, default=20.0,
+                        help="length of the pendulum's swing before them, which identifies its damping (default 20; "
+                             "0: none)")
     excite.add_argument("--volts", type=_above_zero, default=3.0, help="the most it commands (default 3 V)")
     excite.add_argument("--seed", type=int, default=0, help="seed of the random steps")
     excite.add_argument("--rate", type=_above_zero, help="control rate in Hz, where the device allows (default: the "

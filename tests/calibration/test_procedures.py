@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from calibration.encoders import load_calibration, save_calibration
-from calibration.excitation import excitation_signal, run_excitation
+from calibration.excitation import ExciteController, excitation_signal, run_excitation
 from calibration.procedures import (
     DirectionController, ProcedureError, Trial, analyse_direction, analyse_zero, preconditions, response_signs,
     run_step, swing_centre,
@@ -166,16 +166,21 @@ def test_excitation_is_recorded_through_the_supervisor_with_how_it_was_made(tmp_
     calibration = confirmed(load_calibration("furuta"))
     out = tmp_path / "excite.sqlite"
     with virtual_robot(Variation()) as (robot, audit):
-        assert run_excitation(SerialRobot(robot.port), SPEC, calibration, out, seconds=4.0, volts=2.0) == out
+        assert run_excitation(SerialRobot(robot.port), SPEC, calibration, out, seconds=4.0, volts=2.0,
+                              swing_s=6.0) == out
     assert audit["limit_violations"] == 0 and audit["rate_violations"] == 0
     log = TransitionLog(out)
     chunks = [chunk for _, chunk in log.read()]
     log.close()
     sent = np.concatenate([c.columns["action"][:, 0] for c in chunks])
     asked = np.concatenate([c.columns["policy_action"][:, 0] for c in chunks])
-    assert len(sent) >= 200 and np.abs(sent).max() <= 2.0 and np.abs(asked).max() > 1.0  # it moved, within --volts
+    assert len(sent) >= 500 and np.abs(sent).max() <= 2.0 and np.abs(asked).max() > 1.0  # it moved, within --volts
+    pendulum = np.concatenate([c.columns["obs"][:, 1] for c in chunks])
+    from_hanging = np.abs(np.remainder(pendulum, 2 * np.pi) - np.pi)
+    assert 0.8 < from_hanging.max() < ExciteController.SWING_RAD + 0.5  # pumped (the nominal damping is high), not over
     meta = json.loads((tmp_path / "excite.sqlite.json").read_text())
     assert meta["robot_id"] == "furuta-7" and meta["volts"] == 2.0 and meta["period_s"] == SPEC.period_s
+    assert meta["swing_s"] == 6.0
     with pytest.raises(ProcedureError, match="never appended to or overwritten"):
         run_excitation(None, SPEC, calibration, out)
     with pytest.raises(ProcedureError, match="directions confirmed.*; --volts 9 is outside"):

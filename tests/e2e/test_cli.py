@@ -118,6 +118,8 @@ def test_plot_draws_a_learners_own_folder(tmp_path):
         (["calibrate", "--port", "{tmp}/no-such-port", "--calibration", "{tmp}/nope.yaml"], "nope.yaml"),
         (["excite", "--port", "/dev/null", "--calibration", "furuta", "--out", "{tmp}/x.sqlite"],
          "needs the encoder directions confirmed"),
+        (["excite", "--port", "/dev/null", "--calibration", "furuta", "--out", "{tmp}/x.sqlite", "--swing-seconds",
+          "-1"], "argument --swing-seconds: must be a number of 0 or more, got -1"),
         (["virtual-robot", "--truth", "{{hard_stops: [1, 2]}}"], "low < 0 < high"),
         (["virtual-robot", "--physics", "{tmp}/nope.yaml"], "nope.yaml"),
         (["virtual-robot", "--widen", "2"], "--widen widens a fitted overlay's intervals: it needs --physics"),

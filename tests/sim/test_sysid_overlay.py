@@ -27,7 +27,8 @@ def excitation(tmp_path_factory):
     folder = tmp_path_factory.mktemp("excite")
     calibration = with_breakaway(confirmed(load_calibration("furuta")), 0.2, 0.2)
     with virtual_robot(Variation(physics=TRUE, plant_latency_s=0.003, dead_zone_v=(0.15, 0.15))) as (robot, _):
-        log = run_excitation(SerialRobot(robot.port), SPEC, calibration, folder / "excite.sqlite", seconds=10.0)
+        log = run_excitation(SerialRobot(robot.port), SPEC, calibration, folder / "excite.sqlite", seconds=10.0,
+                             swing_s=0.0)
     return log
 
 
