@@ -42,10 +42,10 @@ class ExciteController(Controller):
     supervisor's limits are rarely met. What identification needs is what was sent, and that is recorded whatever it
     is.
 
-    The swing, `swing_s` long: whenever the pendulum's last half-swing was under `SWING_RAD`, the arm pushes with the
-    sign of its swing (an energy pump); above it, the pendulum coasts. A small pendulum damping is seen there, where
-    the pendulum moves fast and its Coulomb friction is small beside its damping; the chirp alone leaves it
-    unresolved."""
+    The swing, `swing_s` long: whenever the pendulum's last half-swing was under `SWING_RAD`, the arm pushes against
+    the sign of its speed times the cosine of its angle from hanging, which pumps energy in; above it, the pendulum
+    coasts. A small pendulum damping is seen there, where the pendulum moves fast and its Coulomb friction is small
+    beside its damping; the chirp alone leaves it unresolved."""
 
     name, trials = "excite", 1
     CENTRE_KP, CENTRE_KD = 2.0, 0.1  # V/rad, V·s/rad
@@ -84,8 +84,8 @@ class ExciteController(Controller):
 def run_excitation(robot: RobotIO, spec: RobotSpec, calibration: RobotCalibration, out: str | Path,
                    seconds: float = 40.0, volts: float = 3.0, seed: int = 0, swing_s: float = 20.0) -> Path:
     """Excite the robot (`swing_s` of pendulum swing, then `seconds` of the signal) and record it into the transition
-    log `out` (a new file), with `out`.json beside it saying
-    how: the signal's parameters, the calibration's unit and steps, the control period, the device. Returns the log."""
+    log `out` (a new file), with `out`.json beside it saying how: the signal's parameters, the calibration's unit and
+    steps, the control period, the device. Returns the log."""
     out = Path(out)
     if out.exists():
         raise ProcedureError(f"{out} exists: an excitation log is never appended to or overwritten")

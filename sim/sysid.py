@@ -358,10 +358,25 @@ def build_problem(spec: RobotSpec, recordings: list[Recording], known: dict[str,
     return Problem(simulator, recordings, starts, length, ends, eps, params.get_bounds()[1]), params
 
 
-def solve(params: sysid.ParameterDict, residual, jacobian, max_iter: int) -> np.ndarray:
-    """mujoco.sysid's box-constrained Gauss-Newton (its mujoco backend) from `params`' values: the optimum x."""
-    _, result = sysid.optimize(params, lambda x, p: ([residual(x)], None, None), optimizer="mujoco", verbose=False,
-                               jacobian=jacobian, max_iters=max_iter, xtol=1e-6, output=io.StringIO())
+class _Converged(Exception):
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+
+def solve(params: sysid.ParameterDict, residual, jacobian, max_iter: int, ftol: float = 1e-6) -> np.ndarray:
+    """mujoco.sysid's box-constrained Gauss-Newton (its mujoco backend) from `params`' values: the optimum x. It
+    stops where an iteration lowers the cost by under `ftol` of it (the backend has only a step test, which the
+    finite-difference Jacobian's noise keeps from firing)."""
+    def converged(trace) -> None:
+        if 0 <= trace[-1].reduction < ftol * trace[-1].objective:
+            raise _Converged(trace[-1].candidate)
+
+    try:
+        _, result = sysid.optimize(params, lambda x, p: ([residual(x)], None, None), optimizer="mujoco",
+                                   verbose=False, jacobian=jacobian, max_iters=max_iter, xtol=1e-6,
+                                   iter_callback=converged, output=io.StringIO())
+    except _Converged as stop:
+        return np.asarray(stop.x, dtype=np.float64).reshape(-1)
     return np.asarray(result.x).reshape(-1)
 
 
