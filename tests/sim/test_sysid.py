@@ -5,12 +5,13 @@ import math
 
 import numpy as np
 import pytest
+from mujoco import sysid
 
 from calibration.encoders import load_calibration
 from calibration.excitation import excitation_signal
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import FurutaPhysics
-from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording
+from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording, solve
 from tests.virtual_units import with_breakaway
 
 SPEC = load_robot_spec("furuta")
@@ -83,3 +84,19 @@ def test_identification_recovers_the_plant_from_a_short_quantised_log():
     floor = 1 / math.sqrt(12)  # counts: what quantisation alone leaves
     assert max(fit.held_out_rmse_counts) < 2 * floor < min(fit.nominal_held_out_rmse_counts)
     assert all(0 < width < math.inf for width in fit.intervals.values())
+
+
+def test_the_fit_stops_once_its_cost_stops_falling():
+    """A residual that never reaches 0 and a Jacobian 1.5x too steep: the error shrinks 3x an iteration, and the
+    cost settles long before the step does. solve stops there, not at max_iter."""
+    params = sysid.ParameterDict()
+    params.add(sysid.Parameter("x", 0.0, -10.0, 10.0))
+    calls = []
+
+    def jacobian(x, r=None):
+        calls.append(float(np.asarray(x).reshape(-1)[0]))
+        return np.array([[1.5], [0.0]])
+
+    x = solve(params, lambda x: np.array([[float(np.asarray(x).reshape(-1)[0]) - 3.0], [1.0]]), jacobian,
+              max_iter=50)
+    assert abs(x[0] - 3.0) < 0.01 and len(calls) <= 10  # the step test alone takes 15
