@@ -15,6 +15,7 @@ from robot_app.common.files import write_atomic
 from robot_app.common.logs import utc_now
 from robot_app.hardware.robot_io import RobotIO
 from robot_app.robot.spec import RobotSpec
+from robot_app.robot.task import wrap_angle
 
 
 def excitation_signal(seconds: float, period_s: float, volts: float, seed: int,
@@ -51,7 +52,7 @@ class ExciteController(Controller):
     CENTRE_KP, CENTRE_KD = 2.0, 0.1  # V/rad, V·s/rad
     SWING_RAD, PUMP_VOLTS = 1.5, 1.0  # the swing's amplitude from hanging; the pump's volts
 
-    def __init__(self, spec: RobotSpec, signal: np.ndarray, volts: float, swing_s: float = 0.0):
+    def __init__(self, spec: RobotSpec, signal: np.ndarray, volts: float, swing_s: float):
         super().__init__(spec)
         self.signal, self.volts, self.swing_s = signal, volts, swing_s
         self.trial_s = len(signal) * spec.period_s + swing_s + 2 * SETTLE_S  # room to settle first
@@ -65,7 +66,7 @@ class ExciteController(Controller):
         if self.phase == "swing" and self.in_phase >= self.ticks(self.swing_s):
             self.goto("excite")
         if self.phase == "swing":
-            angle = math.remainder(float(position[1]) - math.pi, 2 * math.pi)  # from hanging (0 is upright)
+            angle = wrap_angle(float(position[1]) - math.pi)  # from hanging (0 is upright)
             speed = float(velocity[1])
             self._peak = max(self._peak, abs(angle))
             if speed * self._last < 0:  # a turning point

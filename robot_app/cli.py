@@ -240,8 +240,7 @@ def _excite(args) -> int:
     log = run_excitation(SerialRobot(args.port, args.baud), spec, calibration, args.out, seconds=args.seconds,
                          volts=args.volts, seed=args.seed, swing_s=args.swing_seconds)
     print(f"excitation of {calibration.robot_id}: {args.swing_seconds:g} s of swing and {args.seconds:g} s of "
-          f"signal at {spec.control_rate_hz:g} Hz, up to "
-          f"{args.volts:g} V, recorded in {log} (how: {log}.json)")
+          f"signal at {spec.control_rate_hz:g} Hz, up to {args.volts:g} V, recorded in {log} (how: {log}.json)")
     return 0
 
 
