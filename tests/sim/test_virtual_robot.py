@@ -22,6 +22,7 @@ def lockstep_unit(variation: Variation, initial_qpos=(0.0, 0.0)):
     host = SerialRobot(device.port)
     host.connect()
     try:
+        assert host.wait_sensor(None, 5.0) is not None  # the lockstep device's first frame follows its HELLO
         yield device, host
     finally:
         host.close()
