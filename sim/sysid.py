@@ -27,6 +27,7 @@ QUANTISATION_FLOOR = 1 / math.sqrt(12)  # counts: the RMSE of rounding to whole 
 HELD_OUT = 0.2  # the last fifth of every log is held out of the fit, and judged on
 FITTED = ("arm_damping", "pendulum_damping", "motor_gain", "arm_friction", "pendulum_friction", "cable_stiffness",
           "plant_latency_s")  # of the spec's randomisation table; its masses are weighed, not fitted (docs/SYSID_NOTES)
+JITTER = "control_jitter_s"  # not fitted but found in the fit's residuals (jitter_width)
 DEAD_ZONE = ("dead_zone_negative_v", "dead_zone_positive_v")
 SPRING_ZERO = "arm_spring_zero_rad"  # where the cable spring rests, in the calibration's arm angle
 
@@ -138,7 +139,8 @@ def _breakaway(calibration: RobotCalibration) -> dict[str, float]:
 
 class Simulator:
     """The spec's MJCF with a set of parameter values, replaying recorded volts: the dead zone on each command, the
-    latency as a delay of the held command, averaged over each physics step so the fit sees it smoothly."""
+    latency as a delay of the held command, averaged over each physics step so the fit sees it smoothly. Under
+    jitter the latency it fits is the mean delay; `identify` splits it."""
 
     def __init__(self, spec: RobotSpec, known: dict[str, float], calibration: RobotCalibration):
         """`known`: values set, not fitted (the weighed masses); the unknowns start from `calibration`'s breakaway,
@@ -167,32 +169,37 @@ class Simulator:
             model.jnt_range[model.joint("arm").id] = np.add(self.stops, values[SPRING_ZERO])
         return model
 
-    def _control(self, volts: np.ndarray, values: dict[str, float]) -> np.ndarray:
-        """Volts per physics step: each command through the dead zone, then held from `latency` into its period and
-        averaged over every physics step (exact, and smooth in the latency). Before the first command: 0 V."""
+    def _control(self, volts: np.ndarray, values: dict[str, float], early_s: np.ndarray | None = None) -> np.ndarray:
+        """Volts per physics step: each command through the dead zone, then held from `latency` into its period (less
+        `early_s[k]` for command k, where given) and averaged over every physics step (exact, and smooth in the
+        latency). Before the first command: 0 V."""
         negative, positive = values[DEAD_ZONE[0]], values[DEAD_ZONE[1]]
         driven = np.where(volts >= positive, volts - positive, np.where(volts <= -negative, volts + negative, 0.0))
-        period, dt, delay = self.spec.period_s, self.model.opt.timestep, values["plant_latency_s"]
-        area_at_switch = np.concatenate([np.zeros((1, driven.shape[1])), np.cumsum(driven * period, axis=0)])
-        edges = np.arange(len(volts) * self.substeps + 1)[:, None] * dt
-        k = np.clip(np.floor((edges[:, 0] - delay) / period).astype(np.int64), 0, len(volts) - 1)
-        area = np.where(edges < delay, 0.0, area_at_switch[k] + (edges - (k[:, None] * period + delay)) * driven[k])
-        return np.diff(area, axis=0) / dt
+        switch = np.arange(len(volts)) * self.spec.period_s + values["plant_latency_s"]
+        if early_s is not None:
+            switch = switch - early_s
+        area_at_switch = np.concatenate([np.zeros((1, driven.shape[1])),
+                                         np.cumsum(driven[:-1] * np.diff(switch)[:, None], axis=0)])
+        edges = np.arange(len(volts) * self.substeps + 1) * self.model.opt.timestep
+        k = np.searchsorted(switch, edges, side="right") - 1
+        held = np.maximum(k, 0)
+        area = np.where((k < 0)[:, None], 0.0, area_at_switch[held] + (edges - switch[held])[:, None] * driven[held])
+        return np.diff(area, axis=0) / self.model.opt.timestep
 
     def predict(self, recording: Recording, columns, starts: np.ndarray, length: int) -> np.ndarray:
         """Simulated angles [columns, windows, length, joints] in the calibration's frame. A column is a parameter
         vector and the windows' start states [windows, 4]: angle corrections (counts) and velocities (rad/s), from
-        the recorded angles at each window's first sample."""
+        the recorded angles at each window's first sample; optionally a third, how early each command lands (s)."""
         if len(starts) and starts.max() + length > len(recording.angles):
             raise SysidError(f"a window of {length} samples from {starts.max()} runs past the recording's "
                              f"{len(recording.angles)} samples")
         scale = count_rad(recording)
         models, controls, initial, frames = [], [], [], []
         data = self._data[0]
-        for x, states in columns:
+        for x, states, *early_s in columns:
             values = self.values(x)
             model = self._model(values)
-            control = self._control(recording.volts, values)
+            control = self._control(recording.volts, values, *early_s)
             frame = self._frame(values)
             for start, state in zip(starts, states):
                 mujoco.mj_resetData(model, data)
@@ -323,9 +330,9 @@ class Problem:
 
 
 def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray, starts: np.ndarray, length: int,
-                 iterations: int = 4, eps: float = 1e-3) -> np.ndarray:
-    """Each window's start state alone, the physics held: Gauss-Newton on 4 numbers per window. Returns the errors
-    (counts) [windows, length, joints] at the end."""
+                 iterations: int = 4, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's start state alone, the physics held: Gauss-Newton on 4 numbers per window. Returns the states
+    and the errors (counts) [windows, length, joints] at the end."""
     states = _first_states(recording, starts)
     measured, counts = _windows(recording, starts, length), count_rad(recording)
     for _ in range(iterations):
@@ -335,7 +342,56 @@ def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray
         for w in range(len(starts)):
             jac = change[:, w].reshape(4, -1).T
             states[w] -= np.linalg.lstsq(jac, errors[0, w].ravel(), rcond=None)[0]
-    return (simulator.predict(recording, [(physics, states)], starts, length)[0] - measured) / counts
+    return states, (simulator.predict(recording, [(physics, states)], starts, length)[0] - measured) / counts
+
+
+def jitter_width(simulator: Simulator, recordings: list[Recording], physics: np.ndarray, states: list[np.ndarray],
+                 starts: list[np.ndarray], length: int, probes: int = 8, shift_s: float = 1e-4,
+                 seed: int = 0) -> tuple[float, float]:
+    """The spread in when commands land, which the fixed latency cannot model, from the fit's residuals: the width
+    (s) of a uniform spread of that variance, and its 95% half-width from resampling the windows.
+
+    A command landing e early moves the window by e * g, g its landing response. So the residual power left after
+    each window's own state directions is v * sum|g|^2 plus white noise, whose variance the residuals' second
+    differences give (jitter barely reaches them). sum|g|^2 comes from a few rollouts of random-sign landing shifts,
+    each the sum of every command's g (Hutchinson's trace estimate). docs/SYSID_NOTES.md."""
+    rng = np.random.default_rng(seed)
+    terms = np.concatenate([_jitter_terms(simulator, r, physics, st, s, length, probes, shift_s, rng)
+                            for r, st, s in zip(recordings, states, starts)])
+
+    def variance(rows: np.ndarray) -> float:
+        noise = rows[:, 2].sum() / rows[:, 3].sum()
+        return float((rows[:, 0].sum() - noise * rows[:, 1].sum()) / rows[:, 4].sum())
+
+    def width(var: float) -> float:
+        return math.sqrt(12 * max(var, 0.0))
+
+    spread = np.std([variance(terms[rng.integers(0, len(terms), len(terms))]) for _ in range(200)])
+    found = variance(terms)
+    return width(found), width(found + 1.96 * spread) - width(found)
+
+
+def _jitter_terms(simulator: Simulator, recording: Recording, physics: np.ndarray, states: np.ndarray,
+                  starts: np.ndarray, length: int, probes: int, shift_s: float, rng) -> np.ndarray:
+    """Per window: the residual power outside its state directions and its degrees of freedom, the second
+    differences' power / 6 and their count, and the landing responses' power there (per s^2 of variance)."""
+    eps, counts = 1e-3, count_rad(recording)
+    columns = [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
+    columns += [(physics, states, rng.choice([-shift_s, shift_s], len(recording.volts))) for _ in range(probes)]
+    predicted = simulator.predict(recording, columns, starts, length) / counts
+    errors = predicted[0] - _windows(recording, starts, length) / counts
+    rows = []
+    for w in range(len(starts)):
+        basis, _ = np.linalg.qr(((predicted[1:5, w] - predicted[0, w]) / eps).reshape(4, -1).T)
+
+        def outside(y: np.ndarray) -> np.ndarray:
+            return y - basis @ (basis.T @ y)
+
+        responses = (predicted[5:, w] - predicted[0, w]).reshape(probes, -1) / shift_s
+        second = errors[w, 2:] - 2 * errors[w, 1:-1] + errors[w, :-2]
+        rows.append([np.sum(outside(errors[w].ravel()) ** 2), errors[w].size - 4, np.sum(second ** 2) / 6,
+                     second.size, np.mean([np.sum(outside(g) ** 2) for g in responses])])
+    return np.array(rows)
 
 
 def build_problem(spec: RobotSpec, recordings: list[Recording], known: dict[str, float], window_s: float = 1.0,
@@ -390,16 +446,20 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
     x = solve(params, problem.residual, problem.jacobian, max_iter)
     residual = problem.residual(x)
     _, intervals = sysid.calculate_intervals([residual], problem.jacobian(x))
-    physics, _ = problem.split(x)
+    physics, states = problem.split(x)
     values = simulator.values(physics)
     widths = {}
     for u, v, half in zip(simulator.unknowns, physics, intervals):
         widths[u.name] = abs(u.value(v + half) - u.value(v))
+    jitter, jitter_95 = jitter_width(simulator, recordings, physics, states, problem.starts, length)
+    values |= {"plant_latency_s": max(values["plant_latency_s"] - jitter / 2, 0.0), JITTER: jitter}  # from the mean
+    widths |= {"plant_latency_s": math.hypot(widths["plant_latency_s"], jitter_95 / 2), JITTER: jitter_95}
     start = np.array([u.start for u in simulator.unknowns])
     held_starts = [window_starts(end, len(r.angles), length) for r, end in zip(recordings, ends)]
-    held = [refit_states(simulator, r, physics, st, length) for r, st in zip(recordings, held_starts)]
-    nominal = [refit_states(simulator, r, start, st, length) for r, st in zip(recordings, held_starts)]
-    return Fit(values, simulator.values(start), widths, _rms([residual.reshape(-1, recordings[0].angles.shape[1])]),
+    held = [refit_states(simulator, r, physics, st, length)[1] for r, st in zip(recordings, held_starts)]
+    nominal = [refit_states(simulator, r, start, st, length)[1] for r, st in zip(recordings, held_starts)]
+    nominal_values = simulator.values(start) | {JITTER: 0.0}
+    return Fit(values, nominal_values, widths, _rms([residual.reshape(-1, recordings[0].angles.shape[1])]),
                _rms(held), _rms(nominal), time.perf_counter() - started, length, held_starts, held, nominal)
 
 
@@ -414,7 +474,7 @@ def overlay(spec: RobotSpec, recordings: list[Recording], known: dict[str, float
                                                           spec.randomisation[name].element),
                                     value=value, interval_95=0.0) for name, value in known.items()}
     parameters |= {name: FittedValue(nominal=fit.nominal[name], value=fit.values[name],
-                                     interval_95=fit.intervals[name]) for name in FITTED}
+                                     interval_95=fit.intervals[name]) for name in (*FITTED, JITTER)}
     return PhysicsOverlay(
         robot=spec.name, robot_id=recordings[0].robot_id,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -33,7 +33,8 @@ def write_sysid_report(folder: str | Path, physics: PhysicsOverlay, fit: Fit, re
               "| joint | fitted | datasheet | quantisation floor | fitted / floor |", "|---|---|---|---|---|"]
     for joint, held, nominal in zip(joints, physics.held_out_rmse_counts, physics.datasheet_held_out_rmse_counts):
         lines.append(f"| {joint} | {held:.3f} | {nominal:.2f} | {floor:.3f} | {held / floor:.2f} |")
-    lines += ["", "The latency is the command's mean delay: the plant's latency plus half the control jitter.", "",
+    lines += ["", "The plant latency is the command's mean delay, as fitted, less half the control jitter found in the "
+              "residuals.", "",
               "![held-out windows](held_out.png)"]
     _plot(folder / "held_out.png", fit, recordings[0])
     path = folder / "report.md"

@@ -49,7 +49,7 @@ class PhysicsOverlay(_Strict):
 
     def narrow(self, spec: RobotSpec, widen: float = WIDEN) -> RobotSpec:
         """The spec with each fitted range replaced by value ± widen × its interval (uniform, not below 0); ranges
-        the overlay does not fit (jitter, sensor noise, encoder offsets) are kept."""
+        the overlay does not fit (sensor noise, encoder offsets) are kept."""
         if self.robot != spec.name:
             raise ValueError(f"the physics overlay is for robot {self.robot!r}, not {spec.name!r}")
         unknown = sorted(set(self.parameters) - set(spec.randomisation))

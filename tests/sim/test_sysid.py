@@ -8,11 +8,16 @@ import pytest
 from mujoco import sysid
 
 from calibration.encoders import load_calibration
-from calibration.excitation import excitation_signal
+from calibration.excitation import excitation_signal, run_excitation
+from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
 from sim.furuta import FurutaPhysics
-from sim.sysid import DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, load_recording, solve
-from tests.virtual_units import with_breakaway
+from sim.sysid import (
+    DEAD_ZONE, SPRING_ZERO, Recording, Simulator, SysidError, identify, jitter_width, load_recording, refit_states,
+    solve, window_starts,
+)
+from sim.virtual_robot import Variation
+from tests.virtual_units import confirmed, virtual_robot, with_breakaway
 
 SPEC = load_robot_spec("furuta")
 TRUE = {"arm_damping": 2e-4, "pendulum_damping": 3e-5, "motor_gain": 0.0054, "arm_friction": 2e-5,
@@ -47,17 +52,22 @@ def plant_recording(seconds, quantised=False):
     return np.array(velocities), Recording(None, "u", SPEC.period_s, angles, volts, calibration())
 
 
+def true_x(simulator):
+    truth = TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
+    x = np.array([math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
+                  for u in simulator.unknowns])
+    assert simulator.values(x) == pytest.approx(truth)
+    return x
+
+
 def test_the_model_replays_the_plant_exactly_from_every_windows_start():
     velocities, recording = plant_recording(6.0)
     simulator = Simulator(SPEC, {}, recording.calibration)
-    truth = TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
-    x = [math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
-         for u in simulator.unknowns]
-    assert simulator.values(x) == pytest.approx(truth)
+    x = true_x(simulator)
     starts, length = np.array([0, 99, 198]), 101
     # The windows after the first start from the plant's true velocities; the first from rest.
     states = np.stack([np.zeros(4)] + [np.r_[0, 0, velocities[s]] for s in starts[1:]])
-    predicted = simulator.predict(recording, [(np.array(x), states)], starts, length)[0]
+    predicted = simulator.predict(recording, [(x, states)], starts, length)[0]
     for window, start in zip(predicted, starts):
         assert np.abs(window - recording.angles[start:start + length]).max() < 1e-9
     nominal = simulator.predict(recording, [(np.array([u.start for u in simulator.unknowns]), states)], starts,
@@ -81,6 +91,7 @@ def test_identification_recovers_the_plant_from_a_short_quantised_log():
     for name in ("arm_damping", "pendulum_damping", "motor_gain"):
         assert fit.values[name] == pytest.approx(TRUE[name], rel=0.05), name
     assert fit.values["plant_latency_s"] == pytest.approx(DELAY, abs=1e-3)
+    assert fit.values["control_jitter_s"] < 1e-3  # this plant has none
     floor = 1 / math.sqrt(12)  # counts: what quantisation alone leaves
     assert max(fit.held_out_rmse_counts) < 2 * floor < min(fit.nominal_held_out_rmse_counts)
     assert all(0 < width < math.inf for width in fit.intervals.values())
@@ -100,3 +111,28 @@ def test_the_fit_stops_once_its_cost_stops_falling():
     x = solve(params, lambda x: np.array([[float(np.asarray(x).reshape(-1)[0]) - 3.0], [1.0]]), jacobian,
               max_iter=50)
     assert abs(x[0] - 3.0) < 0.01 and len(calls) <= 10  # the step test alone takes 15
+
+
+def test_the_jitter_in_when_commands_land_is_found_in_the_residuals(tmp_path):
+    """A unit whose commands land 3 ms + U(0, 2 ms) late, excited as `robot-app excite` does, replayed with its true
+    physics at the mean delay: the residuals give the spread's width back; a unit without jitter gives next to none."""
+    physics = {"arm_damping": 2e-4, "pendulum_damping": 3e-5, "motor_gain": 0.0054}
+    calibration = with_breakaway(confirmed(load_calibration("furuta")), 0.2, 0.2)
+    found = {}
+    for jitter in (0.0, 0.002):
+        unit = Variation(physics=physics, plant_latency_s=0.003, jitter_s=jitter, dead_zone_v=(0.2, 0.2))
+        with virtual_robot(unit) as (robot, _):
+            log = run_excitation(SerialRobot(robot.port), SPEC, calibration, tmp_path / f"{jitter}.sqlite",
+                                 seconds=20.0, swing_s=10.0)
+        recording = load_recording(log)
+        simulator = Simulator(SPEC, {}, recording.calibration)
+        truth = {u.name: u.value(u.start) for u in simulator.unknowns} | physics
+        truth["plant_latency_s"] = 0.003 + jitter / 2
+        x = np.array([math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
+                      for u in simulator.unknowns])
+        starts, length = window_starts(0, len(recording.angles), 51), 51
+        states, _ = refit_states(simulator, recording, x, starts, length)
+        found[jitter] = jitter_width(simulator, [recording], x, [states], [starts], length)
+    (none, none_95), (width, width_95) = found[0.0], found[0.002]
+    assert none < 0.6e-3 and 0 < none_95  # rounding to whole counts is not white noise at low speed: a little is left
+    assert width == pytest.approx(0.002, abs=0.5e-3) and 0 < width_95 < 1e-3
