@@ -172,7 +172,7 @@ def _virtual_robot(args) -> int:
         if not args.truth:
             values, device = spec.split_draws({name: p.value for name, p in physics.parameters.items()})
             variation = Variation(physics=values, plant_latency_s=device[Parameter.PLANT_LATENCY],
-                                  dead_zone_v=physics.dead_zone_v)
+                                  jitter_s=device[Parameter.CONTROL_JITTER], dead_zone_v=physics.dead_zone_v)
     faults = Faults(args.corrupt_rate, args.drop_rate, args.latency_ms / 1e3, args.hang_after, args.disconnect_after,
                     args.estop_after, args.reboot_after)
     if args.randomise and not args.lockstep:

@@ -171,8 +171,8 @@ class Simulator:
 
     def _control(self, volts: np.ndarray, values: dict[str, float], early_s: np.ndarray | None = None) -> np.ndarray:
         """Volts per physics step: each command through the dead zone, then held from `latency` into its period (less
-        `early_s[k]` for command k, where given) and averaged over every physics step (exact, and smooth in the
-        latency). Before the first command: 0 V."""
+        `early_s[k]` for command k, where given: the landings must stay in order) and averaged over every physics
+        step (exact, and smooth in the latency). Before the first command: 0 V."""
         negative, positive = values[DEAD_ZONE[0]], values[DEAD_ZONE[1]]
         driven = np.where(volts >= positive, volts - positive, np.where(volts <= -negative, volts + negative, 0.0))
         switch = np.arange(len(volts)) * self.spec.period_s + values["plant_latency_s"]
@@ -232,7 +232,7 @@ class Simulator:
 
 @dataclasses.dataclass
 class Fit:
-    values: dict[str, float]  # physical units
+    values: dict[str, float]  # physical units; the plant latency, not the mean delay the windows were simulated at
     nominal: dict[str, float]  # where each started
     intervals: dict[str, float]  # 95% half-widths, physical units (white residuals assumed)
     fit_rmse_counts: list[float]  # per joint
@@ -349,12 +349,13 @@ def jitter_width(simulator: Simulator, recordings: list[Recording], physics: np.
                  starts: list[np.ndarray], length: int, probes: int = 8, shift_s: float = 1e-4,
                  seed: int = 0) -> tuple[float, float]:
     """The spread in when commands land, which the fixed latency cannot model, from the fit's residuals: the width
-    (s) of a uniform spread of that variance, and its 95% half-width from resampling the windows.
+    (s) of a uniform spread of that variance, and how far above it the upper end of a 95% interval lies (from
+    resampling the windows).
 
     A command landing e early moves the window by e * g, g its landing response. So the residual power left after
-    each window's own state directions is v * sum|g|^2 plus white noise, whose variance the residuals' second
-    differences give (jitter barely reaches them). sum|g|^2 comes from a few rollouts of random-sign landing shifts,
-    each the sum of every command's g (Hutchinson's trace estimate). docs/SYSID_NOTES.md."""
+    each window's own state directions (projection P) is v * sum|Pg|^2 plus white noise, whose variance the
+    residuals' second differences give (jitter barely reaches them). sum|Pg|^2 comes from a few rollouts of
+    random-sign landing shifts, each the sum of every command's g (Hutchinson's trace estimate). docs/SYSID_NOTES.md."""
     rng = np.random.default_rng(seed)
     terms = np.concatenate([_jitter_terms(simulator, r, physics, st, s, length, probes, shift_s, rng)
                             for r, st, s in zip(recordings, states, starts)])
@@ -368,7 +369,7 @@ def jitter_width(simulator: Simulator, recordings: list[Recording], physics: np.
 
     spread = np.std([variance(terms[rng.integers(0, len(terms), len(terms))]) for _ in range(200)])
     found = variance(terms)
-    return width(found), width(found + 1.96 * spread) - width(found)
+    return width(found), width(max(found, 0.0) + 1.96 * spread) - width(found)
 
 
 def _jitter_terms(simulator: Simulator, recording: Recording, physics: np.ndarray, states: np.ndarray,
@@ -452,7 +453,8 @@ def identify(spec: RobotSpec, recordings: list[Recording], known: dict[str, floa
     for u, v, half in zip(simulator.unknowns, physics, intervals):
         widths[u.name] = abs(u.value(v + half) - u.value(v))
     jitter, jitter_95 = jitter_width(simulator, recordings, physics, states, problem.starts, length)
-    values |= {"plant_latency_s": max(values["plant_latency_s"] - jitter / 2, 0.0), JITTER: jitter}  # from the mean
+    jitter = min(jitter, 2 * values["plant_latency_s"])  # no spread lands a command before it is sent
+    values |= {"plant_latency_s": values["plant_latency_s"] - jitter / 2, JITTER: jitter}  # from the mean delay
     widths |= {"plant_latency_s": math.hypot(widths["plant_latency_s"], jitter_95 / 2), JITTER: jitter_95}
     start = np.array([u.start for u in simulator.unknowns])
     held_starts = [window_starts(end, len(r.angles), length) for r, end in zip(recordings, ends)]

@@ -70,6 +70,9 @@ def test_the_model_replays_the_plant_exactly_from_every_windows_start():
     predicted = simulator.predict(recording, [(x, states)], starts, length)[0]
     for window, start in zip(predicted, starts):
         assert np.abs(window - recording.angles[start:start + length]).max() < 1e-9
+    shifted = simulator._control(recording.volts, simulator.values(x), np.full(len(recording.volts), 0.001))
+    earlier = simulator._control(recording.volts, simulator.values(x) | {"plant_latency_s": DELAY - 0.001})
+    assert np.abs(shifted - earlier).max() < 1e-9  # every command landing 1 ms early is a 1-ms shorter latency
     nominal = simulator.predict(recording, [(np.array([u.start for u in simulator.unknowns]), states)], starts,
                                 length)[0]
     assert np.abs(nominal - predicted).max() > 0.05  # the datasheet's robot moves otherwise: the fit has a signal

@@ -54,7 +54,7 @@ def test_sysid_writes_an_overlay_with_intervals_and_a_report(excitation, tmp_pat
         assert span.high == pytest.approx(fitted.value + 3 * fitted.interval_95)
         assert span.low == pytest.approx(max(0.0, fitted.value - 3 * fitted.interval_95))
     assert narrowed.randomisation["sensor_noise_counts"] == SPEC.randomisation["sensor_noise_counts"]
-    assert physics.parameters["control_jitter_s"].value < 1e-3  # this unit has none; the fit found its spread
+    assert physics.parameters["control_jitter_s"].value < 1e-3  # this unit has no jitter
     gain = physics.parameters["motor_gain"]
     assert physics.narrow(SPEC, widen=1).randomisation["motor_gain"].high == gain.value + gain.interval_95
     for plan in plan_episodes(narrowed, 8, seed=0, dead_zone_v=physics.dead_zone_v):
