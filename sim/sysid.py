@@ -329,6 +329,11 @@ class Problem:
         return np.concatenate(rows)
 
 
+def _state_columns(physics: np.ndarray, states: np.ndarray, eps: float) -> list:
+    """Predict's columns for the windows' states, then with each of their 4 components moved by `eps`."""
+    return [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
+
+
 def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray, starts: np.ndarray, length: int,
                  iterations: int = 4, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Each window's start state alone, the physics held: Gauss-Newton on 4 numbers per window. Returns the states
@@ -336,7 +341,7 @@ def refit_states(simulator: Simulator, recording: Recording, physics: np.ndarray
     states = _first_states(recording, starts)
     measured, counts = _windows(recording, starts, length), count_rad(recording)
     for _ in range(iterations):
-        columns = [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
+        columns = _state_columns(physics, states, eps)
         errors = (simulator.predict(recording, columns, starts, length) - measured) / counts
         change = (errors[1:] - errors[:1]) / eps
         for w in range(len(starts)):
@@ -377,7 +382,7 @@ def _jitter_terms(simulator: Simulator, recording: Recording, physics: np.ndarra
     """Per window: the residual power outside its state directions and its degrees of freedom, the second
     differences' power / 6 and their count, and the landing responses' power there (per s^2 of variance)."""
     eps, counts = 1e-3, count_rad(recording)
-    columns = [(physics, states)] + [(physics, states + eps * np.eye(4)[j]) for j in range(4)]
+    columns = _state_columns(physics, states, eps)
     columns += [(physics, states, rng.choice([-shift_s, shift_s], len(recording.volts))) for _ in range(probes)]
     predicted = simulator.predict(recording, columns, starts, length) / counts
     errors = predicted[0] - _windows(recording, starts, length) / counts

@@ -52,12 +52,17 @@ def plant_recording(seconds, quantised=False):
     return np.array(velocities), Recording(None, "u", SPEC.period_s, angles, volts, calibration())
 
 
-def true_x(simulator):
-    truth = TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1], SPRING_ZERO: 0.0}
+def x_of(simulator, truth):
+    """The optimiser's vector for these values of the simulator's unknowns."""
     x = np.array([math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
                   for u in simulator.unknowns])
     assert simulator.values(x) == pytest.approx(truth)
     return x
+
+
+def true_x(simulator):
+    return x_of(simulator, TRUE | {"plant_latency_s": DELAY, DEAD_ZONE[0]: DEAD[0], DEAD_ZONE[1]: DEAD[1],
+                                   SPRING_ZERO: 0.0})
 
 
 def test_the_model_replays_the_plant_exactly_from_every_windows_start():
@@ -131,8 +136,7 @@ def test_the_jitter_in_when_commands_land_is_found_in_the_residuals(tmp_path):
         simulator = Simulator(SPEC, {}, recording.calibration)
         truth = {u.name: u.value(u.start) for u in simulator.unknowns} | physics
         truth["plant_latency_s"] = 0.003 + jitter / 2
-        x = np.array([math.log(truth[u.name] / u.nominal) if u.log else truth[u.name] / (u.nominal or u.unit)
-                      for u in simulator.unknowns])
+        x = x_of(simulator, truth)
         starts, length = window_starts(0, len(recording.angles), 51), 51
         states, _ = refit_states(simulator, recording, x, starts, length)
         found[jitter] = jitter_width(simulator, [recording], x, [states], [starts], length)
