@@ -52,6 +52,19 @@ def _zero_or_more(text: str) -> float:
     return _above_zero(text, zero_allowed=True)
 
 
+def _host_port(text: str) -> str:
+    """HOST:PORT to bind, e.g. 0.0.0.0:5600 (port 0 chooses)."""
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and int(port) < 65536:
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 0.0.0.0:5600 or 127.0.0.1:0")
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _endpoint(text: str) -> str:
     """A ZeroMQ endpoint this program can bind or connect: tcp://HOST:PORT or ipc://PATH."""
     host, sep, port = text.removeprefix("tcp://").rpartition(":")
@@ -178,7 +191,8 @@ def _virtual_robot(args) -> int:
     if args.randomise and not args.lockstep:
         raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
-                         robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation)
+                         robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation,
+                         listen=_split_host_port(args.listen) if args.listen else None, heartbeat=args.heartbeat)
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
     signal.signal(signal.SIGINT, lambda *_: robot.stop())
     signal.signal(signal.SIGUSR1, lambda *_: robot.press_estop())
@@ -348,7 +362,7 @@ def _agent(args) -> int:
         _record_settings(args, Path(args.log).parent)
         agent = Agent(SerialRobot(args.port, args.baud), spec, calibration, policy, transitions,
                       status_every_s=args.status_every, expected_robot_id=args.robot_id, lockstep_pace_hz=args.pace,
-                      outbox_limit=args.outbox_limit)
+                      outbox_limit=args.outbox_limit, heartbeat=args.heartbeat)
         link = link_thread = None
         if args.learner:
             import threading
@@ -383,12 +397,14 @@ def _agent(args) -> int:
     return 0
 
 
-def _security_files(args, names: tuple[str, str]) -> tuple[Path, Path] | None:
+def _security_files(args, names: tuple[str, ...]) -> tuple[Path, ...] | None:
+    """The CURVE files under --keys: this process's own secret first (or --secret-key), then its peers' public keys."""
     if args.insecure_local_dev:
         return None
     if not args.keys:
         raise _UsageError("give --keys DIR (see `robot-app keys`), or --insecure-local-dev for plaintext on a dev box")
-    return tuple(Path(args.keys) / name for name in names)
+    own, *peers = names
+    return (Path(args.secret_key) if args.secret_key else Path(args.keys) / own, *(Path(args.keys) / p for p in peers))
 
 
 def _learner(args) -> int:
@@ -646,6 +662,17 @@ def _dashboard_token(args) -> int:
     return 0
 
 
+def _health(args) -> int:
+    from robot_app.common.health import Unhealthy, probe
+
+    try:
+        print(f"healthy: {probe(args.target, args.max_age, args.timeout)}")
+    except Unhealthy as error:
+        print(f"unhealthy: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _check_agent_process(pid: int) -> None:
     """Refuse to signal a process that is not a `robot-app agent`: SIGUSR1's default action kills a process."""
     try:
@@ -677,11 +704,16 @@ class _UsageError(Exception):
 
 def _add_link_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", help="CURVE key folder (see `robot-app keys`)")
+    parser.add_argument("--secret-key", metavar="FILE",
+                        help="this process's CURVE secret, kept apart from the public --keys, e.g. a secret mounted at "
+                             "/run/secrets/ (default KEYS/<its name>.key_secret)")
     parser.add_argument("--insecure-local-dev", action="store_true",
                         help="plaintext ZeroMQ, for a development box only")
 
 
-LONG_RUNNING = ("train", "learner", "agent", "demo")  # commands that take --config and record what they resolved
+# The commands that take --config and ROBOT_APP_<COMMAND>_<FLAG> variables (a container's environment); their runs
+# record what they resolved.
+LONG_RUNNING = ("train", "learner", "agent", "demo", "dashboard", "virtual-robot")
 
 
 def _add_physics_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -784,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_planner_arguments(export, "--planning")
     export.set_defaults(handler=_export)
 
-    virtual = sub.add_parser("virtual-robot", help="simulate a robot behind the serial protocol on a pty; prints its path")
+    virtual = sub.add_parser("virtual-robot", help="simulate a robot behind the serial protocol on a pty (or "
+                                                         "--listen TCP); prints its path")
     virtual.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     virtual.add_argument("--lockstep", action="store_true", help="advance one control period per command")
     virtual.add_argument("--rate", type=_above_zero, help="control rate in Hz (default: the spec's)")
@@ -793,6 +826,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="lockstep: draw the unit's physics anew from the spec's randomisation ranges each time "
                               "it comes to rest hanging, between episodes (domain randomisation for sim-first training)")
     virtual.add_argument("--robot-id", help="the id the device reports in HELLO")
+    virtual.add_argument("--listen", type=_host_port, metavar="HOST:PORT",
+                         help="serve on TCP instead of a pty, one host at a time (the next is accepted when it "
+                              "leaves); hosts give --port socket://HOST:PORT")
+    virtual.add_argument("--heartbeat", metavar="FILE",
+                         help="touch this file at start and at every status line, for a healthcheck (robot-app health)")
     virtual.add_argument("--truth", metavar="YAML",
                          help="how this unit hides its differences from the spec, for calibration to recover: a .yaml "
                               "file or inline YAML, e.g. '{count_offsets: [3, -2], count_directions: [1, -1], "
@@ -806,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--drop-rate", type=float, default=0.0, help="per-frame drop probability")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="added to every frame")
     faults.add_argument("--hang-after", type=float, help="seconds until the device stops responding")
-    faults.add_argument("--disconnect-after", type=float, help="seconds until the device closes the pty")
+    faults.add_argument("--disconnect-after", type=float, help="seconds until the device closes its port")
     faults.add_argument("--estop-after", type=float, help="seconds until the device's e-stop button is pressed")
     faults.add_argument("--reboot-after", type=float,
                         help="seconds until the firmware restarts (session lost, motor off, clock and seqs from 0)")
@@ -814,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = sub.add_parser("calibrate", help="measure a unit's calibration through the agent and its "
                                                  "supervisor: encoder zero, direction, travel limits, dead zone")
-    calibrate.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    calibrate.add_argument("--port", required=True,
+                           help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
     calibrate.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     calibrate.add_argument("--step", action="append", choices=["zero", "direction", "travel", "dead_zone"],
                            help="run only this step (repeatable); default all, in the order zero, direction, travel, "
@@ -830,7 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
     excite = sub.add_parser("excite", help="drive a calibrated unit with a pendulum swing, then a chirp plus random "
                                            "steps, through the agent and its supervisor, and record it for system "
                                            "identification")
-    excite.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    excite.add_argument("--port", required=True,
+                        help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
     excite.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     excite.add_argument("--calibration", required=True, help="the unit's calibration .yaml (directions confirmed)")
     excite.add_argument("--out", required=True, help="the transition log to record into (a new .sqlite file)")
@@ -859,7 +899,8 @@ def build_parser() -> argparse.ArgumentParser:
     sysid.set_defaults(handler=_sysid)
 
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
-    agent.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or the virtual robot's pty")
+    agent.add_argument("--port", required=True,
+                       help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
     agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     agent.add_argument("--policy", required=True, help="an exported .onnx, or zero|random for bring-up")
     agent.add_argument("--calibration", help="calibration .yaml (default calibration/<robot>.yaml)")
@@ -872,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--duration", type=float, help="stop after this many seconds")
     agent.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines on stderr")
     agent.add_argument("--summary-out", help="write the run summary (JSON) here at exit")
+    agent.add_argument("--heartbeat", metavar="FILE",
+                       help="touch this file on connecting and at every status line, for a healthcheck (robot-app "
+                            "health FILE)")
     agent.add_argument("--realtime-priority", type=int, metavar="1-99",
                        help="run the loop under SCHED_FIFO at this priority, memory locked (needs CAP_SYS_NICE)")
     agent.add_argument("--cpus", help="pin the agent to these CPUs, e.g. 1 or 2,3")
@@ -907,7 +951,8 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--dashboard", type=_endpoint, metavar="ENDPOINT",
                          help="where operators' dashboards subscribe to telemetry and send software stops, e.g. "
                               "tcp://127.0.0.1:5557; with CURVE, KEYS/dashboards/*.key are the dashboards admitted")
-    learner.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here, e.g. 127.0.0.1:9101")
+    learner.add_argument("--metrics", type=_host_port, metavar="HOST:PORT",
+                         help="serve Prometheus /metrics here, e.g. 127.0.0.1:9101")
     learner.add_argument("--push-candidates", action="store_true",
                          help="publish every candidate straight to the robots, unvalidated (development only)")
     learner.add_argument("--registry", help="the policy registry folder: candidates enter it, and its deployed "
@@ -1036,6 +1081,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("name", nargs="?", help="add, remove: the token's name (who holds it, for the audit log)")
     token.add_argument("--role", choices=ROLES,
                        help="add: viewer reads; operator also stops, resets, deploys, rolls back; admin manages tokens")
+
+    health = sub.add_parser("health", help="a container healthcheck: exit 0 if an HTTP endpoint answers 2xx, or a "
+                                           "--heartbeat file is fresh; 1 with the reason if not")
+    health.add_argument("target", metavar="URL_OR_FILE", help="e.g. http://127.0.0.1:9101/metrics or a heartbeat file")
+    health.add_argument("--max-age", type=_above_zero, default=30.0,
+                        help="a heartbeat file older than this many seconds is unhealthy (default 30)")
+    health.add_argument("--timeout", type=_above_zero, default=5.0, help="seconds an HTTP answer may take (default 5)")
+    health.set_defaults(handler=_health)
 
     estop = sub.add_parser("estop", help="engage (or --reset) the e-stop of a running agent")
     estop.add_argument("pid", type=int, help="the agent's process id")

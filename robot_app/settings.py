@@ -51,7 +51,7 @@ def resolve(command: str, parser: argparse.ArgumentParser, given: dict[str, Any]
         raise ValueError(f"{unknown[0]}: no {command} setting of that name"
                          + (f" (did you mean {near[0]}?)" if near else ""))
     try:
-        return model(**given)
+        return model(**{k: v for k, v in given.items() if k in model.model_fields})  # not a sub-command's own
     except ValidationError as error:
         sources = f"flags, {prefix}* variables" + (f" and {config}" if config else "")
         missing = [f"--{e['loc'][0].replace('_', '-')}" for e in error.errors() if e["type"] == "missing"]
@@ -85,10 +85,13 @@ def _all_actions(parser: argparse.ArgumentParser):
 def _model(command: str, parser: argparse.ArgumentParser, from_file: dict) -> type[BaseSettings]:
     fields: dict[str, Any] = {}
     for action in parser._actions:
-        if action.dest in NOT_SETTINGS or action.dest == argparse.SUPPRESS:
+        if action.dest in NOT_SETTINGS or action.dest == argparse.SUPPRESS or \
+                isinstance(action, argparse._SubParsersAction):  # a sub-command's own flags are not settings
             continue
         flag = action.nargs == 0  # store_true and --x/--no-x
         annotation = bool if flag else Annotated[Any, BeforeValidator(_converter(action))]
+        if isinstance(action, argparse._AppendAction):  # repeatable: a YAML list, or a JSON one in the environment
+            annotation = list[annotation] | None
         required = action.required or getattr(action, "setting_required", False)
         fields[action.dest] = (annotation, ... if required else action.default)
 

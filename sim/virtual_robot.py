@@ -1,4 +1,4 @@
-"""The virtual robot: the spec's robot simulated in MuJoCo, speaking the serial protocol on a pseudo-terminal.
+"""The virtual robot: the spec's robot simulated in MuJoCo, speaking the serial protocol on a pseudo-terminal or TCP.
 
 It behaves as firmware would: it answers HELLO, streams sensor frames (realtime) or steps once per command (lockstep),
 cuts the motor when commands stop for the watchdog timeout, latches e-stops, and can inject faults for tests. It also
@@ -13,12 +13,10 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import random
 import select
 import threading
 import time
-import tty
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +25,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from robot_app.common.files import load_yaml_model, validate_model, write_atomic
+from robot_app.common.health import Heartbeat
 from robot_app.common.schedule import DeadlineSchedule, tighten_timer_slack
 from robot_app.hardware.protocol import (
     PROTOCOL_VERSION, Command, EStop, Fault, FaultCode, FrameDecoder, Hello, MessageType, ProtocolError, SensorFrame,
     SensorStatus, encode_frame, parse,
 )
 from robot_app.robot.spec import RobotSpec
+from sim.device_ends import PtyEnd, TcpEnd
 from sim.furuta import FurutaPhysics
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ class DeviceAudit:
 class VirtualRobot:
     def __init__(self, spec: RobotSpec, lockstep: bool = False, faults: Faults = Faults(), seed: int = 0,
                  robot_id: str = "furuta-virtual-0", initial_qpos=None, variation: Variation = Variation(),
-                 randomise: bool = False):
+                 randomise: bool = False, listen: tuple[str, int] | None = None, heartbeat: str | Path | None = None):
         """randomise: domain randomisation for sim-first training. The unit's physics are drawn anew from the spec's
         ranges each time it comes to rest hanging, at most every 4 s: between episodes, after the agent's reset, and
-        also in an episode where the robot stays hanging still."""
+        also in an episode where the robot stays hanging still.
+        listen: (host, port) to serve on TCP instead of a pty. heartbeat: a file touched at every status line."""
         self.spec, self.lockstep, self.faults, self.variation = spec, lockstep, faults, variation
         self.randomise, self._next_draw_s = randomise, 0.0
         if (variation.plant_latency_s or variation.jitter_s) and not lockstep:
@@ -142,10 +143,9 @@ class VirtualRobot:
         self._max_delay_substeps = round(spec.period_s / self._substep_s) - 1  # the command lands inside its period
         self._random = random.Random(seed)
         self._draws = np.random.default_rng([seed, 1])
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # binary-clean: no echo, no newline translation
-        os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
+        self._end = TcpEnd(*listen) if listen else PtyEnd()
+        self.port = self._end.name
+        self.heartbeat = Heartbeat(heartbeat)
         self._decoder = FrameDecoder()
         self._seq = 0
         self._session = False
@@ -182,6 +182,7 @@ class VirtualRobot:
         start = time.monotonic()
         next_status = status_every_s if status_every_s else math.inf
         schedule = None if self.lockstep else DeadlineSchedule(self.spec.period_s)
+        self.heartbeat.beat()
         try:
             while not self._stop.is_set():
                 elapsed = time.monotonic() - start
@@ -205,7 +206,7 @@ class VirtualRobot:
                     self._engage_estop()
                     self._send(MessageType.ESTOP, EStop(True, "device button").pack())
                 if schedule is None:
-                    select.select([self._master], [], [], self._next_release_s(0.02))
+                    select.select([self._end], [], [], self._next_release_s(0.02))
                     for command in self._receive():
                         before = self._applied()
                         self._apply(command)
@@ -234,11 +235,7 @@ class VirtualRobot:
         return self.audit
 
     def close(self) -> None:
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._end.close()
 
     def _due(self, at_s: float | None, elapsed: float, once: str | None = None) -> bool:
         if at_s is None or elapsed < at_s or (once and self.counters[f"done:{once}"]):
@@ -250,17 +247,15 @@ class VirtualRobot:
     # ---- firmware behaviour -----------------------------------------------------------------------------------------
 
     def _log_status(self) -> None:
+        self.heartbeat.beat()
         a = self.audit
         log.info("%s on %s: %s, motor %s; %d commands, %d bad frames, %d watchdog trips, %d e-stops", self.robot_id,
                  self.port, "host connected" if self._session else "no host yet", "on" if self._enabled else "off",
                  a.commands, sum(v for k, v in self.link_counters.items() if k != "frames"), a.watchdog_trips, a.estops)
 
     def _receive(self) -> list[Command]:
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
-            return []
-        except OSError:  # no host has the port open (EIO on a pty): nothing to read
+        data = self._end.read()
+        if not data:
             return []
         commands = []
         for frame in self._decoder.feed(data):
@@ -450,10 +445,7 @@ class VirtualRobot:
             self._write(self._outbox.popleft()[1])
 
     def _write(self, data: bytes) -> None:
-        try:
-            written = os.write(self._master, data)
-        except OSError:  # EAGAIN: no host drains the port; EIO: none has it open. The frame is lost, as on a UART
-            written = 0
+        written = self._end.write(data)  # short: the host does not drain the line, and the frame is lost, as on a UART
         if written != len(data):
             self.counters["tx_overflow"] += 1
 

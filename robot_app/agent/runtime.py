@@ -13,6 +13,7 @@ import gc
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from calibration.encoders import RobotCalibration
 from robot_app.agent.policy_runner import Policy, PolicyKind
 from robot_app.agent.supervisor import SafetySupervisor
 from robot_app.agent.transition_log import Transition, TransitionLog, TransitionLogError, TransitionSink
+from robot_app.common.health import Heartbeat
 from robot_app.common.logs import first_and_doubling, format_counts
 from robot_app.common.reports import AgentSummary
 from robot_app.common.schedule import DeadlineSchedule, LatencyWindow, tighten_timer_slack
@@ -55,10 +57,11 @@ class Agent:
                  transitions: TransitionSink | None = None, status_every_s: float = 5.0, reset_timeout_s: float = 3.0,
                  expected_robot_id: str | None = None, lockstep_pace_hz: float | None = None,
                  outbox_limit: int | None = None, tick_error_limit: int = 50,
-                 credit: Callable[[], int | None] | None = None, task=None):
+                 credit: Callable[[], int | None] | None = None, task=None, heartbeat: str | Path | None = None):
         """credit: lockstep pacing by a learner, () -> the last seq it lets this robot record (None until it says);
         an episode starts only while some credit is left. A realtime robot never waits for it. task: what an episode
-        is (observation, reward, end, reset), the spec's task by default; a calibration procedure brings its own."""
+        is (observation, reward, end, reset), the spec's task by default; a calibration procedure brings its own.
+        heartbeat: a file touched on connecting and at every status line, for a healthcheck."""
         if calibration.robot != spec.name:
             raise ValueError(f"the calibration is robot {calibration.robot!r}'s; this agent drives {spec.name!r}")
         if (outbox_limit is not None or credit is not None) and not isinstance(transitions, TransitionLog):
@@ -78,6 +81,7 @@ class Agent:
         self.pipeline = SensorPipeline(calibration.for_sensors(list(self.task.sensors)), spec.velocity_cutoff_rad_s)
         self.supervisor = SafetySupervisor(spec, list(self.task.joints), spec.period_s)
         self.status_every_s = status_every_s
+        self.heartbeat = Heartbeat(heartbeat)
         self.reset_ticks = math.ceil(reset_timeout_s / spec.period_s)
         self.schedule: DeadlineSchedule | None = None
         self.robot_id = ""
@@ -156,6 +160,7 @@ class Agent:
                     if time.monotonic() >= next_status:
                         next_status += self.status_every_s
                         log.info("%s", self.status_line(self._phase))
+                        self.heartbeat.beat()
             finally:
                 self._shutdown()
         summary = self.summary(time.monotonic() - started, time.process_time() - cpu_started)
@@ -223,6 +228,7 @@ class Agent:
 
     def _connect(self) -> None:
         self._check_device(self.robot.connect())
+        self.heartbeat.beat()
 
     def _check_device(self, device) -> None:
         """Refuse a device that is not the robot the spec describes; then start from a fresh state."""

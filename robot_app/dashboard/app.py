@@ -168,6 +168,10 @@ def create_app(config: DashboardConfig, feed: LearnerFeed) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():  # no token: a container healthcheck's; it tells nothing of the fleet
+        return {"status": "ok"}
+
     # ---- reading ----------------------------------------------------------------------------------------------------
 
     @app.get("/api/whoami")

@@ -1,6 +1,7 @@
 """The host side of the serial protocol over pyserial: handshake, sensor stream, commands, heartbeats and e-stop.
 
-The same class drives real firmware and the virtual robot's pseudo-terminal. Nothing here blocks without a timeout.
+The same class drives real firmware and the virtual robot, on its pseudo-terminal or its TCP port. Nothing here
+blocks without a timeout.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import collections
 import logging
 import os
 import select
+import socket
 import time
 
 import serial
@@ -45,8 +47,12 @@ class SerialRobot:
 
     def connect(self, timeout_s: float = 2.0) -> Hello:
         try:
-            self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=0, exclusive=True)
+            # A device path, or a pyserial URL such as socket://virtual-robot:5600 (a virtual robot's --listen)
+            self._serial = serial.serial_for_url(self.port, self.baudrate, timeout=0, write_timeout=0, exclusive=True)
             self._serial.reset_input_buffer()
+            if self.port.startswith("socket://"):  # each frame goes out as written, not held back by Nagle's algorithm
+                with socket.socket(fileno=os.dup(self._serial.fileno())) as link:
+                    link.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (serial.SerialException, OSError) as error:
             said = str(error)  # pyserial's own message names the port already
             raise LinkLost(said if self.port in said else f"cannot open {self.port}: {said}") from None

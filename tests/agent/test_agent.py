@@ -1,4 +1,5 @@
-"""The agent against the virtual robot over a real pty: both modes, watchdogs, adversarial policies, e-stop, SIGTERM."""
+"""The agent against the virtual robot over a real pty (and TCP): both modes, watchdogs, adversarial policies, e-stop,
+SIGTERM."""
 
 import contextlib
 import csv
@@ -115,6 +116,16 @@ def test_the_policy_is_reset_at_every_episode_start_and_a_reset_that_raises_is_a
         assert summary.faults == {"non_finite_action": 2} and summary.tick_errors == 0 and summary.transitions == 2
     else:
         assert summary.faults == {} and summary.transitions == 2 * SPEC.episode_steps
+
+
+def test_an_agent_drives_a_virtual_robot_over_tcp_as_over_a_pty(tmp_path):
+    """The sim profile's link across containers: `virtual-robot --listen`, and the agent's --port socket://..."""
+    with virtual_robot(tmp_path, "--lockstep", "--listen", "127.0.0.1:0") as robot:
+        assert re.fullmatch(r"socket://127\.0\.0\.1:\d+", robot.port) and not robot.port.endswith(":0")
+        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(episodes=2)
+        audit = robot.stop()
+    assert summary.episodes == 2 and summary.transitions == 2 * SPEC.episode_steps and summary.link_losses == 0
+    assert audit["commands"] >= summary.transitions and audit["bad_frames"] == 0
 
 
 def test_lockstep_episodes_are_logged_with_calibrated_observations(tmp_path):

@@ -69,6 +69,18 @@ def test_no_token_is_401_and_a_wrong_token_too(dashboard):
         assert dashboard.get(path, headers={"Authorization": "Bearer not-a-token"}).status_code == 401
     answer = dashboard.post("/api/stop", json={})
     assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+    assert dashboard.get("/healthz").json() == {"status": "ok"}  # the container's healthcheck needs no token
+
+
+def test_token_commands_take_the_state_from_the_environment_as_the_served_dashboard_does(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from robot_app.cli import main
+
+    monkeypatch.setenv("ROBOT_APP_DASHBOARD_STATE", str(tmp_path / "from-env"))
+    assert main(["dashboard", "token", "add", "ann", "--role", "operator"]) == 0
+    assert TokenStore(tmp_path / "from-env").identify(capsys.readouterr().out.strip()).name == "ann"
+    assert main(["dashboard", "token", "list", "--state", str(tmp_path / "flag")]) == 0  # a flag wins
+    assert "ann" not in capsys.readouterr().out
 
 
 def test_a_viewer_reads_but_cannot_deploy_and_the_attempt_is_audited(dashboard):
