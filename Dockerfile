@@ -25,7 +25,8 @@ RUN python -m venv /opt/venv \
 
 FROM ${PYTHON_BASE} AS slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 MUJOCO_GL=disable
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin robot \
+RUN groupadd --system --gid 10001 robot \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin robot \
     && install -d -o robot -g robot /var/lib/robot-app /var/lib/robot-app/runs /var/lib/robot-app/registry \
        /var/lib/robot-app/agent /var/lib/robot-app/dashboard
 COPY --from=slim-build /opt/venv /opt/venv
@@ -42,7 +43,8 @@ RUN python -m venv --system-site-packages /opt/venv \
 
 FROM ${LEARNER_BASE} AS learner
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 MUJOCO_GL=disable
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin robot \
+RUN groupadd --system --gid 10001 robot \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin robot \
     && install -d -o robot -g robot /var/lib/robot-app /var/lib/robot-app/runs /var/lib/robot-app/registry
 COPY --from=learner-build /opt/venv /opt/venv
 USER 10001:10001

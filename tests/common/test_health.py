@@ -1,0 +1,58 @@
+"""`robot-app health`, the containers' healthcheck: a fresh heartbeat file or a 2xx answer is healthy, else a reason."""
+
+import http.server
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from robot_app.cli import main
+from robot_app.common.health import Heartbeat
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/ok" else 503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join(timeout=10)
+
+
+def test_a_fresh_heartbeat_is_healthy_and_a_stale_or_missing_one_is_not(tmp_path, capsys):
+    beat = tmp_path / "alive"
+    assert main(["health", str(beat)]) == 1
+    assert "no heartbeat file" in capsys.readouterr().err
+    Heartbeat(beat).beat()
+    assert main(["health", str(beat)]) == 0
+    old = time.time() - 120
+    os.utime(beat, (old, old))
+    assert main(["health", str(beat), "--max-age", "30"]) == 1
+    assert "over 30 s: the loop is stuck or stopped" in capsys.readouterr().err
+    Heartbeat(beat).beat()  # touching again makes it fresh
+    assert main(["health", str(beat), "--max-age", "30"]) == 0
+    Heartbeat(None).beat()  # no file asked for: nothing written, nothing raised
+
+
+def test_an_endpoint_is_healthy_when_it_answers_2xx(server, capsys):
+    assert main(["health", f"{server}/ok"]) == 0
+    assert "answered 200" in capsys.readouterr().out
+    assert main(["health", f"{server}/broken"]) == 1
+    assert "answered 503" in capsys.readouterr().err
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["health", f"http://127.0.0.1:{port}/metrics"]) == 1
+    assert "refused" in capsys.readouterr().err
