@@ -53,16 +53,14 @@ def _zero_or_more(text: str) -> float:
 
 
 def _host_port(text: str) -> str:
-    """HOST:PORT to bind, e.g. 0.0.0.0:5600 (port 0 chooses)."""
-    host, sep, port = text.rpartition(":")
-    if sep and host and port.isdigit() and int(port) < 65536:
-        return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 0.0.0.0:5600 or 127.0.0.1:0")
+    """HOST:PORT to bind (robot_app.common.addresses), checked here and split where it is bound."""
+    from robot_app.common.addresses import split_host_port
 
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    try:
+        split_host_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _endpoint(text: str) -> str:
@@ -174,6 +172,7 @@ def _export(args) -> int:
 
 
 def _virtual_robot(args) -> int:
+    from robot_app.common.addresses import split_host_port
     from robot_app.robot.spec import Parameter, load_robot_spec
     from sim.virtual_robot import Faults, Variation, VirtualRobot, load_variation, write_audit
 
@@ -192,7 +191,7 @@ def _virtual_robot(args) -> int:
         raise _UsageError("--randomise needs --lockstep (it is for sim-first training)")
     robot = VirtualRobot(spec, lockstep=args.lockstep, faults=faults, seed=args.seed, randomise=args.randomise,
                          robot_id=args.robot_id or f"{spec.name}-virtual-0", variation=variation,
-                         listen=_split_host_port(args.listen) if args.listen else None, heartbeat=args.heartbeat)
+                         listen=split_host_port(args.listen) if args.listen else None, heartbeat=args.heartbeat)
     signal.signal(signal.SIGTERM, lambda *_: robot.stop())
     signal.signal(signal.SIGINT, lambda *_: robot.stop())
     signal.signal(signal.SIGUSR1, lambda *_: robot.press_estop())

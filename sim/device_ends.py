@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import tty
+from typing import Callable
 
 log = logging.getLogger("robot_app.virtual_robot")
 _READ_SIZE = 4096
@@ -47,12 +48,14 @@ class PtyEnd:
 
 class TcpEnd:
     """A listening TCP port serving one host at a time, as one serial cable does: while a host is connected, another
-    waits in the backlog; when it leaves, the next is accepted. With no host, what the device sends is lost."""
+    waits in the backlog; when it leaves, the next is accepted. With no host, what the device sends is lost.
+    on_hangup: called when a connected host leaves (unlike a UART, the device knows)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, on_hangup: Callable[[], None] = lambda: None):
         self._listener = socket.create_server((host, port), backlog=1)
         self._listener.setblocking(False)
         self._host: socket.socket | None = None
+        self._on_hangup = on_hangup
         self.name = f"socket://{host}:{self._listener.getsockname()[1]}"
 
     @property
@@ -98,6 +101,9 @@ class TcpEnd:
             self._host, peer = self._listener.accept()
         except BlockingIOError:
             return
+        except OSError as error:  # a host that gave up in the backlog, or no descriptor left: the next try may do
+            log.warning("accepting a host on %s failed: %s", self.name, error)
+            return
         self._host.setblocking(False)
         self._host.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame goes out now, not batched
         log.info("a host connected to %s from %s:%d", self.name, *peer[:2])
@@ -106,4 +112,5 @@ class TcpEnd:
         if self._host is not None:
             self._host.close()
             self._host = None
+            self._on_hangup()
 

@@ -143,7 +143,7 @@ class VirtualRobot:
         self._max_delay_substeps = round(spec.period_s / self._substep_s) - 1  # the command lands inside its period
         self._random = random.Random(seed)
         self._draws = np.random.default_rng([seed, 1])
-        self._end = TcpEnd(*listen) if listen else PtyEnd()
+        self._end = TcpEnd(*listen, on_hangup=self._host_left) if listen else PtyEnd()
         self.port = self._end.name
         self.heartbeat = Heartbeat(heartbeat)
         self._decoder = FrameDecoder()
@@ -245,6 +245,13 @@ class VirtualRobot:
         return True
 
     # ---- firmware behaviour -----------------------------------------------------------------------------------------
+
+    def _host_left(self) -> None:
+        """A TCP host hung up: what it had half sent is counted and dropped, what was on its way to it is dropped, and
+        the next host starts with the motor off and no session."""
+        self._decoder.flush()
+        self._outbox.clear()
+        self._session = self._enabled = False
 
     def _log_status(self) -> None:
         self.heartbeat.beat()

@@ -7,6 +7,8 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from robot_app.common.addresses import split_host_port
+
 
 def robot_metrics(statuses: dict, link_age_s: dict[str, float]) -> list:
     """Each robot's link age, jitter p99, backlog, latches and interventions (the dashboard exports the same)."""
@@ -80,8 +82,8 @@ def start_metrics_server(address: str, collector) -> tuple[str, int]:
     """Serve /metrics on HOST:PORT (port 0 chooses) with only `collector`; the (host, port) bound."""
     from prometheus_client import start_http_server
 
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address)
     registry = CollectorRegistry()
     registry.register(collector)
-    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
     return server.server_address[:2]

@@ -122,9 +122,14 @@ def test_an_agent_drives_a_virtual_robot_over_tcp_as_over_a_pty(tmp_path):
     """The sim profile's link across containers: `virtual-robot --listen`, and the agent's --port socket://..."""
     with virtual_robot(tmp_path, "--lockstep", "--listen", "127.0.0.1:0") as robot:
         assert re.fullmatch(r"socket://127\.0\.0\.1:\d+", robot.port) and not robot.port.endswith(":0")
-        summary = make_agent(robot.port, ConstantPolicy([0.0])).run(episodes=2)
+        agent = Agent(SerialRobot(robot.port), SPEC, load_calibration("furuta"), ConstantPolicy([0.0]),
+                      status_every_s=0.05, heartbeat=tmp_path / "alive")
+        beats = []
+        agent.heartbeat.beat = lambda: beats.append(time.monotonic())
+        summary = agent.run(episodes=2)
         audit = robot.stop()
     assert summary.episodes == 2 and summary.transitions == 2 * SPEC.episode_steps and summary.link_losses == 0
+    assert len(beats) > 1  # on connecting, and at the status lines after
     assert audit["commands"] >= summary.transitions and audit["bad_frames"] == 0
 
 

@@ -44,9 +44,19 @@ def test_a_fresh_heartbeat_is_healthy_and_a_stale_or_missing_one_is_not(tmp_path
     Heartbeat(beat).beat()  # touching again makes it fresh
     assert main(["health", str(beat), "--max-age", "30"]) == 0
     Heartbeat(None).beat()  # no file asked for: nothing written, nothing raised
+    Heartbeat(tmp_path / "no-such-folder" / "alive").beat()  # one it cannot write is logged, never raised
 
 
-def test_an_endpoint_is_healthy_when_it_answers_2xx(server, capsys):
+def test_a_heartbeat_that_cannot_be_read_or_a_bad_url_is_unhealthy_not_a_crash(tmp_path, capsys):
+    assert main(["health", str(tmp_path / "a-file" / "under-a-file")]) == 1
+    (tmp_path / "a-file").write_text("")
+    assert main(["health", str(tmp_path / "a-file" / "under-a-file")]) == 1  # ENOTDIR: an OSError, not a crash
+    assert main(["health", "http://[bad"]) == 1
+    assert capsys.readouterr().err.count("unhealthy:") == 3
+
+
+def test_an_endpoint_is_healthy_when_it_answers_2xx_and_never_through_a_proxy(server, capsys, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing there: a probe that used it would fail
     assert main(["health", f"{server}/ok"]) == 0
     assert "answered 200" in capsys.readouterr().out
     assert main(["health", f"{server}/broken"]) == 1

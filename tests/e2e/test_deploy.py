@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
+from importlib.metadata import metadata
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ COMPOSE = shutil.which("docker-compose")
 if COMPOSE is None and not os.environ.get("CI"):  # .ci/run installs it; a dev box may lack it
     pytest.skip("docker-compose is not installed (apt-get install docker-compose)", allow_module_level=True)
 ONE_OFF = {"gate"}  # tool services: `docker compose run --rm`, nothing to keep up or check
+ROBOTS = {"agent", "agent-hotplug"}  # a real robot's agent: a person restarts it
 
 
 def compose(*args: str) -> subprocess.CompletedProcess:
@@ -103,7 +104,7 @@ def test_the_services_are_healthchecked_restarted_and_ordered_by_health(services
         if name in ONE_OFF:
             assert service["restart"] == "no" and service["healthcheck"] == {"test": ["NONE"]}  # `disable: true`
             continue
-        assert service["restart"] == "unless-stopped", name
+        assert service["restart"] == ("no" if name in ROBOTS else "unless-stopped"), name
         assert {"interval", "timeout", "retries", "start_period"} <= set(service["healthcheck"]), name
         for dependency in service.get("depends_on", {}).values():
             assert dependency == {"condition": "service_healthy"}, name
@@ -121,7 +122,8 @@ def test_the_learner_reserves_a_gpu_the_dashboard_is_on_localhost_and_data_lives
             ("sim-agent", "sim-agent-outbox", "/var/lib/robot-app/agent"),
             ("dashboard", "dashboard-state", "/var/lib/robot-app/dashboard")} <= named
     binds = [(source, mode) for s in services.values() for source, _, mode in mounts(s) if source.startswith("/")]
-    assert binds and all(mode == "ro" for _, mode in binds)  # keys and /dev/serial: never written from a container
+    assert binds and all(mode == "ro" for source, mode in binds if source != "/dev")  # keys: never written there
+    assert ("/dev", "/dev", "rw") in mounts(services["agent-hotplug"])  # where a re-plugged device's node appears
     assert all(not source.endswith(("key_secret", "sign_key")) for source, _ in binds)  # secrets come as secrets
     assert services["agent"]["devices"] == ["/dev/ttyUSB0:/dev/robot"]
     assert services["agent-hotplug"]["device_cgroup_rules"] and not services["agent-hotplug"].get("devices")
@@ -129,7 +131,7 @@ def test_the_learner_reserves_a_gpu_the_dashboard_is_on_localhost_and_data_lives
 
 def test_the_dockerfile_builds_each_role_from_its_extra_and_runs_it_unprivileged(services):
     dockerfile = (ROOT / "Dockerfile").read_text()
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = metadata("robot_app").get_all("Provides-Extra")
     stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.MULTILINE)
     for service in services.values():
         assert service["build"]["target"] in {stage for _, stage in stages}
@@ -153,9 +155,22 @@ def test_the_dockerfile_lints_clean_with_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_bad_listen_address_is_refused_before_anything_starts(capsys):
+def test_a_bad_listen_address_is_refused_before_anything_starts_and_a_good_one_splits_as_it_binds(capsys):
+    from robot_app.common.addresses import split_host_port
+
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["virtual-robot", "--listen", "5600"])
     assert "is not HOST:PORT" in capsys.readouterr().err
     with pytest.raises(argparse.ArgumentTypeError):
         cli._host_port("host:99999")
+    assert [split_host_port(a) for a in ("0.0.0.0:5600", ":9101", "[::]:0")] == [
+        ("0.0.0.0", 5600), ("127.0.0.1", 9101), ("::", 0)]
+
+
+def test_a_secret_key_file_kept_apart_from_the_public_keys_is_this_processs_own(tmp_path):
+    args = argparse.Namespace(insecure_local_dev=False, keys="/etc/robot-app/keys", secret_key=None)
+    assert cli._security_files(args, ("learner.key_secret", "allowed")) == (
+        Path("/etc/robot-app/keys/learner.key_secret"), Path("/etc/robot-app/keys/allowed"))
+    args.secret_key = "/run/secrets/learner_curve"
+    assert cli._security_files(args, ("learner.key_secret", "allowed", "dashboards")) == (
+        Path("/run/secrets/learner_curve"), Path("/etc/robot-app/keys/allowed"), Path("/etc/robot-app/keys/dashboards"))
