@@ -174,3 +174,10 @@ def test_a_secret_key_file_kept_apart_from_the_public_keys_is_this_processs_own(
     args.secret_key = "/run/secrets/learner_curve"
     assert cli._security_files(args, ("learner.key_secret", "allowed", "dashboards")) == (
         Path("/run/secrets/learner_curve"), Path("/etc/robot-app/keys/allowed"), Path("/etc/robot-app/keys/dashboards"))
+
+
+def test_every_variable_the_compose_file_reads_or_sets_is_documented():
+    text = (ROOT / "docker-compose.yml").read_text()
+    variables = set(re.findall(r"\$\{(\w+)", text)) | set(re.findall(r"\b(ROBOT_APP_\w+):", text))
+    documented = set(re.findall(r"`(\w+)`", (ROOT / "docs" / "DEPLOY.md").read_text()))
+    assert variables and not variables - documented, sorted(variables - documented)
