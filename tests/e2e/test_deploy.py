@@ -5,8 +5,11 @@ import argparse
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from importlib.metadata import metadata
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 import yaml
 
 from robot_app import cli
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -181,3 +185,76 @@ def test_every_variable_the_compose_file_reads_or_sets_is_documented():
     variables = set(re.findall(r"\$\{(\w+)", text)) | set(re.findall(r"\b(ROBOT_APP_\w+):", text))
     documented = set(re.findall(r"`(\w+)`", (ROOT / "docs" / "DEPLOY.md").read_text()))
     assert variables and not variables - documented, sorted(variables - documented)
+
+
+# ---- the sim profile, run as plain processes with each service's compose environment ------------------------------
+
+PORTS = (5555, 5556, 5557, 9101, 5600, 8000)  # the ports the compose file uses, each moved to a free one here
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def outside_docker(value: str, folder: Path, secrets: dict[str, str], ports: dict[int, int]) -> str:
+    """A container's path, host name or port as this machine runs it: under `folder`, on 127.0.0.1, on free ports."""
+    value = value.replace("/tmp/", f"{folder}/").replace("0.0.0.0", "127.0.0.1")  # first: `folder` may be in /tmp
+    for name, file in secrets.items():
+        value = value.replace(f"/run/secrets/{name}", str(folder / "keys" / Path(file).name))
+    value = value.replace("/var/lib/robot-app", str(folder / "state")).replace("/etc/robot-app/keys", str(folder / "keys"))
+    value = re.sub(r"//(learner|virtual-robot):", "//127.0.0.1:", value)
+    if value.isdigit():  # a port of its own, e.g. the dashboard's --port
+        return str(ports.get(int(value), value))
+    return re.sub(r":(\d{4})\b", lambda m: f":{ports.get(int(m[1]), m[1])}", value)
+
+
+def test_the_sim_profile_comes_up_healthy_and_the_agents_transitions_reach_the_learner(services, tmp_path):
+    """`docker compose --profile sim up`, without Docker: the four services' commands and environments, their keys
+    laid out as the README's Deploy section says, their healthchecks run in the compose order."""
+    from robot_app.common.signing import generate_signing_keys
+    from robot_app.transport.keys import generate_keys
+
+    keys = tmp_path / "keys"
+    for name, folder in (("learner", None), ("dashboard", "dashboards"), ("furuta-virtual-0", "allowed")):
+        public, _ = generate_keys(keys, name)
+        if folder:
+            (keys / folder).mkdir()
+            shutil.copy(public, keys / folder)
+    generate_signing_keys(keys, "gate")
+    secrets = {name: entry["file"] for name, entry in yaml.safe_load(compose("config").stdout)["secrets"].items()}
+    ports = {port: free_port() for port in PORTS}
+    (tmp_path / "state").mkdir()
+
+    def environment(name: str) -> dict[str, str]:
+        own = {k: outside_docker(str(v), tmp_path, secrets, ports) for k, v in services[name]["environment"].items()}
+        return {**{k: v for k, v in os.environ.items() if not k.startswith("ROBOT_APP_")}, **own}
+
+    def healthy(name: str) -> bool:
+        argv = [outside_docker(word, tmp_path, secrets, ports) for word in healthcheck_argv(services[name])]
+        return subprocess.run([str(BIN / "robot-app"), *argv], capture_output=True, timeout=60).returncode == 0
+
+    procs = {}
+    try:
+        for wave in (["virtual-robot", "learner"], ["sim-agent", "dashboard"]):  # depends_on: service_healthy
+            for name in wave:
+                with open(tmp_path / f"{name}.log", "w") as log:
+                    procs[name] = subprocess.Popen([str(BIN / "robot-app"), *argv_of(services[name])],
+                                                   env=environment(name), stdout=log, stderr=log)
+            for name in wave:
+                wait_until(lambda: healthy(name) or procs[name].poll() is not None, timeout_s=120)
+                assert procs[name].poll() is None, (name, (tmp_path / f"{name}.log").read_text()[-2000:])
+        metrics = f"http://127.0.0.1:{ports[9101]}/metrics"
+
+        def transitions() -> float:
+            text = urllib.request.urlopen(metrics, timeout=10).read().decode()
+            return float(re.search(r"^robot_app_transitions_total (\S+)$", text, re.MULTILINE)[1])
+
+        wait_until(lambda: transitions() > 0, timeout_s=120)  # CURVE between the agent and the learner held
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for name, proc in procs.items():  # each stops cleanly on SIGTERM, as on `docker compose stop`
+            stopped = (0, -signal.SIGTERM) if name == "dashboard" else (0,)  # uvicorn re-raises it once shut down
+            assert proc.wait(timeout=60) in stopped, (name, (tmp_path / f"{name}.log").read_text()[-2000:])
