@@ -203,7 +203,8 @@ def outside_docker(value: str, folder: Path, secrets: dict[str, str], ports: dic
     value = value.replace("/tmp/", f"{folder}/").replace("0.0.0.0", "127.0.0.1")  # first: `folder` may be in /tmp
     for name, file in secrets.items():
         value = value.replace(f"/run/secrets/{name}", str(folder / "keys" / Path(file).name))
-    value = value.replace("/var/lib/robot-app", str(folder / "state")).replace("/etc/robot-app/keys", str(folder / "keys"))
+    value = value.replace("/var/lib/robot-app", str(folder / "state"))
+    value = value.replace("/etc/robot-app/keys", str(folder / "keys"))
     value = re.sub(r"//(learner|virtual-robot):", "//127.0.0.1:", value)
     if value.isdigit():  # a port of its own, e.g. the dashboard's --port
         return str(ports.get(int(value), value))
