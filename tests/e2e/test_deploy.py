@@ -230,6 +230,9 @@ def test_the_sim_profile_comes_up_healthy_and_the_agents_transitions_reach_the_l
 
     def environment(name: str) -> dict[str, str]:
         own = {k: outside_docker(str(v), tmp_path, secrets, ports) for k, v in services[name]["environment"].items()}
+        for source, target, _ in mounts(services[name]):  # a file bind-mounted from the checkout, e.g. a calibration
+            if source.startswith(str(ROOT)) and not target.startswith("/etc/robot-app/keys"):
+                own = {k: v.replace(target, source) for k, v in own.items()}
         return {**{k: v for k, v in os.environ.items() if not k.startswith("ROBOT_APP_")}, **own}
 
     def healthy(name: str) -> bool:
