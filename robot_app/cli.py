@@ -52,6 +52,9 @@ def _zero_or_more(text: str) -> float:
     return _above_zero(text, zero_allowed=True)
 
 
+_SERIAL_PORT_HELP = "serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)"
+
+
 def _host_port(text: str) -> str:
     """HOST:PORT to bind (robot_app.common.addresses), checked here and split where it is bound."""
     from robot_app.common.addresses import split_host_port
@@ -851,8 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = sub.add_parser("calibrate", help="measure a unit's calibration through the agent and its "
                                                  "supervisor: encoder zero, direction, travel limits, dead zone")
-    calibrate.add_argument("--port", required=True,
-                           help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
+    calibrate.add_argument("--port", required=True, help=_SERIAL_PORT_HELP)
     calibrate.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     calibrate.add_argument("--step", action="append", choices=["zero", "direction", "travel", "dead_zone"],
                            help="run only this step (repeatable); default all, in the order zero, direction, travel, "
@@ -868,8 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     excite = sub.add_parser("excite", help="drive a calibrated unit with a pendulum swing, then a chirp plus random "
                                            "steps, through the agent and its supervisor, and record it for system "
                                            "identification")
-    excite.add_argument("--port", required=True,
-                        help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
+    excite.add_argument("--port", required=True, help=_SERIAL_PORT_HELP)
     excite.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     excite.add_argument("--calibration", required=True, help="the unit's calibration .yaml (directions confirmed)")
     excite.add_argument("--out", required=True, help="the transition log to record into (a new .sqlite file)")
@@ -898,8 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     sysid.set_defaults(handler=_sysid)
 
     agent = sub.add_parser("agent", help="the headless on-robot loop: sensors -> policy -> safety -> motor, logged")
-    agent.add_argument("--port", required=True,
-                       help="serial port: /dev/ttyUSB0, a virtual robot's pty, or socket://HOST:PORT (--listen)")
+    agent.add_argument("--port", required=True, help=_SERIAL_PORT_HELP)
     agent.add_argument("--robot", default="furuta", help="robot name or spec .yaml (default furuta)")
     agent.add_argument("--policy", required=True, help="an exported .onnx, or zero|random for bring-up")
     agent.add_argument("--calibration", help="calibration .yaml (default calibration/<robot>.yaml)")

@@ -58,10 +58,6 @@ class TcpEnd:
         self._on_hangup = on_hangup
         self.name = f"socket://{host}:{self._listener.getsockname()[1]}"
 
-    @property
-    def port(self) -> int:
-        return self._listener.getsockname()[1]
-
     def fileno(self) -> int:
         """What to wait on: the host's socket, or the listener while no host is connected."""
         return (self._host or self._listener).fileno()
@@ -113,4 +109,3 @@ class TcpEnd:
             self._host.close()
             self._host = None
             self._on_hangup()
-

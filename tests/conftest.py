@@ -1,6 +1,7 @@
 """Shared test fixtures: headless MuJoCo and tiny network sizes so the suite stays fast on 2 cores."""
 
 import os
+import socket
 import sqlite3
 import time
 
@@ -26,6 +27,13 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (free when asked)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _keys(chunks) -> list[tuple[int, int]]:

@@ -2,7 +2,6 @@
 
 import http.server
 import os
-import socket
 import threading
 import time
 
@@ -10,6 +9,7 @@ import pytest
 
 from robot_app.cli import main
 from robot_app.common.health import Heartbeat
+from tests.conftest import free_port
 
 
 class Answers(http.server.BaseHTTPRequestHandler):
@@ -61,8 +61,5 @@ def test_an_endpoint_is_healthy_when_it_answers_2xx_and_never_through_a_proxy(se
     assert "answered 200" in capsys.readouterr().out
     assert main(["health", f"{server}/broken"]) == 1
     assert "answered 503" in capsys.readouterr().err
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert main(["health", f"http://127.0.0.1:{port}/metrics"]) == 1
+    assert main(["health", f"http://127.0.0.1:{free_port()}/metrics"]) == 1
     assert "refused" in capsys.readouterr().err

@@ -19,18 +19,11 @@ from robot_app.demo import terminate
 from robot_app.learner.registry import PolicyRegistry
 from robot_app.robot.spec import load_robot_spec
 from robot_app.transport.keys import generate_keys
+from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "robot_app.cli"]
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 POLICIES = ("furuta_swingup.onnx", "furuta_balance.onnx")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def short_episode_spec(folder: Path, episode_s: float) -> Path:

@@ -18,7 +18,8 @@ from robot_app.dashboard.tokens import TokenError, TokenStore
 from robot_app.learner.ingest import IngestServer, IngestStore
 from robot_app.learner.registry import PolicyRegistry
 from robot_app.robot.spec import load_robot_spec
-from tests.dashboard.stack import free_port, validated_registry
+from tests.conftest import free_port
+from tests.dashboard.stack import validated_registry
 
 ORIGIN = "http://testserver"
 

@@ -18,8 +18,7 @@ from robot_app.transport.messages import (
     SCHEMA_VERSION, Ack, Heartbeat, MessageError, RobotCommand, TransitionChunk, decode, encode,
 )
 from robot_app.transport.robot_link import RobotLink
-from tests.conftest import wait_until
-from tests.dashboard.stack import free_port
+from tests.conftest import free_port, wait_until
 from tests.transport.test_transport import start, transition
 
 

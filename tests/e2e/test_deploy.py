@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from robot_app import cli
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,10 +35,16 @@ def compose(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def services() -> dict:
+def resolved() -> dict:
+    """The file as docker-compose resolves it (its defaults filled in)."""
     result = compose("config")
     assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)["services"]
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(resolved) -> dict:
+    return resolved["services"]
 
 
 def argv_of(service: dict) -> list[str]:
@@ -192,12 +197,6 @@ def test_every_variable_the_compose_file_reads_or_sets_is_documented():
 PORTS = (5555, 5556, 5557, 9101, 5600, 8000)  # the ports the compose file uses, each moved to a free one here
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def outside_docker(value: str, folder: Path, secrets: dict[str, str], ports: dict[int, int]) -> str:
     """A container's path, host name or port as this machine runs it: under `folder`, on 127.0.0.1, on free ports."""
     value = value.replace("/tmp/", f"{folder}/").replace("0.0.0.0", "127.0.0.1")  # first: `folder` may be in /tmp
@@ -211,7 +210,7 @@ def outside_docker(value: str, folder: Path, secrets: dict[str, str], ports: dic
     return re.sub(r":(\d{4})\b", lambda m: f":{ports.get(int(m[1]), m[1])}", value)
 
 
-def test_the_sim_profile_comes_up_healthy_and_the_agents_transitions_reach_the_learner(services, tmp_path):
+def test_the_sim_profile_comes_up_healthy_and_the_agents_transitions_reach_the_learner(resolved, services, tmp_path):
     """`docker compose --profile sim up`, without Docker: the four services' commands and environments, their keys
     laid out as the README's Deploy section says, their healthchecks run in the compose order."""
     from robot_app.common.signing import generate_signing_keys
@@ -224,7 +223,7 @@ def test_the_sim_profile_comes_up_healthy_and_the_agents_transitions_reach_the_l
             (keys / folder).mkdir()
             shutil.copy(public, keys / folder)
     generate_signing_keys(keys, "gate")
-    secrets = {name: entry["file"] for name, entry in yaml.safe_load(compose("config").stdout)["secrets"].items()}
+    secrets = {name: entry["file"] for name, entry in resolved["secrets"].items()}
     ports = {port: free_port() for port in PORTS}
     (tmp_path / "state").mkdir()
 

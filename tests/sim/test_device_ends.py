@@ -11,7 +11,7 @@ from robot_app.hardware.robot_io import LinkLost
 from robot_app.hardware.serial_robot import SerialRobot
 from robot_app.robot.spec import load_robot_spec
 from sim.virtual_robot import VirtualRobot
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until
 
 SPEC = load_robot_spec("furuta")
 
@@ -72,8 +72,6 @@ def test_a_host_that_hangs_up_mid_frame_leaves_the_next_no_half_frame_no_session
 
 
 def test_a_host_finding_no_virtual_robot_on_the_port_gets_a_clear_link_lost():
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(LinkLost, match=f"socket://127.0.0.1:{port}.*refused"):
         SerialRobot(f"socket://127.0.0.1:{port}").connect()
