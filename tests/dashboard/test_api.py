@@ -82,6 +82,11 @@ def test_token_commands_take_the_state_from_the_environment_as_the_served_dashbo
     assert TokenStore(tmp_path / "from-env").identify(capsys.readouterr().out.strip()).name == "ann"
     assert main(["dashboard", "token", "list", "--state", str(tmp_path / "flag")]) == 0  # a flag wins
     assert "ann" not in capsys.readouterr().out
+    monkeypatch.setenv("ROBOT_APP_DASHBOARD_ORIGIN", "https://robots.example")  # a repeatable flag needs a JSON list
+    assert main(["dashboard", "token", "list"]) == 2
+    assert "ROBOT_APP_DASHBOARD_ORIGIN: Input should be a valid list" in capsys.readouterr().err
+    monkeypatch.setenv("ROBOT_APP_DASHBOARD_ORIGIN", '["https://robots.example"]')
+    assert main(["dashboard", "token", "list"]) == 0 and "ann" in capsys.readouterr().out
 
 
 def test_a_viewer_reads_but_cannot_deploy_and_the_attempt_is_audited(dashboard):
